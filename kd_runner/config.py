@@ -1,0 +1,189 @@
+"""The typed run configuration and its validation.
+
+Hydra composes a plain mapping; `load_config` turns it into these dataclasses and rejects every user
+mistake with a `ConfigError` that names the key, the bad value and what is allowed. Nothing below the
+CLI sees Hydra: library code receives a `RunConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kd_runner.errors import ConfigError
+from kd_runner.losses import SOFT_LOSSES
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+FREEZE = ("none", "backbone")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "digits"
+    root: str = "data"  # where file-based datasets live
+    download: bool = False
+    val_fraction: float = 0.2  # held-out share of train when a dataset has no own validation split
+    split_seed: int = 0  # fixes the train/val split independently of the run seed
+    # synthetic only
+    num_samples: int = 600
+    image_size: int = 8
+    channels: int = 1
+    num_classes: int = 10
+
+
+@dataclass
+class StageConfig:
+    """A network and the recipe that trains it (one for the teacher, one for the student)."""
+
+    name: str = "cnn"
+    width: int = 32  # small native nets only
+    depth: int = 2  # small native nets only
+    pretrained: bool = False
+    weights_path: typing.Optional[str] = None
+    freeze: str = "none"
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"
+    step_size: int = 7  # epochs between decays, scheduler=step
+    gamma: float = 0.1  # decay factor, scheduler=step
+
+
+@dataclass
+class TeacherConfig(StageConfig):
+    seed: int = 0  # the teacher's own seed: a sweep over the run seed reuses one teacher
+    checkpoint: typing.Optional[str] = None  # a state dict to start from (required when epochs=0)
+
+
+@dataclass
+class RunConfig:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StageConfig = field(default_factory=StageConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    alpha: float = 0.5  # weight of the hard-label loss: 1 = no distillation, 0 = pure distillation
+    temperature: float = 4.0
+    soft_loss: str = "kl"
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    cache_dir: str = "outputs/cache"
+
+
+def load_config(raw: typing.Mapping) -> RunConfig:
+    """Build and validate a RunConfig from a plain nested mapping (e.g. Hydra's composed config)."""
+    cfg = _build(RunConfig, raw, prefix="")
+    _validate(cfg)
+    return cfg
+
+
+def config_digest(cfg) -> str:
+    """A short stable digest of a (sub)config: equal digests mean equal settings."""
+    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _build(cls, raw, prefix: str):
+    if not isinstance(raw, typing.Mapping):
+        raise ConfigError(prefix.rstrip(".") or "config", raw, "expected a group of keys")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(prefix + str(key), raw[key], "unknown key; known keys here: " + ", ".join(sorted(names)))
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        kind, value = hints[f.name], raw[f.name]
+        key = prefix + f.name
+        values[f.name] = _build(kind, value, key + ".") if dataclasses.is_dataclass(kind) else _coerce(key, value, kind)
+    return cls(**values)
+
+
+def _coerce(key: str, value, kind):
+    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    if optional:
+        if value is None:
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "expected true or false")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "expected a whole number")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ConfigError(key, value, "expected a finite number")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, value, "expected a string")
+    raise TypeError(f"unsupported config type {kind} for {key}")
+
+
+def _check(cond: bool, key: str, value, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(key, value, allowed)
+
+
+def _one_of(key: str, value, options) -> None:
+    _check(value in options, key, value, "one of: " + ", ".join(options))
+
+
+def _validate_stage(stage: StageConfig, key: str) -> None:
+    from kd_runner.models import MODEL_NAMES
+
+    _one_of(f"{key}.name", stage.name, MODEL_NAMES)
+    _one_of(f"{key}.optimizer", stage.optimizer, OPTIMIZERS)
+    _one_of(f"{key}.scheduler", stage.scheduler, SCHEDULERS)
+    _one_of(f"{key}.freeze", stage.freeze, FREEZE)
+    _check(stage.epochs >= 0, f"{key}.epochs", stage.epochs, "expected a whole number >= 0")
+    _check(stage.batch_size > 0, f"{key}.batch_size", stage.batch_size, "expected a whole number > 0")
+    _check(stage.lr > 0, f"{key}.lr", stage.lr, "expected a number > 0")
+    _check(stage.width > 0, f"{key}.width", stage.width, "expected a whole number > 0")
+    _check(stage.depth > 0, f"{key}.depth", stage.depth, "expected a whole number > 0")
+    _check(stage.momentum >= 0, f"{key}.momentum", stage.momentum, "expected a number >= 0")
+    _check(stage.weight_decay >= 0, f"{key}.weight_decay", stage.weight_decay, "expected a number >= 0")
+    _check(stage.step_size > 0, f"{key}.step_size", stage.step_size, "expected a whole number > 0")
+    _check(0 < stage.gamma <= 1, f"{key}.gamma", stage.gamma, "expected a number in (0, 1]")
+    for name in ("weights_path", "checkpoint"):
+        path = getattr(stage, name, None)
+        _check(path is None or Path(path).is_file(), f"{key}.{name}", path, "no such file; expected a saved state dict")
+
+
+def _validate(cfg: RunConfig) -> None:
+    from kd_runner.data import dataset_names
+
+    _check(0 <= cfg.alpha <= 1, "alpha", cfg.alpha, "expected a number in [0, 1] (weight of the hard-label loss)")
+    _check(cfg.temperature > 0, "temperature", cfg.temperature, "expected a number > 0")
+    _one_of("soft_loss", cfg.soft_loss, SOFT_LOSSES)
+    _one_of("device", cfg.device, DEVICES)
+    _validate_stage(cfg.teacher, "teacher")
+    _validate_stage(cfg.student, "student")
+    _check(
+        cfg.teacher.epochs > 0 or cfg.teacher.checkpoint is not None,
+        "teacher.epochs",
+        0,
+        "teacher.epochs=0 needs teacher.checkpoint=PATH (a trained teacher's state dict)",
+    )
+    d = cfg.dataset
+    _one_of("dataset.name", d.name, dataset_names())
+    _check(0 < d.val_fraction < 1, "dataset.val_fraction", d.val_fraction, "expected a number in (0, 1)")
+    _check(d.num_samples >= 2, "dataset.num_samples", d.num_samples, "expected a whole number >= 2")
+    _check(d.image_size >= 4, "dataset.image_size", d.image_size, "expected a whole number >= 4")
+    _check(d.channels > 0, "dataset.channels", d.channels, "expected a whole number > 0")
+    _check(d.num_classes >= 2, "dataset.num_classes", d.num_classes, "expected a whole number >= 2")

@@ -1,0 +1,172 @@
+"""Training and evaluation on in-memory splits: batches are index tensors into data already on the device.
+
+One loop serves both stages: the caller passes the loss as a function of (logits, batch indices,
+labels), so the teacher stage uses plain cross-entropy and the student stage the distillation objective.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from kd_runner.config import StageConfig
+from kd_runner.data import Dataset, Split
+from kd_runner.errors import UserError
+from kd_runner.models import build_model, freeze_backbone
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; an explicit device that is absent is a user error."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise UserError(f"device={name!r} is not available on this machine: use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def build_stage_model(stage: StageConfig, data: Dataset) -> torch.nn.Module:
+    """The stage's network, shaped for the dataset, with the backbone frozen when `freeze=backbone`."""
+    model = build_model(
+        stage.name, in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
+        width=stage.width, depth=stage.depth, pretrained=stage.pretrained, weights_path=stage.weights_path,
+    )
+    if stage.freeze == "backbone":
+        freeze_backbone(model)
+    return model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class DeviceData:
+    """A dataset's splits moved to the device once, with normalisation applied per batch."""
+
+    def __init__(self, data: Dataset, device: torch.device):
+        self.device = device
+        self.train = Split(data.train.images.to(device), data.train.labels.to(device))
+        self.val = Split(data.val.images.to(device), data.val.labels.to(device))
+        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        return (x - self.mean) / self.std
+
+
+def index_batches(n: int, batch_size: int, generator: torch.Generator, device) -> Iterator[torch.Tensor]:
+    """Shuffled index batches over n samples; a last batch of one sample is dropped (BatchNorm needs two)."""
+    order = torch.randperm(n, generator=generator).to(device)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) > 1 or n == 1:
+            yield idx
+
+
+def predict(model: torch.nn.Module, data: DeviceData, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits (float32) for all images, in eval mode, large batches and inference mode.
+
+    The result is concatenated outside inference mode, so it is an ordinary tensor that a loss may use.
+    """
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        out = [model(data.normalize(images[i : i + batch_size])).float() for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def make_optimizer(params, stage: StageConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if stage.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+    if stage.optimizer == "adam":
+        return torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    if stage.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    raise ValueError(f"unknown optimizer {stage.optimizer}")
+
+
+def make_scheduler(optimizer, stage: StageConfig, steps_per_epoch: int):
+    """Stepped once per batch; `step` decays every `step_size` epochs, exactly as the per-epoch StepLR."""
+    total = max(1, stage.epochs * steps_per_epoch)
+    if stage.scheduler == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if stage.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, stage.step_size * steps_per_epoch, stage.gamma)
+    if stage.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    if stage.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=stage.lr, total_steps=total)
+    raise ValueError(f"unknown scheduler {stage.scheduler}")
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and n == 1) else 0)
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    data: DeviceData,
+    batch_size: int,
+    generator: torch.Generator,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> float:
+    """One pass over the training split; returns the mean training loss (weighted by batch size)."""
+    model.train()
+    total, count = torch.zeros((), device=data.device), 0
+    for idx in index_batches(len(data.train), batch_size, generator, data.device):
+        x = data.normalize(data.train.images[idx])
+        y = data.train.labels[idx]
+        loss = loss_fn(model(x), idx, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach() * len(idx)
+        count += len(idx)
+    return float(total) / max(count, 1)
+
+
+def cross_entropy_loss(logits: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+def fit(
+    model: torch.nn.Module,
+    data: DeviceData,
+    stage: StageConfig,
+    seed: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    evaluate: Callable[[], dict],
+    desc: str,
+    progress: bool,
+) -> list[dict]:
+    """Train for `stage.epochs` epochs; after each, `evaluate()` on the whole validation split.
+
+    Returns one row per epoch: epoch, the learning rate used, the mean training loss and the metrics.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(model.parameters(), stage)
+    scheduler = make_scheduler(optimizer, stage, steps_per_epoch(len(data.train), stage.batch_size))
+    rows = []
+    bar = tqdm(range(1, stage.epochs + 1), desc=desc, unit="epoch", disable=None if progress else True, leave=False)
+    for epoch in bar:
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_epoch(model, data, stage.batch_size, generator, optimizer, scheduler, loss_fn)
+        rows.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, **evaluate()})
+        bar.set_postfix(loss=f"{train_loss:.3f}")
+    return rows

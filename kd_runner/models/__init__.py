@@ -1,0 +1,158 @@
+"""Model registry: every network the runner can build, by name, adapted to the dataset's shape.
+
+Each module below registers its builders with ``@register("name")``. A builder takes keyword arguments
+``in_channels, num_classes, image_size, width, depth`` and returns a randomly initialised model;
+``build_model`` adds the weights (``pretrained`` or ``weights_path``) on top, so weight handling lives
+in one place.
+"""
+
+import os
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from kd_runner.errors import ConfigError, UserError
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Adds a builder to the registry under ``name``."""
+
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _BUILDERS[name] = builder
+        return builder
+
+    return add
+
+
+def read_state_dict(path: str) -> Mapping[str, torch.Tensor]:
+    """Reads a state dict saved with ``torch.save``; RepDistiller checkpoints keep it under ``"model"``."""
+    if not os.path.isfile(path):
+        raise UserError(f"weights_path={path!r}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a non-checkpoint file raises anything: KeyError, EOFError, UnpicklingError, ...
+        raise UserError(
+            f"weights_path={path!r}: cannot read a state dict from it ({type(e).__name__}); "
+            "expected a file written by torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise UserError(f"weights_path={path!r} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def state_dict_mismatch(model: nn.Module, state: Mapping) -> str | None:
+    """How ``state`` differs from ``model``'s own state dict, in one line; None when it loads exactly."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [
+        k
+        for k in expected
+        if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+    if reshaped:
+        k = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} shape mismatches (first: {k} is {_shape(state[k])} in the file, "
+            f"{_shape(expected[k])} in the model)"
+        )
+    return "; ".join(problems) or None
+
+
+def build_model(
+    name: str,
+    *,
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    width: int = 64,
+    depth: int = 2,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+) -> nn.Module:
+    """Builds a registered model for inputs of ``in_channels`` x ``image_size`` x ``image_size``.
+
+    ``pretrained`` loads torchvision's ImageNet weights (torchvision families only). ``weights_path``
+    loads a state dict of this very model, or, for torchvision families, a plain torchvision state dict
+    (see ``torchvision_nets.from_torchvision_state``). ``width``/``depth`` only shape ``cnn`` and ``mlp``.
+    """
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise ConfigError("model", name, "one of: " + ", ".join(MODEL_NAMES))
+    dims = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    if pretrained and weights_path is not None:
+        raise ConfigError("pretrained", pretrained, "false when weights_path is set (the file supplies the weights)")
+    if pretrained:
+        if name not in torchvision_nets.FAMILIES:
+            families = ", ".join(torchvision_nets.FAMILIES)
+            raise ConfigError("pretrained", pretrained, f"false for {name}: ImageNet weights exist for {families}")
+        return torchvision_nets.build_pretrained(name, **dims)
+    model = builder(**dims, width=width, depth=depth)
+    if weights_path is None:
+        return model
+    state = read_state_dict(weights_path)
+    problem = state_dict_mismatch(model, state)
+    if problem is None:
+        model.load_state_dict(state)
+        return model
+    if name in torchvision_nets.FAMILIES:
+        return torchvision_nets.from_torchvision_state(name, state, weights_path, **dims)
+    raise UserError(
+        f"weights_path={weights_path!r} is not a state dict of {name} "
+        f"(in_channels={in_channels}, num_classes={num_classes}): {problem}"
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """All parameters, trainable or not."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_size_mb(model: nn.Module) -> float:
+    """Memory of parameters and buffers (e.g. BatchNorm statistics) in MiB."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def classifier_head(model: nn.Module) -> nn.Module:
+    """The final classification layer(s): every registered model names them ``fc`` or ``classifier``.
+
+    For mobilenet_v3_small this is torchvision's whole ``classifier`` (hidden Linear, activation,
+    dropout, output Linear), the split torchvision itself makes between features and classifier.
+    """
+    for attr in ("fc", "classifier"):
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise TypeError(f"{type(model).__name__} has no classifier head named fc or classifier")
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Makes only the classifier head trainable (a linear probe / head-only fine-tune).
+
+    Only ``requires_grad`` changes: in train mode the backbone's BatchNorm running statistics still
+    update; call ``eval()`` on the backbone as well to keep them fixed.
+    """
+    head = {id(p) for p in classifier_head(model).parameters()}
+    for p in model.parameters():
+        p.requires_grad = id(p) in head
+
+
+# Imported last, for their @register side effects: they need `register` defined above.
+from kd_runner.models import cifar_nets, small_nets, torchvision_nets  # noqa: E402, F401
+
+MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILDERS))

@@ -1,0 +1,69 @@
+"""Small native nets sized by ``width`` and ``depth``: CPU-fast students and teachers for tiny data."""
+
+from torch import nn
+
+from kd_runner.errors import ConfigError
+from kd_runner.models import register
+
+
+class SmallCNN(nn.Module):
+    """``depth`` conv3x3-BN-ReLU blocks of ``width * 2**i`` channels, global average pool, linear head.
+
+    A 2x2 max-pool follows each block but the last while the feature map is at least 2x2, so any
+    depth works on any image size (8x8 digits included).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, width: int, depth: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for i in range(depth):
+            out = width * 2**i
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            if i < depth - 1 and size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class MLP(nn.Module):
+    """Flatten, ``depth`` hidden Linear-ReLU layers of ``width`` units, linear head."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, width: int, depth: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        features = in_channels * image_size * image_size
+        for _ in range(depth):
+            layers += [nn.Linear(features, width), nn.ReLU(inplace=True)]
+            features = width
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(features, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def _check(width: int, depth: int, min_depth: int) -> None:
+    if width < 1:
+        raise ConfigError("width", width, "an integer >= 1")
+    if depth < min_depth:
+        raise ConfigError("depth", depth, f"an integer >= {min_depth}")
+
+
+@register("cnn")
+def cnn(*, in_channels: int, num_classes: int, image_size: int, width: int, depth: int) -> nn.Module:
+    _check(width, depth, min_depth=1)
+    return SmallCNN(in_channels, num_classes, image_size, width, depth)
+
+
+@register("mlp")
+def mlp(*, in_channels: int, num_classes: int, image_size: int, width: int, depth: int) -> nn.Module:
+    """``depth=0`` is multinomial logistic regression on the pixels."""
+    _check(width, depth, min_depth=0)
+    return MLP(in_channels, num_classes, image_size, width, depth)

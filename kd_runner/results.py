@@ -1,0 +1,92 @@
+"""What a run leaves behind: metrics.csv (one row per stage and epoch), result.json and a summary."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torchvision
+
+import kd_runner
+from kd_runner.config import config_digest
+from kd_runner.files import atomic_path, write_json
+from kd_runner.metrics import METRIC_NAMES
+from kd_runner.models import count_parameters, model_size_mb
+
+CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES)
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_metrics_csv(path: Path, rows: list[dict]) -> None:
+    write_csv(path, pd.DataFrame(rows, columns=list(CSV_COLUMNS)))
+
+
+def versions() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "kd_runner": kd_runner.__version__,
+    }
+
+
+def _model_info(name: str, model: torch.nn.Module) -> dict:
+    return {"name": name, "params": count_parameters(model), "size_mb": round(model_size_mb(model), 4)}
+
+
+def build_record(*, cfg, history, teacher, student_model, device, timings) -> dict:
+    """The run's result: final-epoch metrics under the DESIGN names, plus best_student_acc (never instead)."""
+    final = history[-1]
+    metrics = {name: final[name] for name in METRIC_NAMES}
+    metrics["best_student_acc"] = max(r["student_acc"] for r in history)
+    t_info = _model_info(cfg.teacher.name, teacher.model)
+    s_info = _model_info(cfg.student.name, student_model)
+    return {
+        "status": "completed",
+        "metrics": metrics,
+        "epochs": {"teacher": cfg.teacher.epochs, "student": final["epoch"]},
+        "models": {
+            "teacher": t_info,
+            "student": s_info,
+            "compression_ratio": round(t_info["params"] / s_info["params"], 4),
+        },
+        "teacher": {"source": teacher.source, "cache_key": teacher.key},
+        "timings_s": {k.removesuffix("_s"): round(v, 3) for k, v in timings.items()},
+        "device": str(device),
+        "config_digest": config_digest(cfg),
+        "config": asdict(cfg),
+        "versions": versions(),
+        "command": sys.argv,
+    }
+
+
+def write_result(path: Path, record: dict) -> None:
+    write_json(path, record)
+
+
+def summary(record: dict, run_dir: Path) -> str:
+    """A one-screen, human-readable summary of a finished run."""
+    m, models, cfg = record["metrics"], record["models"], record["config"]
+    lines = [
+        f"kd-run {record['status']}: {models['teacher']['name']} -> {models['student']['name']} on "
+        f"{cfg['dataset']['name']}, alpha={cfg['alpha']} T={cfg['temperature']} soft_loss={cfg['soft_loss']} "
+        f"seed={cfg['seed']} ({record['device']})",
+        f"  teacher: {record['teacher']['source']}, {models['teacher']['params']:,} params "
+        f"({models['teacher']['size_mb']:.2f} MB), acc {m['teacher_acc']:.4f}",
+        f"  student: {models['student']['params']:,} params ({models['student']['size_mb']:.2f} MB), "
+        f"compression x{models['compression_ratio']:.1f}",
+        f"  student_acc {m['student_acc']:.4f} (best {m['best_student_acc']:.4f})  student_loss {m['student_loss']:.4f}"
+        f"  objective {m['objective']:.4f}",
+        f"  agreement {m['agreement']:.4f}  logit_gap {m['logit_gap']:.4f}  kl_teacher_student {m['kl_teacher_student']:.4f}",
+        "  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in record["timings_s"].items()),
+        f"  outputs: {run_dir}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""The teacher stage: load a checkpoint, load a cached teacher, or fine-tune one and cache it.
+
+A cached teacher is keyed by a digest of everything that determines it (architecture, recipe, teacher
+seed, dataset, starting checkpoint), so every run of a sweep that shares a teacher recipe trains it once.
+A lock serialises jobs that need the same teacher: the first trains and publishes it, the others wait
+and load. Entries are published atomically (weights, then a manifest holding their sha256); an entry
+whose weights do not match its manifest is reported, removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kd_runner import engine
+from kd_runner.config import RunConfig
+from kd_runner.data import Dataset
+from kd_runner.files import apply_state_dict, file_lock, load_state_dict, save_torch, sha256_file, write_json
+from kd_runner.metrics import accuracy
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Teacher:
+    model: torch.nn.Module
+    source: str  # "trained", "cache" or "checkpoint"
+    history: list[dict]  # per-epoch rows of its fine-tuning (also when loaded from the cache)
+    key: str
+    seconds: float
+
+
+def teacher_key(cfg: RunConfig) -> str:
+    """Digest of everything that determines the fine-tuned teacher."""
+    parts = {
+        "format": CACHE_FORMAT,
+        "teacher": dataclasses.asdict(cfg.teacher),
+        "dataset": dataclasses.asdict(cfg.dataset),
+        "checkpoint_sha256": sha256_file(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None,
+        "weights_sha256": sha256_file(cfg.teacher.weights_path) if cfg.teacher.weights_path else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData, progress: bool) -> Teacher:
+    start = time.perf_counter()
+    engine.seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
+    model = engine.build_stage_model(cfg.teacher, data)
+    if cfg.teacher.checkpoint:
+        state = load_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint")
+        apply_state_dict(model, state, "teacher.checkpoint", _describe(cfg, data))
+    model.to(device_data.device)
+    if cfg.teacher.epochs == 0:
+        log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
+        return Teacher(model.eval(), "checkpoint", [], "", time.perf_counter() - start)
+
+    key = teacher_key(cfg)
+    entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{key}"
+    with file_lock(entry.with_suffix(".lock")):
+        history = _load_entry(model, entry)
+        source = "cache"
+        if history is None:
+            log.info("teacher: fine-tuning %s for %d epochs (cache key %s)", cfg.teacher.name, cfg.teacher.epochs, key)
+            history = _fine_tune(model, cfg, device_data, progress)
+            _save_entry(model, history, entry, cfg)
+            source = "trained"
+        else:
+            log.info("teacher: loaded from cache %s", entry.with_suffix(".pt"))
+    return Teacher(model.eval(), source, history, key, time.perf_counter() - start)
+
+
+def _describe(cfg: RunConfig, data: Dataset) -> str:
+    return f"teacher {cfg.teacher.name} with {data.in_channels} input channels and {data.num_classes} classes"
+
+
+def _fine_tune(model, cfg: RunConfig, d: engine.DeviceData, progress: bool) -> list[dict]:
+    def evaluate() -> dict:
+        logits = engine.predict(model, d, d.val.images)
+        return {"teacher_acc": accuracy(logits, d.val.labels), "teacher_loss": float(F.cross_entropy(logits, d.val.labels))}
+
+    return engine.fit(model, d, cfg.teacher, cfg.teacher.seed, engine.cross_entropy_loss, evaluate, "teacher", progress)
+
+
+def _save_entry(model, history: list[dict], entry: Path, cfg: RunConfig) -> None:
+    weights = entry.with_suffix(".pt")
+    save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+    manifest = {"sha256": sha256_file(weights), "history": history, "teacher": dataclasses.asdict(cfg.teacher)}
+    write_json(entry.with_suffix(".json"), manifest)  # written last: its presence marks a complete entry
+
+
+def _load_entry(model, entry: Path) -> list[dict] | None:
+    """The cached history after loading the weights into `model`, or None when there is no valid entry."""
+    weights, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        ok = weights.is_file() and sha256_file(weights) == manifest["sha256"]
+    except (ValueError, KeyError, OSError):
+        ok = False
+    if not ok:
+        log.warning("teacher cache entry %s is corrupted or incomplete: removed, fine-tuning again", entry)
+        weights.unlink(missing_ok=True)
+        manifest_path.unlink(missing_ok=True)
+        return None
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return manifest["history"]

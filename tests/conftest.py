@@ -1,0 +1,35 @@
+"""Shared helpers: run the real `kd-run` console script in a subprocess, read what a run wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+KD_RUN = str(Path(sys.executable).with_name("kd-run"))
+
+
+def kd_run(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "", "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR")
+    proc = subprocess.run([KD_RUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kd-run {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
+    return json.loads((run_dir / "result.json").read_text()), pd.read_csv(run_dir / "metrics.csv")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One real `kd-run experiment=smoke` in a fresh directory (its teacher is trained, not cached)."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    proc = kd_run("experiment=smoke", "hydra.run.dir=run1", cwd=cwd)
+    return cwd, proc

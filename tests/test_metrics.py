@@ -1,0 +1,147 @@
+"""Validation metrics against values computed by hand (plain python math, no torch losses)."""
+
+import math
+
+import pytest
+import torch
+
+from kd_runner.metrics import METRIC_NAMES, accuracy, compute_metrics, per_class_accuracy
+
+# 4 samples x 3 classes. Student argmax: 0, 1, 2, 0; teacher argmax: 0, 0, 1, 2; labels 0, 1, 2, 2.
+# So the student is right on 3/4, the teacher on 2/4 (samples 0 and 3), and they agree on 1/4 (sample 0).
+STUDENT = [[2.0, 0.5, 0.1], [0.3, 1.2, -0.4], [0.0, 0.2, 0.9], [1.0, 0.4, 0.6]]
+TEACHER = [[1.5, 0.2, -0.3], [0.9, 0.1, 0.4], [-0.2, 1.1, 0.3], [0.8, 0.0, 1.7]]
+LABELS = [0, 1, 2, 2]
+
+
+def tensors():
+    return torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS)
+
+
+def softmax(row, temperature=1.0):
+    exps = [math.exp(x / temperature) for x in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def hand_ce(rows, labels):
+    return mean([-math.log(softmax(row)[y]) for row, y in zip(rows, labels)])
+
+
+def hand_kl(student_rows, teacher_rows, temperature):
+    """Unscaled mean over samples of KL(softmax(t/T) || softmax(s/T))."""
+    return mean(
+        [
+            sum(p * math.log(p / q) for p, q in zip(softmax(t, temperature), softmax(s, temperature)))
+            for s, t in zip(student_rows, teacher_rows)
+        ]
+    )
+
+
+def hand_logit_gap(student_rows, teacher_rows):
+    return mean([abs(t - s) for srow, trow in zip(student_rows, teacher_rows) for s, t in zip(srow, trow)])
+
+
+def test_accuracy_is_top1_fraction():
+    s, t, y = tensors()
+    assert accuracy(s, y) == 0.75
+    assert accuracy(t, y) == 0.5
+    assert isinstance(accuracy(s, y), float)
+
+
+def test_accuracy_of_no_samples_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        accuracy(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+
+
+def test_compute_metrics_hand_values():
+    s, t, y = tensors()
+    metrics = compute_metrics(s, t, y, alpha=0.3, temperature=2.0, kind="kl")
+    assert list(metrics) == list(METRIC_NAMES)
+    assert all(type(value) is float for value in metrics.values())
+
+    student_ce = hand_ce(STUDENT, LABELS)
+    assert metrics["student_acc"] == 0.75
+    assert metrics["teacher_acc"] == 0.5
+    assert metrics["agreement"] == 0.25
+    assert metrics["student_loss"] == pytest.approx(student_ce, rel=1e-6)
+    assert metrics["objective"] == pytest.approx(
+        0.3 * student_ce + 0.7 * 4.0 * hand_kl(STUDENT, TEACHER, 2.0), rel=1e-5
+    )
+    # |t - s| summed over the 12 entries: 0.5+0.3+0.4 + 0.6+1.1+0.8 + 0.2+0.9+0.6 + 0.2+0.4+1.1 = 7.1
+    assert metrics["logit_gap"] == pytest.approx(7.1 / 12, rel=1e-6)
+    assert metrics["logit_gap"] == pytest.approx(hand_logit_gap(STUDENT, TEACHER), rel=1e-6)
+    assert metrics["kl_teacher_student"] == pytest.approx(hand_kl(STUDENT, TEACHER, 1.0), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kind, soft",
+    [
+        ("kl", lambda T: T * T * hand_kl(STUDENT, TEACHER, T)),
+        ("mse", lambda T: mean([(t - s) ** 2 for sr, tr in zip(STUDENT, TEACHER) for s, t in zip(sr, tr)])),
+    ],
+)
+def test_objective_uses_the_runs_kind(kind, soft):
+    s, t, y = tensors()
+    metrics = compute_metrics(s, t, y, alpha=0.6, temperature=3.0, kind=kind)
+    assert metrics["objective"] == pytest.approx(0.6 * hand_ce(STUDENT, LABELS) + 0.4 * soft(3.0), rel=1e-5)
+
+
+def test_only_the_objective_depends_on_alpha_temperature_and_kind():
+    """student_loss etc. are comparable across the runs of a sweep; the objective is the run's own."""
+    s, t, y = tensors()
+    runs = [
+        compute_metrics(s, t, y, alpha, temperature, kind)
+        for alpha, temperature, kind in [(0.0, 4.0, "kl"), (0.5, 2.0, "soft_ce"), (1.0, 1.0, "mse")]
+    ]
+    for name in METRIC_NAMES:
+        values = {run[name] for run in runs}
+        assert len(values) == (3 if name == "objective" else 1), name
+    assert runs[2]["objective"] == runs[2]["student_loss"]  # alpha = 1: the objective is plain CE
+
+
+def test_metrics_of_identical_models():
+    s, _, y = tensors()
+    metrics = compute_metrics(s, s.clone(), y, alpha=0.5, temperature=2.0, kind="kl")
+    assert metrics["agreement"] == 1.0
+    assert metrics["logit_gap"] == 0.0
+    assert metrics["kl_teacher_student"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["student_acc"] == metrics["teacher_acc"]
+
+
+def test_metrics_accept_low_precision_and_grad_tracking_logits():
+    s, t, y = tensors()
+    reference = compute_metrics(s.bfloat16().float(), t.bfloat16().float(), y, 0.5, 2.0, "kl")
+    student = s.bfloat16().requires_grad_()
+    metrics = compute_metrics(student, t.bfloat16(), y, 0.5, 2.0, "kl")
+    assert metrics == pytest.approx(reference, rel=1e-6)
+
+
+def test_mismatched_shapes_are_an_error():
+    s, _, y = tensors()
+    with pytest.raises(ValueError, match="same shape"):
+        compute_metrics(s, torch.zeros(4, 5), y, 0.5, 2.0, "kl")
+
+
+def test_per_class_accuracy_with_an_empty_class():
+    # labels: three of class 0, one of class 1, two of class 2, none of class 3.
+    # preds:  0, 0, 3 | 1 | 2, 0  -> class 0: 2/3, class 1: 1/1, class 2: 1/2, class 3: no sample.
+    # Predicting class 3 (sample 2) must not make class 3 count as having samples.
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    logits = torch.tensor(
+        [
+            [3.0, 0.0, 0.0, 0.0],
+            [2.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+            [0.0, 5.0, 1.0, 0.0],
+            [0.0, 0.0, 2.0, 1.0],
+            [1.0, 0.0, 0.5, 0.0],
+        ]
+    )
+    result = per_class_accuracy(logits, labels, num_classes=4)
+    assert result == [pytest.approx(2 / 3), 1.0, 0.5, None]
+    assert all(value is None or type(value) is float for value in result)

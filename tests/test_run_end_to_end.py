@@ -1,0 +1,104 @@
+"""Real runs of the smoke config: through the `kd-run` script, and through Hydra's compose API."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import kd_run, read_run
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from kd_runner import pipeline
+from kd_runner.config import load_config
+from kd_runner.metrics import METRIC_NAMES
+
+
+def test_smoke_run_writes_result_and_metrics(smoke_run):
+    cwd, proc = smoke_run
+    run_dir = cwd / "run1"
+    result, metrics = read_run(run_dir)
+
+    assert result["status"] == "completed"
+    assert result["teacher"]["source"] == "trained"
+    assert set(METRIC_NAMES) | {"best_student_acc"} == set(result["metrics"])
+    for name in ("student_acc", "teacher_acc", "agreement"):
+        assert 0.0 <= result["metrics"][name] <= 1.0
+    # two tiny epochs on digits already learn far beyond chance (0.1)
+    assert result["metrics"]["teacher_acc"] > 0.5 and result["metrics"]["student_acc"] > 0.5
+    assert result["metrics"]["best_student_acc"] >= result["metrics"]["student_acc"]
+
+    assert list(metrics["stage"]) == ["teacher", "teacher", "student", "student"]
+    assert list(metrics["epoch"]) == [1, 2, 1, 2]
+    student = metrics[metrics.stage == "student"]
+    last = student.iloc[-1]
+    for name in METRIC_NAMES:  # result.json holds the final epoch's values, not the best
+        assert math.isclose(result["metrics"][name], last[name], rel_tol=1e-9)
+    assert math.isclose(result["metrics"]["best_student_acc"], student["student_acc"].max())
+    teacher_rows = metrics[metrics.stage == "teacher"]
+    assert math.isclose(teacher_rows["teacher_acc"].iloc[-1], result["metrics"]["teacher_acc"], rel_tol=1e-9)
+    assert (student["teacher_acc"] == result["metrics"]["teacher_acc"]).all()
+    assert (metrics["lr"].iloc[[0, 2]] == 0.05).all()  # the configured lr at the first epoch of each stage
+
+    models = result["models"]
+    assert models["teacher"]["params"] > models["student"]["params"] > 0
+    assert math.isclose(models["compression_ratio"], models["teacher"]["params"] / models["student"]["params"], rel_tol=1e-3)
+    assert result["device"] == "cpu"
+    assert len(result["config_digest"]) == 16
+    assert set(result["versions"]) == {"python", "torch", "torchvision", "kd_runner"}
+    assert (run_dir / "student.pt").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "kd-run.log").is_file()
+    assert "student_acc" in proc.stdout and "compression" in proc.stdout  # the end-of-run summary
+
+
+def test_second_run_loads_the_cached_teacher_and_reproduces_the_metrics(smoke_run):
+    cwd, _ = smoke_run
+    kd_run("experiment=smoke", "hydra.run.dir=run2", cwd=cwd)
+    first, _ = read_run(cwd / "run1")
+    second, metrics = read_run(cwd / "run2")
+    assert second["teacher"]["source"] == "cache"
+    assert "loaded from cache" in (cwd / "run2" / "kd-run.log").read_text()
+    assert "fine-tuning" in (cwd / "run1" / "kd-run.log").read_text()
+    assert second["metrics"] == first["metrics"]
+    assert (metrics.stage == "teacher").sum() == 2  # the cached teacher's history is kept
+
+
+def test_a_different_seed_changes_the_student_but_not_the_teacher(smoke_run):
+    cwd, _ = smoke_run
+    kd_run("experiment=smoke", "seed=1", "hydra.run.dir=run_seed1", cwd=cwd)
+    first, _ = read_run(cwd / "run1")
+    other, _ = read_run(cwd / "run_seed1")
+    assert other["teacher"]["source"] == "cache"
+    assert other["metrics"]["teacher_acc"] == first["metrics"]["teacher_acc"]
+    assert other["metrics"]["objective"] != first["metrics"]["objective"]
+
+
+def compose_config(*overrides: str):
+    with initialize_config_module(config_module="kd_runner.conf", version_base="1.3"):
+        raw = compose("config", overrides=list(overrides))
+    return load_config(OmegaConf.to_container(raw, resolve=True))
+
+
+def test_compose_api_run_is_deterministic(tmp_path):
+    """Two runs with the same config and seed, each training its own teacher, give identical metrics."""
+    records = []
+    for name in ("a", "b"):
+        cfg = compose_config("experiment=smoke", f"cache_dir={tmp_path / name / 'cache'}", "alpha=0.3", "soft_loss=soft_ce")
+        records.append(pipeline.run(cfg, tmp_path / name))
+    assert records[0]["teacher"]["source"] == records[1]["teacher"]["source"] == "trained"
+    assert records[0]["metrics"] == records[1]["metrics"]
+    assert records[0]["config"]["alpha"] == 0.3 and records[0]["config"]["soft_loss"] == "soft_ce"
+
+
+@pytest.mark.parametrize("group,option", [("teacher", "resnet50"), ("student", "resnet18"), ("dataset", "synthetic")])
+def test_config_groups_compose(group, option):
+    cfg = compose_config(f"{group}={option}")
+    assert getattr(cfg, group).name == option
+
+
+def test_help_lists_groups_and_main_keys(tmp_path):
+    out = kd_run("--help", cwd=tmp_path).stdout
+    for text in ("teacher: ", "student: ", "dataset: ", "experiment: ", "alpha", "temperature", "soft_loss",
+                 "STAGE.optimizer", "STAGE.scheduler", "resnet50", "smoke"):
+        assert text in out
+    assert not (tmp_path / "outputs").exists()
