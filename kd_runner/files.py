@@ -12,7 +12,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 
@@ -67,35 +67,47 @@ def file_lock(path: Path | str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def load_state_dict(path: Path | str, key: str) -> dict:
-    """Read a state dict with weights_only=True: a file carrying pickled code, or no file, is a user error."""
-    path = Path(path)
-    if not path.is_file():
+def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
+    """Read a state dict with weights_only=True: a missing, truncated or code-carrying file is a user error.
+
+    RepDistiller-style checkpoints that keep the state dict under "model" are unwrapped.
+    """
+    if not os.path.isfile(path):
         raise UserError(f"{key}={str(path)!r}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupted, or pickled code refused by weights_only
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{key}={str(path)!r} cannot be read as a weights-only state dict ({first[:200]})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{key}={str(path)!r} is not a state dict (a mapping of parameter names to tensors)")
-    return state
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UserError(f"{key}={str(path)!r}: cannot read a state dict ({type(exc).__name__}: {reason})") from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{key}={str(path)!r} holds a {type(obj).__name__}, not a state dict")
+    return obj
 
 
-def apply_state_dict(model: torch.nn.Module, state: dict, key: str, expected: str) -> None:
-    """Load `state` into `model` strictly; on any mismatch name what was expected and what was found."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        found = []
-        if missing:
-            found.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            found.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            found.append(f"shape of {k} is {tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
-        raise UserError(f"{key} does not match {expected}: " + "; ".join(found))
-    model.load_state_dict(state)
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: Mapping) -> str | None:
+    """How `state` differs from `model`'s own state dict, in one line; None when it loads exactly."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [
+        k for k in expected
+        if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+    if reshaped:
+        k = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} shape mismatches (first: {k} is {_shape(state[k])} in the file, "
+            f"{_shape(expected[k])} in the model)"
+        )
+    return "; ".join(problems) or None

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from kd_runner import engine
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
-from kd_runner.files import apply_state_dict, file_lock, load_state_dict, save_torch, sha256_file, write_json
+from kd_runner.errors import UserError
+from kd_runner.files import file_lock, read_state_dict, save_torch, sha256_file, state_dict_mismatch, write_json
 from kd_runner.metrics import accuracy
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,14 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceDat
     engine.seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
     model = engine.build_stage_model(cfg.teacher, data)
     if cfg.teacher.checkpoint:
-        state = load_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint")
-        apply_state_dict(model, state, "teacher.checkpoint", _describe(cfg, data))
+        state = read_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint")
+        problem = state_dict_mismatch(model, state)
+        if problem:
+            raise UserError(
+                f"teacher.checkpoint={cfg.teacher.checkpoint!r} does not match teacher {cfg.teacher.name} "
+                f"({data.in_channels} input channels, {data.num_classes} classes): {problem}"
+            )
+        model.load_state_dict(state)
     model.to(device_data.device)
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
@@ -76,10 +83,6 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceDat
         else:
             log.info("teacher: loaded from cache %s", entry.with_suffix(".pt"))
     return Teacher(model.eval(), source, history, key, time.perf_counter() - start)
-
-
-def _describe(cfg: RunConfig, data: Dataset) -> str:
-    return f"teacher {cfg.teacher.name} with {data.in_channels} input channels and {data.num_classes} classes"
 
 
 def _fine_tune(model, cfg: RunConfig, d: engine.DeviceData, progress: bool) -> list[dict]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kd_runner.errors import ConfigError, UserError
+from kd_runner.files import read_state_dict, state_dict_mismatch
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -25,52 +26,6 @@ def register(name: str):
         return builder
 
     return add
-
-
-def read_state_dict(path: str) -> Mapping[str, torch.Tensor]:
-    """Reads a state dict saved with ``torch.save``; RepDistiller checkpoints keep it under ``"model"``."""
-    if not os.path.isfile(path):
-        raise UserError(f"weights_path={path!r}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a non-checkpoint file raises anything: KeyError, EOFError, UnpicklingError, ...
-        raise UserError(
-            f"weights_path={path!r}: cannot read a state dict from it ({type(e).__name__}); "
-            "expected a file written by torch.save(model.state_dict(), path)"
-        ) from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise UserError(f"weights_path={path!r} holds a {type(obj).__name__}, not a state dict")
-    return obj
-
-
-def _shape(value) -> str:
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def state_dict_mismatch(model: nn.Module, state: Mapping) -> str | None:
-    """How ``state`` differs from ``model``'s own state dict, in one line; None when it loads exactly."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [
-        k
-        for k in expected
-        if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (first: {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
-    if reshaped:
-        k = reshaped[0]
-        problems.append(
-            f"{len(reshaped)} shape mismatches (first: {k} is {_shape(state[k])} in the file, "
-            f"{_shape(expected[k])} in the model)"
-        )
-    return "; ".join(problems) or None
 
 
 def build_model(
@@ -104,7 +59,7 @@ def build_model(
     model = builder(**dims, width=width, depth=depth)
     if weights_path is None:
         return model
-    state = read_state_dict(weights_path)
+    state = read_state_dict(weights_path, "weights_path")
     problem = state_dict_mismatch(model, state)
     if problem is None:
         model.load_state_dict(state)
