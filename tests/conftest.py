@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from kd_runner import cli  # registers the config schema with Hydra's ConfigStore
+from kd_runner.config import RunConfig, load_config
 
 KD_RUN = str(Path(sys.executable).with_name("kd-run"))
 
@@ -21,6 +26,13 @@ def kd_run(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> sub
     if check and proc.returncode != 0:
         raise AssertionError(f"kd-run {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def compose_config(*overrides: str) -> RunConfig:
+    """The typed config `kd-run OVERRIDES...` would run, composed through Hydra's compose API."""
+    with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):
+        raw = compose("config", overrides=list(overrides))
+    return load_config(OmegaConf.to_container(raw, resolve=True))
 
 
 def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:

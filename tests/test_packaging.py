@@ -1,0 +1,41 @@
+"""The wheel ships the configs: a plain (non-editable) install runs `kd-run` from any directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_configs_and_runs_from_another_directory(tmp_path):
+    wheel_dir = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )
+    (wheel,) = wheel_dir.glob("kd_runner-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    repo_configs = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
+    assert repo_configs and {f"kd_runner/conf/{c}" for c in repo_configs} <= names
+    assert "kd_runner/cli.py" in names
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, kd_runner.cli as c; print(c.__file__, file=sys.stderr); c.main()",
+         "experiment=smoke", "hydra.run.dir=run"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert str(site) in proc.stderr  # the installed copy ran, not the checkout
+    assert (elsewhere / "run" / "result.json").is_file()
