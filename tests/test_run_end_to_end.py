@@ -93,3 +93,13 @@ def test_help_lists_groups_and_main_keys(tmp_path):
                  "STAGE.optimizer", "STAGE.scheduler", "resnet50", "smoke"):
         assert text in out
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_embedded_default_learns_the_digits(tmp_path):
+    """`kd-run` with no arguments (what `make run` does): the full default recipe on the real digits."""
+    kd_run("hydra.run.dir=run", cwd=tmp_path)
+    result, _ = read_run(tmp_path / "run")
+    assert result["config"]["teacher"]["name"] == "cnn" and result["config"]["student"]["name"] == "mlp"
+    assert result["config"]["dataset"]["name"] == "digits" and result["config"]["alpha"] == 0.5
+    assert result["metrics"]["teacher_acc"] > 0.95 and result["metrics"]["student_acc"] > 0.9
+    assert result["models"]["compression_ratio"] > 100
