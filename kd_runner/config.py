@@ -19,7 +19,7 @@ from kd_runner.errors import ConfigError
 from kd_runner.losses import SOFT_LOSSES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "step", "multistep", "cosine", "onecycle")
+SCHEDULERS = ("none", "step", "cosine", "onecycle", "multistep")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE = ("none", "backbone")
 VAL_SPLITS = ("test", "holdout")

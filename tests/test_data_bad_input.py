@@ -22,7 +22,7 @@ CASES = [
     (["teacher.ensemble=2", "teacher.epochs=0", f"teacher.checkpoint={__file__}"], ["teacher.ensemble=2", "teacher.epochs=0"]),
     (["student.scheduler=multistep"], ["student.milestones=[]", "increasing epochs > 0"]),
     (["teacher.scheduler=multistep", "teacher.milestones=[5,3]"], ["teacher.milestones=[5, 3]", "increasing"]),
-    (["teacher.scheduler=cyclic"], ["teacher.scheduler='cyclic'", "none, step, multistep, cosine, onecycle"]),
+    (["teacher.scheduler=cyclic"], ["teacher.scheduler='cyclic'", "none, step, cosine, onecycle, multistep"]),
 ]
 
 
