@@ -42,7 +42,8 @@ def transfer_data(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData)
     bad = [c for c in t.exclude_classes if c >= data.num_classes]
     if bad:
         raise UserError(
-            f"transfer.exclude_classes={t.exclude_classes} is not allowed: {data.name} has classes 0..{data.num_classes - 1}"
+            f"transfer.exclude_classes={t.exclude_classes} is not allowed: {data.name} has classes "
+            f"0..{data.num_classes - 1}"
         )
     keep = ~torch.isin(source.train.labels, torch.tensor(t.exclude_classes, dtype=torch.int64))
     if not bool(keep.any()):

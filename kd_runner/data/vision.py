@@ -13,6 +13,7 @@ stratified share of train fixed by `split_seed` (`val_split=holdout`).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -30,30 +31,23 @@ PAD_CROP = Augmentation(crop_padding=4)  # SVHN: digits are not mirror-symmetric
 RESIZED_CROP_FLIP = Augmentation(resized_crop=True, flip=True)  # image folders: RandomResizedCrop + flip
 
 
-class _CIFAR10(torchvision.datasets.CIFAR10):
-    """torchvision's CIFAR10, checking the extracted batch files by presence instead of their md5.
+def _cifar_files_present(self) -> bool:
+    names = [name for name, _ in self.train_list + self.test_list]
+    return all(os.path.isfile(os.path.join(self.root, self.base_folder, name)) for name in names)
+
+
+def _presence_checked(cifar: type) -> type:
+    """torchvision's CIFAR10/CIFAR100, checking the extracted batch files by presence instead of their md5.
 
     The download still verifies the archive's md5; this lets a subset or a re-packed copy of the batches
     (same pickle format, other content) load too. A corrupted file fails when it is unpickled.
     """
-
-    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
-
-    def _check_integrity(self) -> bool:
-        names = [name for name, _ in self.train_list + self.test_list]
-        return all(os.path.isfile(os.path.join(self.root, self.base_folder, name)) for name in names)
+    attributes = {"meta": {**cifar.meta, "md5": None}, "_check_integrity": _cifar_files_present}
+    return type(cifar.__name__, (cifar,), attributes)
 
 
-class _CIFAR100(_CIFAR10, torchvision.datasets.CIFAR100):
-    """torchvision's CIFAR100, with the presence check of `_CIFAR10`."""
-
-    base_folder = torchvision.datasets.CIFAR100.base_folder
-    url = torchvision.datasets.CIFAR100.url
-    filename = torchvision.datasets.CIFAR100.filename
-    tgz_md5 = torchvision.datasets.CIFAR100.tgz_md5
-    train_list = torchvision.datasets.CIFAR100.train_list
-    test_list = torchvision.datasets.CIFAR100.test_list
-    meta = {**torchvision.datasets.CIFAR100.meta, "md5": None}
+_CIFAR10 = _presence_checked(torchvision.datasets.CIFAR10)
+_CIFAR100 = _presence_checked(torchvision.datasets.CIFAR100)
 
 
 class _SVHN(torchvision.datasets.SVHN):
@@ -68,17 +62,32 @@ def _mnist_layout(folder: str) -> str:
     return f"{{root}}/{folder}/raw/{{{files}}} (the official files, gunzipped)"
 
 
-# name -> (torchvision class, expected layout, whether a train split is chosen with split= instead of train=)
-FILE_DATASETS: dict[str, tuple[type, str, bool]] = {
-    "mnist": (torchvision.datasets.MNIST, _mnist_layout("MNIST"), False),
-    "fashion_mnist": (torchvision.datasets.FashionMNIST, _mnist_layout("FashionMNIST"), False),
-    "cifar10": (
+@dataclass(frozen=True)
+class FileDataset:
+    """How to read one file dataset with torchvision, and what it is."""
+
+    cls: type  # the torchvision dataset class
+    layout: str  # the files expected under {root}, for the error message
+    num_classes: int
+    augmentation: Augmentation | None  # its standard training augmentation
+    by_split: bool = False  # the class takes split="train"/"test" (SVHN) instead of train=True/False
+
+
+FILE_DATASETS = {
+    "mnist": FileDataset(torchvision.datasets.MNIST, _mnist_layout("MNIST"), 10, None),
+    "fashion_mnist": FileDataset(torchvision.datasets.FashionMNIST, _mnist_layout("FashionMNIST"), 10, None),
+    "cifar10": FileDataset(
         _CIFAR10,
         "{root}/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python version, extracted)",
-        False,
+        10,
+        PAD_CROP_FLIP,
     ),
-    "cifar100": (_CIFAR100, "{root}/cifar-100-python/{train, test, meta} (the python version, extracted)", False),
-    "svhn": (_SVHN, "{root}/{train_32x32.mat, test_32x32.mat} (the cropped-digits format)", True),
+    "cifar100": FileDataset(
+        _CIFAR100, "{root}/cifar-100-python/{train, test, meta} (the python version, extracted)", 100, PAD_CROP_FLIP
+    ),
+    "svhn": FileDataset(
+        _SVHN, "{root}/{train_32x32.mat, test_32x32.mat} (the cropped-digits format)", 10, PAD_CROP, by_split=True
+    ),
 }
 DOWNLOADABLE = tuple(FILE_DATASETS)
 WITH_TEST_SPLIT = (*FILE_DATASETS, "imagefolder", "fake")
@@ -93,11 +102,11 @@ def _one_line(exc: BaseException) -> str:
 
 def _open_file_dataset(cfg, train: bool):
     """torchvision's dataset object for one split; missing or unreadable files become a one-line UserError."""
-    cls, layout, by_split = FILE_DATASETS[cfg.name]
-    split = {"split": "train" if train else "test"} if by_split else {"train": train}
-    expected = layout.replace("{root}", cfg.root.rstrip("/") or "/")
+    spec = FILE_DATASETS[cfg.name]
+    split = {"split": "train" if train else "test"} if spec.by_split else {"train": train}
+    expected = spec.layout.replace("{root}", cfg.root.rstrip("/") or "/")
     try:
-        return cls(cfg.root, download=cfg.download, **split)
+        return spec.cls(cfg.root, download=cfg.download, **split)
     except Exception as exc:  # missing files, a failed download (offline), or a file that does not parse
         if cfg.download:
             problem = f"download into {cfg.root!r} failed ({_one_line(exc)})"
@@ -132,8 +141,7 @@ def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     train_idx, val_idx = torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
-    pick = lambda idx: Split(split.images[idx], split.labels[idx])  # noqa: E731
-    return pick(train_idx), pick(val_idx)
+    return Split(split.images[train_idx], split.labels[train_idx]), Split(split.images[val_idx], split.labels[val_idx])
 
 
 def _splits(cfg, load: Callable[[bool], Split]) -> tuple[Split, Split]:
@@ -144,22 +152,22 @@ def _splits(cfg, load: Callable[[bool], Split]) -> tuple[Split, Split]:
     return train, load(False)
 
 
-def _build_file_dataset(cfg, augmentation: Augmentation | None) -> Dataset:
+def build_file_dataset(cfg) -> Dataset:
+    """One of FILE_DATASETS, both splits decoded to uint8 tensors, normalised with the training split's stats."""
+    spec = FILE_DATASETS[cfg.name]
+
     def load(train: bool) -> Split:
         ds = _open_file_dataset(cfg, train)
-        return _as_split(ds.data, ds.labels if cfg.name == "svhn" else ds.targets)
+        return _as_split(ds.data, ds.labels if spec.by_split else ds.targets)  # SVHN names them labels
 
     train, val = _splits(cfg, load)
-    num_classes = 10 if cfg.name != "cifar100" else 100
     mean, std = channel_stats(train.images)
-    return Dataset(cfg.name, train, val, num_classes, mean, std, augmentation if cfg.augment else None)
+    augmentation = spec.augmentation if cfg.augment else None
+    return Dataset(cfg.name, train, val, spec.num_classes, mean, std, augmentation)
 
 
-register("mnist")(lambda cfg: _build_file_dataset(cfg, None))
-register("fashion_mnist")(lambda cfg: _build_file_dataset(cfg, None))
-register("cifar10")(lambda cfg: _build_file_dataset(cfg, PAD_CROP_FLIP))
-register("cifar100")(lambda cfg: _build_file_dataset(cfg, PAD_CROP_FLIP))
-register("svhn")(lambda cfg: _build_file_dataset(cfg, PAD_CROP))
+for _name in FILE_DATASETS:
+    register(_name)(build_file_dataset)
 
 
 def decode(dataset) -> Split:
@@ -191,8 +199,9 @@ def _open_image_folder(cfg, part: str) -> torchvision.datasets.ImageFolder:
 def build_imagefolder(cfg) -> Dataset:
     """A `train/` and `val/` tree of class folders, every image decoded once at `image_size` (ImageNet stats).
 
-    With val_split=holdout only `train/` is read. Both splits are stored resized and centre-cropped (`eval_transform`); training augmentation is a
-    random-resized crop of that stored image plus a flip, done per batch on the device.
+    With val_split=holdout only `train/` is read. Both splits are stored resized and centre-cropped
+    (`eval_transform`); training augmentation is a random-resized crop of that stored image plus a flip,
+    done per batch on the device.
     """
     classes: list[str] = []
 
