@@ -101,23 +101,26 @@ def resized_crop_boxes(
     return torch.where(none[:, None], fallback, boxes)
 
 
+def _sample_positions(start: Tensor, length: Tensor, size: int) -> Tensor:
+    """grid_sample coordinates of `size` output pixels resizing the span [start, start + length) of one axis.
+
+    Output pixel j samples the input at start + (j + 0.5) * length / size (pixel-edge coordinates), clamped to
+    the span's first and last pixel centres, which is what resizing the cropped image does (bilinear,
+    align_corners=False). With align_corners=False, grid coordinate -1..1 spans the input's edges 0..size.
+    """
+    j = torch.arange(size, device=start.device, dtype=torch.float32) + 0.5
+    pos = start[:, None] + j * (length / size)[:, None]
+    pos = torch.minimum(torch.maximum(pos, start[:, None] + 0.5), (start + length)[:, None] - 0.5)
+    return 2 * pos / size - 1
+
+
 def crop_resize(images: Tensor, boxes: Tensor) -> Tensor:
     """Crop box i = (top, left, height, width) of image i and resize it bilinearly to the input's size."""
     n, _, h, w = images.shape
-    boxes = boxes.to(images.device, torch.float32)
-    top, left, bh, bw = boxes.unbind(dim=1)
-    theta = torch.zeros(n, 2, 3, device=images.device)
-    theta[:, 0, 0] = bw / w
-    theta[:, 0, 2] = (2 * left + bw) / w - 1  # box centre, in grid_sample's [-1, 1] coordinates
-    theta[:, 1, 1] = bh / h
-    theta[:, 1, 2] = (2 * top + bh) / h - 1
-    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
-    # sample only inside the box (as resizing the cropped image does): clamp to its first and last pixel centres
-    x_lo, x_hi = (2 * left + 1) / w - 1, (2 * (left + bw) - 1) / w - 1
-    y_lo, y_hi = (2 * top + 1) / h - 1, (2 * (top + bh) - 1) / h - 1
-    gx = torch.maximum(torch.minimum(grid[..., 0], x_hi[:, None, None]), x_lo[:, None, None])
-    gy = torch.maximum(torch.minimum(grid[..., 1], y_hi[:, None, None]), y_lo[:, None, None])
-    grid = torch.stack([gx, gy], dim=-1)
+    top, left, bh, bw = boxes.to(images.device, torch.float32).unbind(dim=1)
+    gx = _sample_positions(left, bw, w)  # n x w
+    gy = _sample_positions(top, bh, h)  # n x h
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # n x h x w x (x, y)
     out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     if images.dtype == torch.uint8:
         return out.round_().clamp_(0, 255).to(torch.uint8)
