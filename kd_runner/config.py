@@ -19,19 +19,22 @@ from kd_runner.errors import ConfigError
 from kd_runner.losses import SOFT_LOSSES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "step", "cosine", "onecycle")
+SCHEDULERS = ("none", "step", "cosine", "onecycle", "multistep")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE = ("none", "backbone")
+VAL_SPLITS = ("test", "holdout")
 
 
 @dataclass
 class DatasetConfig:
     name: str = "digits"
     root: str = "data"  # where file-based datasets live
-    download: bool = False
-    val_fraction: float = 0.2  # held-out share of train when a dataset has no own validation split
+    download: bool = False  # fetch missing files with torchvision (mnist, fashion_mnist, cifar10/100, svhn)
+    val_split: str = "holdout"  # test: the dataset's own test/val split; holdout: val_fraction of train
+    val_fraction: float = 0.2  # held-out share of train with val_split=holdout
     split_seed: int = 0  # fixes the train/val split independently of the run seed
-    # synthetic only
+    augment: bool = True  # the dataset's standard training augmentation (datasets without one ignore it)
+    # synthetic and fake: the generated images; imagefolder: image_size is the side after resize + crop
     num_samples: int = 600
     image_size: int = 8
     channels: int = 1
@@ -56,13 +59,24 @@ class StageConfig:
     weight_decay: float = 5e-4
     scheduler: str = "cosine"
     step_size: int = 7  # epochs between decays, scheduler=step
-    gamma: float = 0.1  # decay factor, scheduler=step
+    gamma: float = 0.1  # decay factor, scheduler=step and multistep
+    milestones: typing.List[int] = field(default_factory=list)  # epochs of the decays, scheduler=multistep
 
 
 @dataclass
 class TeacherConfig(StageConfig):
     seed: int = 0  # the teacher's own seed: a sweep over the run seed reuses one teacher
     checkpoint: typing.Optional[str] = None  # a state dict to start from (required when epochs=0)
+    ensemble: int = 1  # number of teachers (seeds seed, seed+1, ...) whose averaged soft targets teach
+
+
+@dataclass
+class TransferConfig:
+    """The data the student is distilled on, when it is not the teacher's training set."""
+
+    dataset: typing.Optional[DatasetConfig] = None  # another dataset (None: the run's dataset)
+    labeled: bool = True  # false: the transfer set's labels are not used (only alpha=0 is valid)
+    exclude_classes: typing.List[int] = field(default_factory=list)  # classes left out of the transfer set
 
 
 @dataclass
@@ -70,6 +84,7 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StageConfig = field(default_factory=StageConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     alpha: float = 0.5  # weight of the hard-label loss: 1 = no distillation, 0 = pure distillation
     temperature: float = 4.0
     soft_loss: str = "kl"
@@ -116,6 +131,13 @@ def _coerce(key: str, value, kind):
         if value is None:
             return None
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key + ".")
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, value, "expected a list, e.g. [3] or [3, 5]")
+        (item,) = typing.get_args(kind)
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -160,6 +182,10 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
     _check(stage.weight_decay >= 0, f"{key}.weight_decay", stage.weight_decay, "expected a number >= 0")
     _check(stage.step_size > 0, f"{key}.step_size", stage.step_size, "expected a whole number > 0")
     _check(0 < stage.gamma <= 1, f"{key}.gamma", stage.gamma, "expected a number in (0, 1]")
+    if stage.scheduler == "multistep":
+        ms = stage.milestones
+        ok = len(ms) > 0 and all(m > 0 for m in ms) and list(ms) == sorted(set(ms))
+        _check(ok, f"{key}.milestones", ms, "increasing epochs > 0 with scheduler=multistep, e.g. [150,180,210]")
     for name in ("weights_path", "checkpoint"):
         path = getattr(stage, name, None)
         _check(path is None or Path(path).is_file(), f"{key}.{name}", path, "no such file; expected a saved state dict")
@@ -180,10 +206,56 @@ def _validate(cfg: RunConfig) -> None:
         0,
         "teacher.epochs=0 needs teacher.checkpoint=PATH (a trained teacher's state dict)",
     )
-    d = cfg.dataset
-    _one_of("dataset.name", d.name, dataset_names())
-    _check(0 < d.val_fraction < 1, "dataset.val_fraction", d.val_fraction, "expected a number in (0, 1)")
-    _check(d.num_samples >= 2, "dataset.num_samples", d.num_samples, "expected a whole number >= 2")
-    _check(d.image_size >= 4, "dataset.image_size", d.image_size, "expected a whole number >= 4")
-    _check(d.channels > 0, "dataset.channels", d.channels, "expected a whole number > 0")
-    _check(d.num_classes >= 2, "dataset.num_classes", d.num_classes, "expected a whole number >= 2")
+    _check(cfg.teacher.ensemble >= 1, "teacher.ensemble", cfg.teacher.ensemble, "expected a whole number >= 1")
+    _check(
+        cfg.teacher.ensemble == 1 or cfg.teacher.epochs > 0,
+        "teacher.ensemble",
+        cfg.teacher.ensemble,
+        "1 with teacher.epochs=0 (every member would be the same checkpoint)",
+    )
+    _validate_dataset(cfg.dataset, "dataset")
+    _validate_transfer(cfg)
+
+
+def _validate_dataset(d: DatasetConfig, key: str) -> None:
+    from kd_runner.data import DOWNLOADABLE, WITH_TEST_SPLIT, dataset_names
+
+    _one_of(f"{key}.name", d.name, dataset_names())
+    _one_of(f"{key}.val_split", d.val_split, VAL_SPLITS)
+    _check(
+        d.val_split == "holdout" or d.name in WITH_TEST_SPLIT,
+        f"{key}.val_split",
+        d.val_split,
+        f"holdout for {d.name} (it has no test split of its own)",
+    )
+    _check(
+        not d.download or d.name in DOWNLOADABLE,
+        f"{key}.download",
+        d.download,
+        f"false for {d.name}: torchvision downloads only " + ", ".join(DOWNLOADABLE),
+    )
+    _check(0 < d.val_fraction < 1, f"{key}.val_fraction", d.val_fraction, "expected a number in (0, 1)")
+    _check(d.num_samples >= 2, f"{key}.num_samples", d.num_samples, "expected a whole number >= 2")
+    _check(d.image_size >= 4, f"{key}.image_size", d.image_size, "expected a whole number >= 4")
+    _check(d.channels > 0, f"{key}.channels", d.channels, "expected a whole number > 0")
+    _check(d.name != "fake" or d.channels in (1, 3), f"{key}.channels", d.channels, "1 or 3 for fake")
+    _check(d.num_classes >= 2, f"{key}.num_classes", d.num_classes, "expected a whole number >= 2")
+
+
+def _validate_transfer(cfg: RunConfig) -> None:
+    t = cfg.transfer
+    if t.dataset is not None:
+        _validate_dataset(t.dataset, "transfer.dataset")
+    excluded = t.exclude_classes
+    _check(
+        all(c >= 0 for c in excluded) and len(set(excluded)) == len(excluded),
+        "transfer.exclude_classes",
+        excluded,
+        "distinct class indices >= 0, e.g. [3]",
+    )
+    _check(
+        t.labeled or cfg.alpha == 0,
+        "alpha",
+        cfg.alpha,
+        "0 with transfer.labeled=false (unlabeled transfer data: the hard-label term has no labels)",
+    )

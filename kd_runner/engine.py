@@ -1,7 +1,9 @@
 """Training and evaluation on in-memory splits: batches are index tensors into data already on the device.
 
 One loop serves both stages: the caller passes the loss as a function of (logits, batch indices,
-labels), so the teacher stage uses plain cross-entropy and the student stage the distillation objective.
+labels, inputs), so the teacher stage uses plain cross-entropy and the student stage the distillation
+objective. `inputs` is the normalised (and, with augmentation, augmented) batch the model saw, so a
+teacher can be run on exactly that batch.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def seed_everything(seed: int) -> None:
 
 
 class DeviceData:
-    """A dataset's splits moved to the device once, with normalisation applied per batch."""
+    """A dataset's splits moved to the device once, with normalisation (and training augmentation) per batch."""
 
     def __init__(self, data: Dataset, device: torch.device):
         self.device = device
@@ -56,6 +58,7 @@ class DeviceData:
         self.val = Split(data.val.images.to(device), data.val.labels.to(device))
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self.augmentation = data.augmentation
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
@@ -104,6 +107,9 @@ def make_scheduler(optimizer, stage: StageConfig, steps_per_epoch: int):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if stage.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, stage.step_size * steps_per_epoch, stage.gamma)
+    if stage.scheduler == "multistep":
+        milestones = [m * steps_per_epoch for m in stage.milestones]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, stage.gamma)
     if stage.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
     if stage.scheduler == "onecycle":
@@ -123,15 +129,22 @@ def train_epoch(
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer,
     scheduler,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> float:
-    """One pass over the training split; returns the mean training loss (weighted by batch size)."""
+    """One pass over the training split; returns the mean training loss (weighted by batch size).
+
+    With the data's training augmentation set, every batch is augmented on the device before it is
+    normalised (the random choices come from `generator`).
+    """
     model.train()
     total, count = torch.zeros((), device=data.device), 0
     for idx in index_batches(len(data.train), batch_size, generator, data.device):
-        x = data.normalize(data.train.images[idx])
+        images = data.train.images[idx]
+        if data.augmentation is not None:
+            images = data.augmentation(images, generator)
+        x = data.normalize(images)
         y = data.train.labels[idx]
-        loss = loss_fn(model(x), idx, y)
+        loss = loss_fn(model(x), idx, y, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,7 +154,9 @@ def train_epoch(
     return float(total) / max(count, 1)
 
 
-def cross_entropy_loss(logits: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def cross_entropy_loss(
+    logits: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor
+) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
@@ -150,7 +165,7 @@ def fit(
     data: DeviceData,
     stage: StageConfig,
     seed: int,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     evaluate: Callable[[], dict],
     desc: str,
     progress: bool,

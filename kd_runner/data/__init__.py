@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from kd_runner.data.augment import Augmentation
 from kd_runner.errors import ConfigError
 
 
@@ -33,6 +34,7 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    augmentation: Augmentation | None = None  # training augmentation, applied per batch on the device
 
     @property
     def in_channels(self) -> int:
@@ -76,3 +78,4 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 from kd_runner.data import builtin  # noqa: E402,F401  (registers digits and synthetic)
+from kd_runner.data.vision import DOWNLOADABLE, WITH_TEST_SPLIT  # noqa: E402,F401  (registers the file datasets)

@@ -1,0 +1,67 @@
+"""Ensemble teachers (Hinton, Vinyals & Dean 2015): several teachers, one set of soft targets.
+
+`teacher.ensemble=K` fine-tunes K teachers of the teacher's recipe with seeds teacher.seed, ...,
+teacher.seed + K - 1. Each member is an ordinary teacher with its own cache entry (member 0 is the very
+teacher a run without an ensemble uses), so each is trained once and shared by every run that needs it.
+
+The soft targets are the mean of the members' temperature-softened probabilities. The ensemble acts as
+one teacher whose logits are T * log(mean_k softmax(t_k / T)): softening those at T gives exactly that
+mean, so every soft loss and metric works unchanged. With soft_loss=mse (raw logits, no temperature) the
+members' logits are averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kd_runner import engine
+from kd_runner.config import RunConfig
+from kd_runner.data import Dataset
+from kd_runner.teacher import Teacher, prepare_teacher
+
+
+def combine_logits(logits: list[Tensor], temperature: float, kind: str) -> Tensor:
+    """Logits whose softmax at `temperature` is the mean of the members' softmax at `temperature`."""
+    stacked = torch.stack([t.float() for t in logits])
+    if kind == "mse":
+        return stacked.mean(dim=0)
+    log_mean = torch.logsumexp(F.log_softmax(stacked / temperature, dim=-1), dim=0) - math.log(len(logits))
+    return temperature * log_mean
+
+
+class TeacherEnsemble(nn.Module):
+    """Several teachers behaving as one: forward returns `combine_logits` of the members' outputs."""
+
+    def __init__(self, members: list[nn.Module], temperature: float, kind: str):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.temperature, self.kind = temperature, kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        return combine_logits([m(x) for m in self.members], self.temperature, self.kind)
+
+
+def prepare_teachers(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData, progress: bool) -> Teacher:
+    """The run's teacher: one `prepare_teacher`, or an ensemble of `teacher.ensemble` of them.
+
+    An ensemble's history holds every member's rows, their stage named teacher_0, teacher_1, ...; its
+    source and cache key list the members' in order.
+    """
+    if cfg.teacher.ensemble == 1:
+        return prepare_teacher(cfg, data, device_data, progress)
+    members = []
+    for i in range(cfg.teacher.ensemble):
+        member = dataclasses.replace(cfg.teacher, seed=cfg.teacher.seed + i, ensemble=1)
+        members.append(prepare_teacher(dataclasses.replace(cfg, teacher=member), data, device_data, progress))
+    return Teacher(
+        model=TeacherEnsemble([m.model for m in members], cfg.temperature, cfg.soft_loss).eval(),
+        source=",".join(m.source for m in members),
+        history=[{**row, "stage": f"teacher_{i}"} for i, m in enumerate(members) for row in m.history],
+        key=",".join(m.key for m in members),
+        seconds=sum(m.seconds for m in members),
+    )

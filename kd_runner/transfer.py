@@ -1,0 +1,66 @@
+"""The transfer set: the data the student is distilled on.
+
+By default the student learns from the teacher's own training split. `transfer=<dataset>` distils it on
+another dataset's training inputs instead (domain adaptation: the teacher fine-tuned on a source domain,
+the student distilled on the target and evaluated on the target's validation split).
+`transfer.exclude_classes` leaves classes out of the transfer set (Hinton's omitted-digit experiment); the
+validation split keeps them, so per-class accuracy shows what the student learnt about them from the
+soft targets alone. `transfer.labeled=false` declares the transfer labels unused (the config then requires
+alpha=0). The transfer set is normalised with the teacher's dataset statistics: the teacher's outputs are
+only meaningful on inputs prepared the way it was trained.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kd_runner import engine
+from kd_runner.config import RunConfig
+from kd_runner.data import Dataset, Split, build_dataset
+from kd_runner.errors import UserError
+
+
+def _shape(d: Dataset) -> str:
+    return f"{d.in_channels}x{d.image_size}x{d.image_size} images, {d.num_classes} classes"
+
+
+def transfer_data(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData) -> engine.DeviceData:
+    """The student's splits on the device: `device_data` itself unless a transfer set is configured."""
+    t = cfg.transfer
+    if t.dataset is None and not t.exclude_classes:
+        return device_data
+    source = data
+    if t.dataset is not None:
+        source = build_dataset(t.dataset)
+        if (source.in_channels, source.image_size, source.num_classes) != (
+            data.in_channels, data.image_size, data.num_classes
+        ):
+            raise UserError(
+                f"transfer.dataset={source.name} has {_shape(source)}, the teacher's dataset={data.name} "
+                f"{_shape(data)}: the teacher must take the transfer inputs and predict the same classes"
+            )
+    bad = [c for c in t.exclude_classes if c >= data.num_classes]
+    if bad:
+        raise UserError(
+            f"transfer.exclude_classes={t.exclude_classes} is not allowed: {data.name} has classes "
+            f"0..{data.num_classes - 1}"
+        )
+    keep = ~torch.isin(source.train.labels, torch.tensor(t.exclude_classes, dtype=torch.int64))
+    if not bool(keep.any()):
+        raise UserError(f"transfer.exclude_classes={t.exclude_classes} leaves no training samples in {source.name}")
+    train = Split(source.train.images[keep], source.train.labels[keep])
+    student = Dataset(source.name, train, source.val, data.num_classes, data.mean, data.std, source.augmentation)
+    return engine.DeviceData(student, device_data.device)
+
+
+def describe(cfg: RunConfig, student_data: engine.DeviceData) -> dict:
+    """The transfer set as recorded in result.json."""
+    t = cfg.transfer
+    return {
+        "dataset": cfg.dataset.name if t.dataset is None else t.dataset.name,
+        "train_samples": len(student_data.train),
+        "val_samples": len(student_data.val),
+        "labeled": t.labeled,
+        "exclude_classes": list(t.exclude_classes),
+        "augmented": student_data.augmentation is not None,
+    }

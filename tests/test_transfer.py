@@ -1,0 +1,162 @@
+"""Soft targets (cached vs per batch), ensembles and transfer sets, through library calls."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd_runner import engine
+from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TransferConfig
+from kd_runner.data import Dataset, Split
+from kd_runner.data.augment import Augmentation
+from kd_runner.ensemble import TeacherEnsemble, combine_logits
+from kd_runner.errors import UserError
+from kd_runner.losses import distillation_loss
+from kd_runner.soft_targets import SoftTargets
+from kd_runner.transfer import transfer_data
+
+
+def _dataset(n=40, classes=4, augmentation=None, seed=0, size=8):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(n) % classes
+    val = Split(images[:12].clone(), labels[:12].clone())
+    return Dataset("t", Split(images, labels), val, classes, (0.5,) * 3, (0.25,) * 3, augmentation)
+
+
+def _teacher(classes=4, size=8):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+        nn.Linear(4 * size * size, classes),
+    )
+
+
+def test_combined_logits_soften_to_the_mean_of_the_softened_members():
+    members = [torch.randn(5, 7) * s for s in (1.0, 3.0, 0.3)]
+    for t in (1.0, 4.0):
+        combined = combine_logits(members, t, "kl")
+        mean = torch.stack([F.softmax(m / t, dim=-1) for m in members]).mean(0)
+        assert torch.allclose(F.softmax(combined / t, dim=-1), mean, atol=1e-6)
+    assert torch.allclose(combine_logits(members, 4.0, "mse"), torch.stack(members).mean(0))
+    single = combine_logits(members[:1], 4.0, "kl")  # one member: the same soft targets
+    assert torch.allclose(F.softmax(single / 4, -1), F.softmax(members[0] / 4, -1), atol=1e-6)
+
+
+def test_ensemble_module_combines_its_members():
+    a, b = _teacher(), _teacher()
+    with torch.no_grad():
+        b[-1].weight.mul_(-2)
+    ens = TeacherEnsemble([a, b], 2.0, "soft_ce").eval()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = combine_logits([a.eval()(x), b.eval()(x)], 2.0, "soft_ce")
+        assert torch.allclose(ens(x), expected)
+    assert sum(p.numel() for p in ens.parameters()) == 2 * sum(p.numel() for p in a.parameters())
+
+
+def test_cached_and_per_batch_soft_targets_are_identical_without_augmentation():
+    d = engine.DeviceData(_dataset(), torch.device("cpu"))
+    targets = SoftTargets(_teacher().train(), d)
+    assert targets.train is not None  # precomputed once
+    per_batch = SoftTargets(_teacher(), d)
+    per_batch.train = None  # force the per-batch path
+    idx = torch.tensor([3, 17, 0, 39, 8])
+    x = d.normalize(d.train.images[idx])
+    assert torch.allclose(targets.batch(idx, x), per_batch.batch(idx, x), atol=1e-6)
+
+
+def test_with_augmentation_the_teacher_sees_the_students_batch_in_eval_mode():
+    d = engine.DeviceData(_dataset(augmentation=Augmentation(crop_padding=2, flip=True)), torch.device("cpu"))
+    teacher = _teacher().train()
+    targets = SoftTargets(teacher, d)
+    assert targets.train is None and not teacher.training
+    x = d.normalize(d.augmentation(d.train.images[:6], torch.Generator().manual_seed(0)))
+    logits = targets.batch(torch.arange(6), x)
+    with torch.no_grad():
+        assert torch.equal(logits, teacher.eval()(x))
+    # an ordinary tensor: every soft loss can use it in a backward pass
+    student = nn.Sequential(nn.Flatten(), nn.Linear(192, 4))
+    for kind in ("kl", "soft_ce", "mse"):
+        distillation_loss(student(x), logits, torch.arange(6) % 4, 0.5, 4.0, kind).backward()
+    assert not any(p.grad is not None for p in teacher.parameters())
+
+
+def _cfg(**transfer) -> RunConfig:
+    return RunConfig(transfer=TransferConfig(**transfer))
+
+
+def test_excluded_classes_never_reach_the_student_batches():
+    data = _dataset(n=60, classes=5)
+    d = engine.DeviceData(data, torch.device("cpu"))
+    student_data = transfer_data(_cfg(exclude_classes=[3, 1]), data, d)
+    assert set(student_data.train.labels.tolist()) == {0, 2, 4} and len(student_data.train) == 36
+    assert torch.equal(student_data.val.labels, d.val.labels)  # validation keeps every class
+    seen = []
+
+    def loss_fn(logits, idx, labels, inputs):
+        seen.append(labels.clone())
+        return F.cross_entropy(logits, labels)
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 5))
+    stage = StageConfig(epochs=3, batch_size=8)
+    engine.fit(model, student_data, stage, 0, loss_fn, lambda: {}, "student", progress=False)
+    labels = torch.cat(seen)
+    assert len(labels) == 3 * 36 and not bool(torch.isin(labels, torch.tensor([1, 3])).any())
+
+
+def test_no_transfer_set_reuses_the_teachers_data():
+    data = _dataset()
+    d = engine.DeviceData(data, torch.device("cpu"))
+    assert transfer_data(_cfg(), data, d) is d
+
+
+def test_transfer_dataset_is_the_students_data_with_the_teachers_normalisation():
+    data = _dataset()
+    d = engine.DeviceData(data, torch.device("cpu"))
+    cfg = _cfg(dataset=DatasetConfig(name="synthetic", num_samples=30, image_size=8, channels=3, num_classes=4))
+    student_data = transfer_data(cfg, data, d)
+    assert len(student_data.train) == 24 and len(student_data.val) == 6  # synthetic's own 80/20 split
+    assert torch.equal(student_data.mean, d.mean) and torch.equal(student_data.std, d.std)
+
+
+@pytest.mark.parametrize(
+    "transfer,message",
+    [
+        ({"dataset": DatasetConfig(name="synthetic", image_size=16, channels=3, num_classes=4)}, "3x16x16 images, 4 classes"),
+        ({"dataset": DatasetConfig(name="synthetic", image_size=8, channels=3, num_classes=10)}, "3x8x8 images, 10 classes"),
+        ({"exclude_classes": [4]}, "has classes 0..3"),
+        ({"exclude_classes": [0, 1, 2, 3]}, "leaves no training samples"),
+    ],
+)
+def test_transfer_mistakes_are_one_line_user_errors(transfer, message):
+    data = _dataset()
+    with pytest.raises(UserError) as err:
+        transfer_data(_cfg(**transfer), data, engine.DeviceData(data, torch.device("cpu")))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ensemble_members_are_separate_cached_teachers(tmp_path):
+    """Each member is trained once under its own seed; a single-teacher run reuses member 0."""
+    from kd_runner.ensemble import prepare_teachers
+
+    cfg = RunConfig(cache_dir=str(tmp_path), progress=False)
+    cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, epochs=1, width=4, ensemble=2))
+    from kd_runner.data import build_dataset
+
+    data = build_dataset(cfg.dataset)
+    d = engine.DeviceData(data, torch.device("cpu"))
+    ens = prepare_teachers(cfg, data, d, progress=False)
+    assert ens.source == "trained,trained" and len(ens.key.split(",")) == 2
+    assert [r["stage"] for r in ens.history] == ["teacher_0", "teacher_1"]
+    m0, m1 = ens.model.members
+    assert not torch.equal(m0.fc.weight, m1.fc.weight)  # different seeds
+    single = prepare_teachers(dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, ensemble=1)), data, d, False)
+    assert single.source == "cache" and single.key == ens.key.split(",")[0]
+    assert torch.equal(single.model.fc.weight, m0.fc.weight)
+    again = prepare_teachers(cfg, data, d, progress=False)
+    assert again.source == "cache,cache"
