@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +173,7 @@ def summarize(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _is_one(value) -> bool:
-    return isinstance(value, (int, float)) and float(value) == 1.0
+    return isinstance(value, numbers.Real) and float(value) == 1.0
 
 
 def _gain_over_alpha1(summary: pd.DataFrame, keys: list[str]) -> list[float]:

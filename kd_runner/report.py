@@ -138,7 +138,7 @@ def _final_accuracy_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
             ax.plot(x_of(rows), rows["teacher_acc_mean"], color=color, linestyle="--", marker="x",
                     label=f"teacher ({_label(point)})" if point else "teacher")
     if one_teacher:
-        ax.axhline(teacher.iloc[0], color="0.35", linestyle="--", label=f"teacher ({teacher.iloc[0]:.4f})")
+        ax.axhline(teacher.iloc[0], color="0.35", linestyle="--", label=f"teacher accuracy ({teacher.iloc[0]:.4f})")
     if categories:
         ax.set_xticks(range(len(categories)), categories)
     elif numeric_x and summary[x_key].nunique() <= 12:

@@ -33,7 +33,7 @@ def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
     if sources.get("trained", 0) or sources.get("cache", 0):
         print(f"teacher: fine-tuned in {sources.get('trained', 0)} job(s), loaded from the cache in "
               f"{sources.get('cache', 0)}")
-    print("written: " + ", ".join(str(out_dir / name) for name in (*TABLES, *plots)))
+    print(f"written to {out_dir}: " + ", ".join((*TABLES, *plots)))
     return bool((runs["status"] == aggregate.COMPLETED).all())
 
 
@@ -76,4 +76,4 @@ def report_main(argv: list[str] | None = None) -> None:
         plots = report.write_plots(args.dir)
     except UserError as exc:
         _fail("kd-report", exc)
-    print("written: " + ", ".join(str(args.dir / name) for name in plots))
+    print(f"written to {args.dir}: " + ", ".join(plots))
