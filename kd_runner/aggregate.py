@@ -224,7 +224,7 @@ def _cell(mean: float, std: float) -> str:
 
 def summary_markdown(summary: pd.DataFrame, keys: list[str]) -> str:
     """summary.csv for people: one row per point, "mean ± std" cells (std over seeds, ddof=1)."""
-    swept = ", ".join(keys) if keys else "no key (seeds only)"
+    swept = " x ".join(keys) if keys else "no key (seeds only)"
     header = [*keys, "n", "missing", *FINAL_METRICS] + ([GAIN] if GAIN in summary else [])
     lines = [
         f"# Sweep over {swept}",
