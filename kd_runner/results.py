@@ -68,6 +68,17 @@ def build_record(*, cfg, history, teacher, student_model, device, timings) -> di
     }
 
 
+def error_line(exc: BaseException) -> str:
+    """An error as one line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def failure_record(error: str, config: dict) -> dict:
+    """The result.json of a sweep job that failed: its status, the error's first line and its config."""
+    return {"status": "failed", "error": error, "config": config, "versions": versions(), "command": sys.argv}
+
+
 def write_result(path: Path, record: dict) -> None:
     write_json(path, record)
 

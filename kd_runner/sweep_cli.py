@@ -1,0 +1,79 @@
+"""The end of a sweep, and the `kd-aggregate` / `kd-report` entry points that redo it on any sweep directory.
+
+`finish_sweep` is what `kd-run` calls when a multirun returns or stops: tables (aggregate.py), plots
+(report.py) and a summary on stdout. `kd-aggregate DIR [DIR ...]` does the same for sweep directories
+already on disk (also interrupted ones, or several sweeps together); `kd-report DIR` redraws the plots
+from the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kd_runner import aggregate, report
+from kd_runner.errors import UserError
+
+TABLES = ("runs.csv", "summary.csv", "curves.csv", "summary.md")
+STATUSES = (aggregate.COMPLETED, aggregate.FAILED, aggregate.INCOMPLETE, aggregate.NOT_STARTED)
+
+
+def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
+    """Tables and plots of `sweep_dirs` into `out_dir`, and a summary on stdout. True when every job completed."""
+    tables = aggregate.aggregate(sweep_dirs, out_dir)
+    plots = report.write_plots(out_dir)
+    runs = tables.runs
+    print(tables.markdown)
+    counts = runs["status"].value_counts()
+    print("jobs: " + ", ".join(f"{counts[status]} {status}" for status in STATUSES if status in counts))
+    for job in runs[runs["status"].isin([aggregate.FAILED, aggregate.INCOMPLETE])].to_dict("records"):
+        print(f"  {job['status']}: {job['run_dir']}" + (f": {job['error']}" if job["error"] else ""))
+    sources = runs["teacher_source"].value_counts()
+    if sources.get("trained", 0) or sources.get("cache", 0):
+        print(f"teacher: fine-tuned in {sources.get('trained', 0)} job(s), loaded from the cache in "
+              f"{sources.get('cache', 0)}")
+    print(f"written to {out_dir}: " + ", ".join((*TABLES, *plots)))
+    return bool((runs["status"] == aggregate.COMPLETED).all())
+
+
+def finish_sweep(sweep_dir: Path) -> bool:
+    """Called by kd-run when a multirun ends or stops; True when every job completed."""
+    if not aggregate.job_dirs(sweep_dir):
+        print(f"kd-run: no job of the sweep started; nothing to aggregate in {sweep_dir}", file=sys.stderr)
+        return False
+    return write_outputs([sweep_dir], sweep_dir)
+
+
+def _fail(prog: str, exc: UserError) -> None:
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+def aggregate_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="kd-aggregate",
+        description="Re-aggregate sweep directories into runs.csv, summary.csv, curves.csv, summary.md and plots.",
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="a sweep directory (outputs/sweeps/...)")
+    parser.add_argument("-o", "--out", type=Path, help="where to write (default: DIR itself; required for several DIRs)")
+    args = parser.parse_args(argv)
+    try:
+        if args.out is None and len(args.dirs) > 1:
+            raise UserError("several sweep directories need --out DIR for the combined tables")
+        write_outputs(args.dirs, args.out or args.dirs[0])
+    except UserError as exc:
+        _fail("kd-aggregate", exc)
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="kd-report", description="Redraw a sweep's plots (PNG) from its summary.csv and curves.csv."
+    )
+    parser.add_argument("dir", type=Path, metavar="DIR", help="a sweep directory holding summary.csv and curves.csv")
+    args = parser.parse_args(argv)
+    try:
+        plots = report.write_plots(args.dir)
+    except UserError as exc:
+        _fail("kd-report", exc)
+    print(f"written to {args.dir}: " + ", ".join(plots))

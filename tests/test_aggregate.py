@@ -1,0 +1,136 @@
+"""Aggregation and plots as library calls, on sweep directories laid out as kd-run writes them
+(.hydra/overrides.yaml, .hydra/config.yaml, result.json, metrics.csv) with chosen metric values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from kd_runner import aggregate, report
+from kd_runner.errors import UserError
+from kd_runner.metrics import METRIC_NAMES
+
+
+def make_job(sweep, num: int, overrides: list[str], seed: int, acc: float | None, teacher_acc: float = 0.9):
+    """A finished job whose metrics are all derived from `acc` (None: a failed job)."""
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    if acc is None:
+        result = {"status": "failed", "error": "RuntimeError: boom"}
+    else:
+        metrics = {name: acc for name in METRIC_NAMES} | {"teacher_acc": teacher_acc, "best_student_acc": acc + 0.01}
+        result = {"status": "completed", "metrics": metrics, "teacher": {"source": "cache", "cache_key": "k"}}
+        rows = [{"stage": "student", "epoch": e, "lr": 0.1, "train_loss": 1.0 / e,
+                 **{name: acc * e / 2 for name in METRIC_NAMES}} for e in (1, 2)]
+        pd.DataFrame([{"stage": "teacher", "epoch": 1, "teacher_acc": teacher_acc}, *rows]).to_csv(
+            job / "metrics.csv", index=False)
+    (job / "result.json").write_text(json.dumps(result))
+
+
+def grid_sweep(sweep, accs: dict[tuple, list[float]], teacher_acc=0.9):
+    """Jobs over alpha x temperature x seeds: accs[(alpha, temperature)] = the accuracy of each seed."""
+    num = 0
+    for (alpha, temperature), values in accs.items():
+        for seed, acc in enumerate(values):
+            make_job(sweep, num, ["experiment=smoke", f"alpha={alpha}", f"temperature={temperature}", f"seed={seed}"],
+                     seed, acc, teacher_acc)
+            num += 1
+
+
+def test_two_swept_keys_and_the_gain_over_alpha1_at_the_same_temperature(tmp_path):
+    accs = {(0, 2): [0.80, 0.84], (0, 4): [0.90, 0.92], (1, 2): [0.70, 0.72], (1, 4): [0.75, 0.75]}
+    grid_sweep(tmp_path, accs)
+    tables = aggregate.aggregate([tmp_path], tmp_path)
+    assert tables.keys == ["alpha", "temperature"]  # experiment=smoke is the same everywhere: not swept
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(zip(summary.alpha, summary.temperature)) == [(0, 2), (0, 4), (1, 2), (1, 4)]
+    assert list(summary["n"]) == [2, 2, 2, 2]
+    assert summary["student_acc_mean"].tolist() == pytest.approx([0.82, 0.91, 0.71, 0.75])
+    assert summary["student_acc_std"].tolist() == pytest.approx([0.02 ** 0.5 * 0.2, 0.02 ** 0.5 * 0.1, 0.02 ** 0.5 * 0.1, 0.0])
+    assert summary["best_student_acc_mean"].tolist() == pytest.approx([0.83, 0.92, 0.72, 0.76])
+    assert summary["student_acc_gain"].tolist() == pytest.approx([0.11, 0.16, 0.0, 0.0])
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert list(runs.columns[:5]) == ["job", "experiment", "alpha", "temperature", "seed"]
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert len(curves) == 8 and (curves["n"] == 2).all()
+    first = curves[(curves.alpha == 0) & (curves.temperature == 2) & (curves.epoch == 1)].iloc[0]
+    assert first["student_acc_mean"] == pytest.approx(0.41) and first["train_loss_mean"] == pytest.approx(1.0)
+    assert first["train_loss_std"] == 0.0
+
+
+def test_no_gain_column_without_an_alpha1_point(tmp_path):
+    grid_sweep(tmp_path, {(0, 2): [0.8], (0.5, 2): [0.9]})
+    summary = aggregate.aggregate([tmp_path], tmp_path).summary
+    assert aggregate.GAIN not in summary
+    assert summary["alpha"].tolist() == [0.0, 0.5] and summary["student_acc_std"].isna().all()  # n=1: no std
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| 0 | 1 | 0 | 0.8000 | 0.9000 |" in markdown and "| 0.5 | 1 | 0 | 0.9000 | 0.9000 |" in markdown
+    assert "0.9000 ±" not in markdown
+
+
+def test_categorical_keys_failed_jobs_and_number_parsing(tmp_path):
+    num = 0
+    for student in ("mlp", "cnn"):
+        for lr in ("1e-3", "0.1"):
+            for seed in (0, 1):
+                failed = student == "cnn" and lr == "0.1" and seed == 1
+                make_job(tmp_path, num, [f"student={student}", f"student.lr={lr}", f"seed={seed}"], seed,
+                         None if failed else 0.5 + 0.1 * seed)
+                num += 1
+    tables = aggregate.aggregate([tmp_path], tmp_path)
+    assert tables.keys == ["student", "student.lr"]
+    summary = tables.summary
+    assert summary["student"].tolist() == ["cnn", "cnn", "mlp", "mlp"]
+    assert summary["student.lr"].tolist() == [0.001, 0.1, 0.001, 0.1]
+    assert summary["n"].tolist() == [2, 1, 2, 2] and summary["n_missing"].tolist() == [0, 1, 0, 0]
+    assert summary["student_acc_mean"].tolist() == pytest.approx([0.55, 0.5, 0.55, 0.55])
+    runs = tables.runs
+    assert runs.loc[runs.status == "failed", "error"].tolist() == ["RuntimeError: boom"]
+    assert math.isnan(runs.loc[runs.status == "failed", "student_acc"].item())
+
+
+def test_plan_lists_jobs_that_never_started(tmp_path):
+    grid_sweep(tmp_path, {(0, 2): [0.8, 0.9]})
+    planned = [["experiment=smoke", f"alpha={a}", "temperature=2", f"seed={s}"] for a in (0, 1) for s in (0, 1)]
+    aggregate.write_plan(tmp_path, planned)
+    tables = aggregate.aggregate([tmp_path], tmp_path)
+    assert tables.keys == ["alpha"]
+    assert tables.runs["status"].tolist() == ["completed", "completed", "not started", "not started"]
+    assert tables.runs["seed"].tolist() == [0, 1, 0, 1]
+    assert tables.summary["n"].tolist() == [2, 0] and tables.summary["n_missing"].tolist() == [0, 2]
+    assert "| 1 | 0 | 2 | - |" in tables.markdown
+
+
+def assert_png(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] >= 600
+        image.verify()
+
+
+@pytest.mark.parametrize("layout", ["alpha x temperature", "categorical", "seeds only"])
+def test_plots_for_every_sweep_layout(layout, tmp_path):
+    if layout == "alpha x temperature":
+        grid_sweep(tmp_path, {(0, 2): [0.8, 0.84], (0, 4): [0.9, 0.92], (1, 2): [0.7, 0.72], (1, 4): [0.75, 0.75]})
+    elif layout == "categorical":  # teacher swept: its accuracy differs per point, no single reference line
+        for num, (teacher, seed) in enumerate([(t, s) for t in ("cnn", "resnet18") for s in (0, 1)]):
+            make_job(tmp_path, num, [f"teacher={teacher}", f"seed={seed}"], seed, 0.6 + 0.1 * seed,
+                     teacher_acc=0.8 if teacher == "cnn" else 0.95)
+    else:
+        for seed in range(3):
+            make_job(tmp_path, seed, ["experiment=smoke", f"seed={seed}"], seed, 0.7 + 0.01 * seed)
+    aggregate.aggregate([tmp_path], tmp_path)
+    assert report.write_plots(tmp_path) == ["curves.png", "final_accuracy.png"]
+    assert_png(tmp_path / "curves.png")
+    assert_png(tmp_path / "final_accuracy.png")
+
+
+def test_report_without_tables_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="summary.csv'.*run kd-aggregate"):
+        report.write_plots(tmp_path)
