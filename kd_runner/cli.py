@@ -1,13 +1,19 @@
 """The `kd-run` entry point: the only module that knows Hydra.
 
 Before Hydra creates any directory, every job of the call (one, or each point of a `-m` sweep) is
-composed and validated, so a mistake costs one line on stderr, exit code 2 and no files. Then Hydra
-runs the jobs, each calling `pipeline.run` with the typed config.
+composed and validated, its output directory checked (writable; empty, or holding a run of this very
+config), so a mistake costs one line on stderr, exit code 2 and no files. Then Hydra runs the jobs, each
+calling `pipeline.run` with the typed config.
+
+Exit codes: 0 done (or skipped: already finished), 1 a bug, 2 a usage error, 3 a run diverged (a sweep
+finishes its other jobs first), 75 interrupted by SIGTERM/SIGINT (run the same command again to resume).
+Tracebacks are shown only with HYDRA_FULL_ERROR=1.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,16 +21,19 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from kd_runner import pipeline
-from kd_runner.config import RunConfig, load_config
-from kd_runner.errors import UserError
+from kd_runner import interrupt, pipeline, rundir
+from kd_runner.config import RunConfig, config_digest, load_config
+from kd_runner.errors import Diverged, RunInterrupted, UserError
+from kd_runner.files import check_writable
 from kd_runner.results import summary
 
 CONFIG_MODULE = "kd_runner.conf"
 ConfigStore.instance().store(name="kd_schema", node=RunConfig)
 log = logging.getLogger("kd_runner")
+_deferred_exit: list[int] = []  # exit codes of jobs that ended without stopping the sweep (diverged)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,11 +45,22 @@ def main(argv: list[str] | None = None) -> None:
         except UserError as exc:
             fail(exc)
     sys.argv = [sys.argv[0], *argv]
-    hydra_main()
+    interrupt.install()
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # a second SIGTERM/SIGINT: stopped at once, the last checkpoint is kept
+        print("kd-run: stopped at once by a second signal; run the same command again to resume "
+              "from the last checkpoint", file=sys.stderr)
+        sys.exit(RunInterrupted.exit_code)
+    if _deferred_exit:
+        sys.exit(max(_deferred_exit))
 
 
-def fail(exc: UserError) -> None:
-    print(f"kd-run: error: {exc}", file=sys.stderr)
+def fail(exc: Exception, label: str = "error") -> None:
+    """One line on stderr and the error's exit code; the full traceback only with HYDRA_FULL_ERROR=1."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    print(f"kd-run: {label}: {exc}", file=sys.stderr)
     sys.exit(exc.exit_code)
 
 
@@ -55,12 +75,31 @@ def preflight(overrides: list[str], multirun: bool) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
         jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [overrides]
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            for job in jobs:
-                load_config(OmegaConf.to_container(compose("config", overrides=job), resolve=True))
+            for num, job in enumerate(jobs):
+                composed = compose("config", overrides=[*job, f"hydra.job.num={num}"], return_hydra_config=True)
+                key, job_dir = job_directory(composed.hydra, multirun)
+                with open_dict(composed):
+                    del composed["hydra"]
+                cfg = load_config(OmegaConf.to_container(composed, resolve=True))
+                check_writable(cfg.cache_dir, "cache_dir")
+                if job_dir is not None:
+                    check_writable(job_dir, key)
+                    rundir.finished_record(job_dir, config_digest(cfg))  # refuses a directory of another config
     except HydraException as exc:
         raise UserError(hydra_message(exc)) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def job_directory(hydra_cfg: DictConfig, multirun: bool) -> tuple[str, str | None]:
+    """The key that sets a job's output directory and that directory (None where it depends on values
+    known only once Hydra runs the job, such as hydra.job.id; pipeline.run checks it then)."""
+    try:
+        if multirun:
+            return "hydra.sweep.dir", os.path.join(hydra_cfg.sweep.dir, str(hydra_cfg.sweep.subdir))
+        return "hydra.run.dir", hydra_cfg.run.dir
+    except OmegaConfBaseException:
+        return ("hydra.sweep.dir" if multirun else "hydra.run.dir"), None
 
 
 def hydra_message(exc: HydraException) -> str:
@@ -84,5 +123,11 @@ def hydra_main(raw: DictConfig) -> float:
         record = pipeline.run(cfg, run_dir)
     except UserError as exc:
         fail(exc)
+    except RunInterrupted as exc:
+        fail(exc, label=f"interrupted by {interrupt.requested()}")
+    if record["status"] == Diverged.status:  # recorded in result.json; the other jobs of a sweep go on
+        print(f"kd-run: diverged: {record['message']} ({run_dir})", file=sys.stderr)
+        _deferred_exit.append(Diverged.exit_code)
+        return None
     print(summary(record, run_dir))
     return record["metrics"]["student_acc"]

@@ -6,6 +6,8 @@ labels), so the teacher stage uses plain cross-entropy and the student stage the
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from typing import Callable, Iterator
 
@@ -14,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from kd_runner.checkpoint import EpochPosition, StageCheckpoint
 from kd_runner.config import StageConfig
 from kd_runner.data import Dataset, Split
-from kd_runner.errors import UserError
+from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.models import build_model, freeze_backbone
 
 
@@ -124,11 +127,23 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-) -> float:
-    """One pass over the training split; returns the mean training loss (weighted by batch size)."""
+    position: EpochPosition | None = None,
+    stop: Callable[[], object] | None = None,
+) -> float | None:
+    """One pass over the training split; returns the mean training loss (weighted by batch size).
+
+    With a `position`, the epoch continues from it (same shuffling, the batches it counts as done are
+    skipped) and it advances with every batch. When `stop()` turns true, the pass returns None at the
+    next batch boundary, leaving `position` where it stopped.
+    """
     model.train()
-    total, count = torch.zeros((), device=data.device), 0
-    for idx in index_batches(len(data.train), batch_size, generator, data.device):
+    position = position or EpochPosition.start(0, optimizer, generator)
+    generator.set_state(position.generator_state)
+    total, count = position.loss_sum.to(data.device), position.samples
+    batches = index_batches(len(data.train), batch_size, generator, data.device)
+    for idx in itertools.islice(batches, position.batches, None):
+        if stop is not None and stop():
+            return None
         x = data.normalize(data.train.images[idx])
         y = data.train.labels[idx]
         loss = loss_fn(model(x), idx, y)
@@ -138,6 +153,7 @@ def train_epoch(
         scheduler.step()
         total += loss.detach() * len(idx)
         count += len(idx)
+        position.batches, position.loss_sum, position.samples = position.batches + 1, total, count
     return float(total) / max(count, 1)
 
 
@@ -154,19 +170,49 @@ def fit(
     evaluate: Callable[[], dict],
     desc: str,
     progress: bool,
+    checkpoint: StageCheckpoint | None = None,
+    stop: Callable[[], object] | None = None,
 ) -> list[dict]:
     """Train for `stage.epochs` epochs; after each, `evaluate()` on the whole validation split.
 
     Returns one row per epoch: epoch, the learning rate used, the mean training loss and the metrics.
+    With a `checkpoint`, the stage first continues from the one saved before (if any), then saves one
+    after every epoch; when `stop()` turns true it saves one at the next batch boundary and raises
+    RunInterrupted. A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last
+    good epoch).
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model.parameters(), stage)
     scheduler = make_scheduler(optimizer, stage, steps_per_epoch(len(data.train), stage.batch_size))
-    rows = []
-    bar = tqdm(range(1, stage.epochs + 1), desc=desc, unit="epoch", disable=None if progress else True, leave=False)
-    for epoch in bar:
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_epoch(model, data, stage.batch_size, generator, optimizer, scheduler, loss_fn)
-        rows.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, **evaluate()})
+    position, rows = EpochPosition.start(1, optimizer, generator), []
+    if checkpoint is not None:
+        position, rows = checkpoint.restore(model, optimizer, scheduler, data.device) or (position, rows)
+    bar = tqdm(total=stage.epochs, initial=position.epoch - 1, desc=desc, unit="epoch",
+               disable=None if progress else True, leave=False)
+    while position.epoch <= stage.epochs:
+        train_loss = train_epoch(model, data, stage.batch_size, generator, optimizer, scheduler, loss_fn, position, stop)
+        if train_loss is None:
+            if checkpoint is not None:
+                checkpoint.save(model, optimizer, scheduler, position, rows)
+            raise RunInterrupted(desc, position.epoch, position.batches)
+        row = {"epoch": position.epoch, "lr": position.lr, "train_loss": train_loss, **evaluate()}
+        check_finite(row, desc, stage)
+        rows.append(row)
+        position = EpochPosition.start(position.epoch + 1, optimizer, generator)
+        if checkpoint is not None:
+            checkpoint.save(model, optimizer, scheduler, position, rows)
+        bar.update()
         bar.set_postfix(loss=f"{train_loss:.3f}")
+    bar.close()
     return rows
+
+
+def check_finite(row: dict, desc: str, stage: StageConfig) -> None:
+    """Raise Diverged when the training loss or a validation metric of an epoch is NaN or infinite."""
+    bad = [f"{k}={v}" for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise Diverged(
+            desc, row["epoch"],
+            f"the {desc} stage diverged in epoch {row['epoch']} ({', '.join(bad)}): "
+            f"lower the learning rate ({desc}.lr={stage.lr}) or check the data",
+        )

@@ -67,6 +67,40 @@ def file_lock(path: Path | str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def directory_lock(path: Path | str) -> Iterator[None]:
+    """An exclusive inter-process lock on a directory itself (no lock file left behind).
+
+    Raises BlockingIOError at once when another process holds it; the kernel releases it when the
+    holder exits, however it exits.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: Path | str, prefix: str = "") -> None:
+    """Delete the temporary files `atomic_path` leaves when its writer is killed (named `.<prefix>*.tmp`).
+
+    Call it only while holding the lock that keeps every other writer of those files away.
+    """
+    for tmp in Path(folder).glob(f".{prefix}*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: Path | str, key: str) -> None:
+    """Raise UserError unless `path` is, or can be created as, a directory this process may write in."""
+    target = Path(path).absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{key}={str(path)!r} cannot be created: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={str(path)!r} cannot be written: no write permission in {existing}")
+
+
 def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
     """Read a state dict with weights_only=True: a missing, truncated or code-carrying file is a user error.
 

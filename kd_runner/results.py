@@ -60,6 +60,18 @@ def build_record(*, cfg, history, teacher, student_model, device, timings) -> di
         },
         "teacher": {"source": teacher.source, "cache_key": teacher.key},
         "timings_s": {k.removesuffix("_s"): round(v, 3) for k, v in timings.items()},
+        **_identity(cfg, device),
+    }
+
+
+def status_record(cfg, status: str, device, **details) -> dict:
+    """The record of a run without final metrics: `running`, `interrupted`, `diverged` or `failed`."""
+    return {"status": status, **details, **_identity(cfg, device)}
+
+
+def _identity(cfg, device) -> dict:
+    """What ran, where and with which software: part of every record."""
+    return {
         "device": str(device),
         "config_digest": config_digest(cfg),
         "config": asdict(cfg),
