@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kd_runner.errors import UserError
-from kd_runner.files import save_torch, state_dict_mismatch
+from kd_runner.files import load_failure_reason, save_torch, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -109,9 +109,9 @@ class StageCheckpoint:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             if state.get("format") != FORMAT:
                 raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
-        except Exception as exc:  # truncated or damaged on disk: the epochs it held are lost, not the run
+        except Exception as exc:  # damaged on disk: the epochs it held are lost, not the run
             log.warning("%s checkpoint %s is unreadable (%s): removed, the stage starts over",
-                        self.name, self.path, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+                        self.name, self.path, load_failure_reason(exc))
             self.remove()
             return None
         if state["digest"] != self.digest:

@@ -45,9 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         except UserError as exc:
             fail(exc)
     sys.argv = [sys.argv[0], *argv]
-    interrupt.install()
+    _deferred_exit.clear()
     try:
-        hydra_main()
+        with interrupt.graceful_stop():
+            hydra_main()
     except KeyboardInterrupt:  # a second SIGTERM/SIGINT: stopped at once, the last checkpoint is kept
         print("kd-run: stopped at once by a second signal; run the same command again to resume "
               "from the last checkpoint", file=sys.stderr)

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -111,13 +112,21 @@ def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupted, or pickled code refused by weights_only
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise UserError(f"{key}={str(path)!r}: cannot read a state dict ({type(exc).__name__}: {reason})") from None
+        raise UserError(f"{key}={str(path)!r}: cannot read a state dict: {load_failure_reason(exc)}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
         raise UserError(f"{key}={str(path)!r} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def load_failure_reason(exc: Exception) -> str:
+    """Why `torch.load(..., weights_only=True)` failed, in a few words instead of torch's long advice."""
+    code = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if code:
+        return (f"it holds pickled code or objects ({code.group(1)}), which weights-only loading refuses; "
+                "save a plain state dict (model.state_dict()) instead")
+    return f"the file is truncated, corrupted or not a PyTorch file ({type(exc).__name__})"
 
 
 def _shape(value) -> str:

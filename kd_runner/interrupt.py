@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import logging
 import signal
+from contextlib import contextmanager
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 _received: list[str] = []
 
 
-def install() -> None:
-    """Route SIGTERM and SIGINT to the graceful stop (main thread only, as Python requires)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _handle)
+@contextmanager
+def graceful_stop() -> Iterator[None]:
+    """Route SIGTERM and SIGINT to the graceful stop inside the block (main thread only, as Python requires)."""
+    _received.clear()
+    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def requested() -> str | None:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import kd_run, read_run
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from conftest import compose_config, kd_run, read_run
 
 from kd_runner import pipeline
-from kd_runner.config import load_config
 from kd_runner.metrics import METRIC_NAMES
 
 
@@ -71,12 +68,6 @@ def test_a_different_seed_changes_the_student_but_not_the_teacher(smoke_run):
     assert other["teacher"]["source"] == "cache"
     assert other["metrics"]["teacher_acc"] == first["metrics"]["teacher_acc"]
     assert other["metrics"]["objective"] != first["metrics"]["objective"]
-
-
-def compose_config(*overrides: str):
-    with initialize_config_module(config_module="kd_runner.conf", version_base="1.3"):
-        raw = compose("config", overrides=list(overrides))
-    return load_config(OmegaConf.to_container(raw, resolve=True))
 
 
 def test_compose_api_run_is_deterministic(tmp_path):
