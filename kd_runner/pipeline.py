@@ -72,6 +72,8 @@ def _experiment(cfg: RunConfig, run_dir: Path, device: torch.device, stop: Calla
     log.info("data: %s, %d train / %d val, %d classes, device %s",
              data.name, len(data.train), len(data.val), data.num_classes, device)
 
+    if cfg.student.weights_path or cfg.student.pretrained:  # a bad weights file fails now, not after the teacher
+        engine.build_stage_model(cfg.student, data)
     teacher = prepare_teacher(cfg, data, device_data, cfg.progress, stop)
     timings["teacher_s"] = teacher.seconds
 
