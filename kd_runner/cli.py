@@ -21,11 +21,13 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from kd_runner import interrupt, pipeline, rundir
 from kd_runner.config import RunConfig, config_digest, load_config
+from kd_runner.engine import resolve_device
 from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.files import check_writable
 from kd_runner.results import summary
@@ -57,12 +59,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(max(_deferred_exit))
 
 
-def fail(exc: Exception, label: str = "error") -> None:
+def fail(exc: Exception, label: str = "error", hint: str = "") -> None:
     """One line on stderr and the error's exit code; the full traceback only with HYDRA_FULL_ERROR=1."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise exc
-    print(f"kd-run: {label}: {exc}", file=sys.stderr)
+    print(f"kd-run: {label}: {exc}" + (f"; {hint}" if hint else ""), file=sys.stderr)
     sys.exit(exc.exit_code)
+
+
+def resume_hint() -> str:
+    """How to continue this job: the same command, into the same directory (named if it was a default)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    key, value = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun else ("hydra.run.dir", hydra_cfg.run.dir)
+    if any(o.startswith(key + "=") for o in hydra_cfg.overrides.hydra):
+        return "run the same command again to resume"
+    return f"run the same command with {key}={value} to resume"
 
 
 def preflight(overrides: list[str], multirun: bool) -> None:
@@ -82,6 +94,7 @@ def preflight(overrides: list[str], multirun: bool) -> None:
                 with open_dict(composed):
                     del composed["hydra"]
                 cfg = load_config(OmegaConf.to_container(composed, resolve=True))
+                resolve_device(cfg.device)  # an absent cuda/mps is refused before anything is written
                 check_writable(cfg.cache_dir, "cache_dir")
                 if job_dir is not None:
                     check_writable(job_dir, key)
@@ -125,7 +138,7 @@ def hydra_main(raw: DictConfig) -> float:
     except UserError as exc:
         fail(exc)
     except RunInterrupted as exc:
-        fail(exc, label=f"interrupted by {interrupt.requested()}")
+        fail(exc, label=f"interrupted by {interrupt.requested()}", hint=resume_hint())
     if record["status"] == Diverged.status:  # recorded in result.json; the other jobs of a sweep go on
         print(f"kd-run: diverged: {record['message']} ({run_dir})", file=sys.stderr)
         _deferred_exit.append(Diverged.exit_code)

@@ -33,7 +33,7 @@ class RunInterrupted(Exception):
     def __init__(self, stage: str | None, epoch: int = 0, batches: int = 0):
         self.stage, self.epoch, self.batches = stage, epoch, batches
         where = f"in the {stage} stage at epoch {epoch}, after {batches} batches" if stage else "before it started"
-        super().__init__(f"stopped {where}; run the same command again to resume")
+        super().__init__(f"stopped {where}")
 
 
 class Diverged(Exception):

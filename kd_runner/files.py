@@ -99,7 +99,7 @@ def check_writable(path: Path | str, key: str) -> None:
     if not existing.is_dir():
         raise UserError(f"{key}={str(path)!r} cannot be created: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{key}={str(path)!r} cannot be written: no write permission in {existing}")
+        raise UserError(f"{key}={str(path)!r} cannot be written: {existing} is not writable (permissions or a read-only file system)")
 
 
 def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:

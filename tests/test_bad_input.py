@@ -11,6 +11,8 @@ import torch
 from conftest import kd_run
 
 from kd_runner import cli
+from kd_runner.config import DatasetConfig
+from kd_runner.data import Dataset, Split, check_dataset
 from kd_runner.errors import UserError
 from kd_runner.models import build_model
 
@@ -42,6 +44,8 @@ CASES = [
     (["dataset=synthetic", "dataset.num_classes=1"], ["dataset.num_classes=1", ">= 2"]),
     (["student.lr=fast"], ["student.lr", "fast"]),
 ]
+if not torch.cuda.is_available():
+    CASES.append((["device=cuda"], ["device='cuda' is not available", "device=auto or device=cpu"]))
 
 
 @pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a) for a, _ in CASES])
@@ -94,11 +98,9 @@ IN_RUN_CASES = [
     (["teacher.checkpoint=tensor.pt"], ["teacher.checkpoint='tensor.pt' holds a Tensor, not a state dict"]),
     (["student.weights_path=five.pt", "student=cnn", "student.width=16", "student.depth=2"], ["weights_path='five.pt' is not a state dict of cnn", "num_classes=10"]),
     (["dataset.val_fraction=0.001"], ["dataset.val_fraction=0.001", "[0.0056, 0.9944]"]),
-    (["dataset=synthetic", "dataset.num_samples=2", "dataset.val_fraction=0.5"], ["dataset synthetic: a single class in the training split", "at least 2 classes"]),
+    (["dataset=synthetic", "dataset.num_samples=2", "dataset.val_fraction=0.5"], ["dataset synthetic: the training split holds a single class", "at least 2 classes"]),
     (["dataset=synthetic", "dataset.num_samples=4", "dataset.val_fraction=0.9"], ["dataset.val_fraction=0.9", "leaves training samples"]),
 ]
-if not torch.cuda.is_available():
-    IN_RUN_CASES.append((["device=cuda"], ["device='cuda' is not available", "device=auto or device=cpu"]))
 
 
 @pytest.mark.parametrize("args,expected", IN_RUN_CASES, ids=[" ".join(a) for a, _ in IN_RUN_CASES])
@@ -114,13 +116,9 @@ def test_bad_input_found_in_the_run_gives_one_line_and_exit_2(args, expected, tm
     for text in expected:
         assert text in err
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) in (
-        [".hydra", "kd-run.log", "result.json"],
-        [".hydra", "kd-run.log"],  # found before the run claimed its directory (device)
-    )
-    if (run / "result.json").exists():
-        record = json.loads((run / "result.json").read_text())
-        assert record["status"] == "failed" and record["message"] == err.removeprefix("kd-run: error: ")
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "kd-run.log", "result.json"]
+    record = json.loads((run / "result.json").read_text())
+    assert record["status"] == "failed" and record["message"] == err.removeprefix("kd-run: error: ")
     assert not (tmp_path / "outputs").exists()  # the teacher cache untouched: not even created
 
 
@@ -159,7 +157,7 @@ def test_a_read_only_output_directory_is_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["hydra.run.dir=ro/run"])
     assert exc.value.code == 2
-    assert "hydra.run.dir='ro/run' cannot be written: no write permission in" in capsys.readouterr().err
+    assert f"hydra.run.dir='ro/run' cannot be written: {tmp_path / 'ro'} is not writable" in capsys.readouterr().err
     assert list((tmp_path / "ro").iterdir()) == []
 
 
@@ -181,3 +179,26 @@ def test_an_error_inside_the_run_shows_no_traceback_through_the_console_script(t
     assert proc.stderr.startswith("kd-run: error: teacher.checkpoint='five.pt' does not match teacher cnn")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("which", ["train", "val"])
+def test_a_dataset_with_an_empty_split_is_refused(which):
+    """Any builder's dataset passes the same checks (the built-in ones refuse such a split earlier)."""
+    full = Split(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]))
+    empty = Split(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
+    data = Dataset("folder", empty if which == "train" else full, empty if which == "val" else full, 2, (0.5,), (0.2,))
+    split = "training" if which == "train" else "validation"
+    with pytest.raises(UserError, match=f"dataset folder: the {split} split has 0 samples"):
+        check_dataset(data, DatasetConfig())
+
+
+def test_a_damaged_result_json_in_the_run_directory_is_reported(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "result.json").write_text('{"status": "compl')
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["hydra.run.dir=run"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2
+    assert err == "kd-run: error: run/result.json is not valid JSON: delete it (the run then starts over) or use another directory"
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["result.json"]

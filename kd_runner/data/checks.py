@@ -20,6 +20,6 @@ def check_dataset(data, cfg) -> None:
     present = int(data.train.labels.unique().numel())
     if data.num_classes < 2 or present < 2:
         raise UserError(
-            f"dataset {data.name}: a single class in the training split ({len(data.train)} samples, "
-            f"{data.num_classes} classes declared): classification needs at least 2 classes"
+            f"dataset {data.name}: the training split holds a single class (training samples: {len(data.train)}, "
+            f"classes declared: {data.num_classes}): classification needs at least 2 classes"
         )
