@@ -8,6 +8,7 @@ either stage and in the middle of an epoch.
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import pandas as pd
@@ -15,7 +16,7 @@ import pytest
 import torch
 from conftest import compose_config, kd_run, read_run, start_kd_run, wait_for_file
 
-from kd_runner import pipeline, rundir
+from kd_runner import cli, interrupt, pipeline, rundir
 from kd_runner.checkpoint import rng_states, set_rng_states
 from kd_runner.errors import RunInterrupted, UserError
 from kd_runner.files import directory_lock
@@ -191,3 +192,27 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expected[0]) and (got[1] == expected[1]).all() and got[2] == expected[2]
 
+
+
+def test_the_first_signal_asks_for_a_stop_the_second_stops_at_once():
+    before = signal.getsignal(signal.SIGTERM)
+    with interrupt.graceful_stop():
+        assert interrupt.requested() is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupt.requested() == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handlers are back
+
+
+def test_a_second_signal_exits_75_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def killed_again(cfg, run_dir):
+        raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(pipeline, "run", killed_again)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["hydra.run.dir=run"])
+    assert exc.value.code == 75
+    assert capsys.readouterr().err.startswith("kd-run: stopped at once by a second signal; run the same command again")
