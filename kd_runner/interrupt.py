@@ -26,6 +26,7 @@ def graceful_stop() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _received.clear()
 
 
 def requested() -> str | None:

@@ -203,6 +203,7 @@ def test_the_first_signal_asks_for_a_stop_the_second_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handlers are back
+    assert interrupt.requested() is None
 
 
 def test_a_second_signal_exits_75_with_one_line(tmp_path, monkeypatch, capsys):
