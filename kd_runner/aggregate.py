@@ -107,7 +107,7 @@ def _read_job(job: Path) -> tuple[dict, dict, pd.DataFrame | None]:
         "job": job.name,
         "seed": config.get("seed"),
         "status": result["status"],
-        "error": result.get("error", ""),
+        "error": result.get("message", "") if result["status"] != COMPLETED else "",
         "teacher_source": teacher.get("source", ""),
         "teacher_cache_key": teacher.get("cache_key", ""),
         **{name: metrics.get(name, math.nan) for name in FINAL_METRICS},

@@ -1,15 +1,21 @@
 """The `kd-run` entry point: the only module that knows Hydra.
 
-Before Hydra creates any directory, every job of the call (one, or each point of a `-m` sweep) is
-composed and validated, so a mistake costs one line on stderr, exit code 2 and no files. Then Hydra
+Before Hydra creates any directory, every job of the call (one, or each point of a `-m` sweep or a
+`sweep=` preset) is composed and validated, its output directory checked (writable; empty, or holding
+a run of this very config), so a mistake costs one line on stderr, exit code 2 and no files. Then Hydra
 runs the jobs, each calling `pipeline.run` with the typed config. In a sweep a failing job is recorded in
-its result.json instead of stopping the others, and when Hydra returns (or gives up) the sweep directory
-is aggregated into tables and plots; the sweep exits 1 if any job did not complete.
+its result.json instead of stopping the others, and when Hydra returns (or stops) the sweep directory is
+aggregated into tables and plots.
+
+Exit codes: 0 done (or skipped: already finished), 1 a bug (or a sweep job that did not complete),
+2 a usage error, 3 a run diverged (a sweep finishes its other jobs first), 75 interrupted by
+SIGTERM/SIGINT (run the same command again to resume). Tracebacks only with HYDRA_FULL_ERROR=1.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,12 +25,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from kd_runner import pipeline
+from kd_runner import interrupt, pipeline, rundir
 from kd_runner.aggregate import write_plan
-from kd_runner.config import RunConfig, load_config
-from kd_runner.errors import UserError
+from kd_runner.config import RunConfig, config_digest, load_config
+from kd_runner.engine import resolve_device
+from kd_runner.errors import Diverged, RunInterrupted, UserError
+from kd_runner.files import check_writable
 from kd_runner.results import error_line, failure_record, summary, write_result
 from kd_runner.sweep_cli import finish_sweep
 
@@ -32,6 +41,7 @@ CONFIG_MODULE = "kd_runner.conf"
 ConfigStore.instance().store(name="kd_schema", node=RunConfig)
 log = logging.getLogger("kd_runner")
 _sweep_dirs: list[Path] = []  # filled by SweepDirRecorder when Hydra starts a multirun
+_deferred_exit: list[int] = []  # exit codes of jobs that ended without stopping the sweep
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,10 +55,16 @@ def main(argv: list[str] | None = None) -> None:
         except UserError as exc:
             fail(exc)
     sys.argv = [sys.argv[0], *argv]
-    if multirun:
-        run_sweep()
-    else:
-        hydra_main()
+    _deferred_exit.clear()
+    try:
+        with interrupt.graceful_stop():
+            run_sweep() if multirun else hydra_main()
+    except KeyboardInterrupt:  # a second SIGTERM/SIGINT: stopped at once, the last checkpoint is kept
+        print("kd-run: stopped at once by a second signal; run the same command again to resume "
+              "from the last checkpoint", file=sys.stderr)
+        sys.exit(RunInterrupted.exit_code)
+    if _deferred_exit:
+        sys.exit(max(_deferred_exit))
 
 
 class SweepDirRecorder(Callback):
@@ -63,19 +79,32 @@ class SweepDirRecorder(Callback):
 
 def run_sweep() -> None:
     """Hydra's multirun, then the sweep's tables and plots, also when it stopped early (Hydra skips its own
-    end-of-multirun hook then). Exits 1 when a job did not complete."""
+    end-of-multirun hook then). A job that did not complete makes the sweep exit non-zero."""
     _sweep_dirs.clear()
     try:
         hydra_main()
     finally:
         all_completed = all([finish_sweep(sweep_dir) for sweep_dir in _sweep_dirs])
     if not all_completed:
-        sys.exit(1)
+        _deferred_exit.append(1)
 
 
-def fail(exc: UserError) -> None:
-    print(f"kd-run: error: {exc}", file=sys.stderr)
+def fail(exc: Exception, label: str = "error", hint: str = "") -> None:
+    """One line on stderr and the error's exit code; the full traceback only with HYDRA_FULL_ERROR=1."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    print(f"kd-run: {label}: {exc}" + (f"; {hint}" if hint else ""), file=sys.stderr)
     sys.exit(exc.exit_code)
+
+
+def resume_hint() -> str:
+    """How to continue this job: the same command, into the same directory (named if it was a default)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    key, value = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun else ("hydra.run.dir", hydra_cfg.run.dir)
+    if any(o.startswith(key + "=") for o in hydra_cfg.overrides.hydra):
+        return "run the same command again to resume"
+    return f"run the same command with {key}={value} to resume"
 
 
 def sweep_jobs(params, overrides: list[str]) -> list[list[str]]:
@@ -90,11 +119,9 @@ def sweep_jobs(params, overrides: list[str]) -> list[list[str]]:
 
 
 def preflight(overrides: list[str], multirun: bool) -> bool:
-    """Compose and validate every job's config; raise UserError with one line on the first mistake.
-
-    Returns whether the call is a multirun: `-m`, or a preset such as `sweep=alpha` that sets `hydra.mode`;
-    a multirun's jobs are those of `sweep_jobs`.
-    """
+    """Compose and validate every job's config and output directory; raise UserError with one line on the
+    first mistake. Returns whether the call is a multirun: `-m`, or a preset such as `sweep=alpha` that sets
+    `hydra.mode`; a multirun's jobs are those of `sweep_jobs`."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -105,13 +132,34 @@ def preflight(overrides: list[str], multirun: bool) -> bool:
             hydra_cfg = compose("config", overrides=fixed, return_hydra_config=True).hydra
             multirun = multirun or hydra_cfg.mode == RunMode.MULTIRUN
             jobs = sweep_jobs(hydra_cfg.sweeper.params, overrides) if multirun else [overrides]
-            for job in jobs:
-                load_config(OmegaConf.to_container(compose("config", overrides=job), resolve=True))
+            for num, job in enumerate(jobs):
+                composed = compose("config", overrides=[*job, f"hydra.job.num={num}"], return_hydra_config=True)
+                key, job_dir = job_directory(composed.hydra, multirun)
+                with open_dict(composed):
+                    del composed["hydra"]
+                cfg = load_config(OmegaConf.to_container(composed, resolve=True))
+                resolve_device(cfg.device)  # an absent cuda/mps is refused before anything is written
+                check_writable(cfg.cache_dir, "cache_dir")
+                if job_dir is not None:
+                    check_writable(job_dir, key)
+                    rundir.finished_record(job_dir, config_digest(cfg))  # refuses a directory of another config
     except HydraException as exc:
         raise UserError(hydra_message(exc)) from None
     finally:
         GlobalHydra.instance().clear()
     return multirun
+
+
+def job_directory(hydra_cfg: DictConfig, multirun: bool) -> tuple[str, str | None]:
+    """The key that sets a job's output directory and that directory (None where it depends on values
+    known only once Hydra runs the job, such as hydra.job.id; pipeline.run checks it then)."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        if multirun:
+            return key, os.path.join(hydra_cfg.sweep.dir, str(hydra_cfg.sweep.subdir))
+        return key, hydra_cfg.run.dir
+    except OmegaConfBaseException:
+        return key, None
 
 
 def hydra_message(exc: HydraException) -> str:
@@ -130,21 +178,30 @@ def hydra_message(exc: HydraException) -> str:
 @hydra.main(version_base="1.3", config_path="pkg://" + CONFIG_MODULE, config_name="config")
 def hydra_main(raw: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         cfg = load_config(OmegaConf.to_container(raw, resolve=True))
         record = pipeline.run(cfg, run_dir)
-    except (Exception, SystemExit) as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return record_failed_job(exc, raw, run_dir)
-        if isinstance(exc, UserError):
-            fail(exc)
-        raise
+    except RunInterrupted as exc:  # stops a whole sweep too; its tables are still written
+        fail(exc, label=f"interrupted by {interrupt.requested()}", hint=resume_hint())
+    except Exception as exc:
+        if not multirun:
+            if isinstance(exc, UserError):
+                fail(exc)
+            raise
+        return record_failed_job(exc, raw, run_dir)
+    if record["status"] == Diverged.status:  # recorded in result.json; the other jobs of a sweep go on
+        print(f"kd-run: diverged: {record['message']} ({run_dir})", file=sys.stderr)
+        _deferred_exit.append(Diverged.exit_code)
+        return None
     print(summary(record, run_dir))
     return record["metrics"]["student_acc"]
 
 
-def record_failed_job(exc: BaseException, raw: DictConfig, run_dir: Path) -> None:
+def record_failed_job(exc: Exception, raw: DictConfig, run_dir: Path) -> None:
     """A sweep job's failure goes to its log and result.json instead of stopping the other jobs."""
     error = error_line(exc)
     log.error("job failed: %s", error, exc_info=not isinstance(exc, UserError))
-    write_result(run_dir / "result.json", failure_record(error, OmegaConf.to_container(raw, resolve=True)))
+    if not isinstance(exc, UserError):  # pipeline.run records a UserError itself, with its status
+        write_result(run_dir / "result.json", failure_record(error, OmegaConf.to_container(raw, resolve=True)))
+    _deferred_exit.append(getattr(exc, "exit_code", 1))

@@ -8,6 +8,7 @@ teacher can be run on exactly that batch.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Callable, Iterator
 
@@ -16,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from kd_runner.checkpoint import EpochPosition, StageCheckpoint
 from kd_runner.config import StageConfig
 from kd_runner.data import Dataset, Split
-from kd_runner.errors import UserError
+from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.models import build_model, freeze_backbone
 
 
@@ -130,15 +132,27 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-) -> float:
+    position: EpochPosition | None = None,
+    stop: Callable[[], object] | None = None,
+) -> float | None:
     """One pass over the training split; returns the mean training loss (weighted by batch size).
 
     With the data's training augmentation set, every batch is augmented on the device before it is
-    normalised (the random choices come from `generator`).
+    normalised (the random choices come from `generator`). With a `position`, the epoch continues from
+    it (same shuffling and augmentation draws; the batches it counts as done are skipped) and it advances
+    with every batch. When `stop()` turns true, the pass returns None at the next batch boundary, leaving
+    `position` where it stopped.
     """
     model.train()
-    total, count = torch.zeros((), device=data.device), 0
-    for idx in index_batches(len(data.train), batch_size, generator, data.device):
+    position = position or EpochPosition.start(0, optimizer, generator)
+    generator.set_state(position.generator_state)
+    batches = list(index_batches(len(data.train), batch_size, generator, data.device))  # draws the shuffle
+    if position.draw_state is not None:
+        generator.set_state(position.draw_state)  # augmentation draws continue where the pass stopped
+    total, count = position.loss_sum.to(data.device), position.samples
+    for idx in batches[position.batches:]:
+        if stop is not None and stop():
+            return None
         images = data.train.images[idx]
         if data.augmentation is not None:
             images = data.augmentation(images, generator)
@@ -151,6 +165,8 @@ def train_epoch(
         scheduler.step()
         total += loss.detach() * len(idx)
         count += len(idx)
+        position.batches, position.loss_sum, position.samples = position.batches + 1, total, count
+        position.draw_state = generator.get_state() if data.augmentation is not None else None
     return float(total) / max(count, 1)
 
 
@@ -169,19 +185,49 @@ def fit(
     evaluate: Callable[[], dict],
     desc: str,
     progress: bool,
+    checkpoint: StageCheckpoint | None = None,
+    stop: Callable[[], object] | None = None,
 ) -> list[dict]:
     """Train for `stage.epochs` epochs; after each, `evaluate()` on the whole validation split.
 
     Returns one row per epoch: epoch, the learning rate used, the mean training loss and the metrics.
+    With a `checkpoint`, the stage first continues from the one saved before (if any), then saves one
+    after every epoch; when `stop()` turns true it saves one at the next batch boundary and raises
+    RunInterrupted. A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last
+    good epoch).
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model.parameters(), stage)
     scheduler = make_scheduler(optimizer, stage, steps_per_epoch(len(data.train), stage.batch_size))
-    rows = []
-    bar = tqdm(range(1, stage.epochs + 1), desc=desc, unit="epoch", disable=None if progress else True, leave=False)
-    for epoch in bar:
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_epoch(model, data, stage.batch_size, generator, optimizer, scheduler, loss_fn)
-        rows.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, **evaluate()})
+    position, rows = EpochPosition.start(1, optimizer, generator), []
+    if checkpoint is not None:
+        position, rows = checkpoint.restore(model, optimizer, scheduler, data.device) or (position, rows)
+    bar = tqdm(total=stage.epochs, initial=position.epoch - 1, desc=desc, unit="epoch",
+               disable=None if progress else True, leave=False)
+    while position.epoch <= stage.epochs:
+        train_loss = train_epoch(model, data, stage.batch_size, generator, optimizer, scheduler, loss_fn, position, stop)
+        if train_loss is None:
+            if checkpoint is not None:
+                checkpoint.save(model, optimizer, scheduler, position, rows)
+            raise RunInterrupted(desc, position.epoch, position.batches)
+        row = {"epoch": position.epoch, "lr": position.lr, "train_loss": train_loss, **evaluate()}
+        check_finite(row, desc, stage)
+        rows.append(row)
+        position = EpochPosition.start(position.epoch + 1, optimizer, generator)
+        if checkpoint is not None:
+            checkpoint.save(model, optimizer, scheduler, position, rows)
+        bar.update()
         bar.set_postfix(loss=f"{train_loss:.3f}")
+    bar.close()
     return rows
+
+
+def check_finite(row: dict, desc: str, stage: StageConfig) -> None:
+    """Raise Diverged when the training loss or a validation metric of an epoch is NaN or infinite."""
+    bad = [f"{k}={v}" for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise Diverged(
+            desc, row["epoch"],
+            f"the {desc} stage diverged in epoch {row['epoch']} ({', '.join(bad)}): "
+            f"lower the learning rate ({desc}.lr={stage.lr}) or check the data",
+        )

@@ -1,10 +1,16 @@
-"""User-facing errors: a mistake in input, reported as one line and exit code 2, never as a traceback."""
+"""How a run ends other than by completing, each reported as one line with its own exit code, never a traceback.
+
+A mistake in input (UserError) exits 2, a diverged run 3, an interrupted one 75; see docs/robustness.md.
+"""
+
+from __future__ import annotations
 
 
 class UserError(Exception):
     """A mistake the user can fix (bad value, missing file, mismatched checkpoint). Exit code 2."""
 
     exit_code = 2
+    status = "failed"  # what result.json says when the mistake shows only once the run has started
 
 
 class ConfigError(UserError):
@@ -13,3 +19,29 @@ class ConfigError(UserError):
     def __init__(self, key: str, value, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class RunInterrupted(Exception):
+    """A signal (SIGTERM, SIGINT) stopped the run at a safe point, after its checkpoint was written.
+
+    Exit code 75 (sysexits' EX_TEMPFAIL: try again): running the same command again resumes the run.
+    """
+
+    exit_code = 75
+    status = "interrupted"
+
+    def __init__(self, stage: str | None, epoch: int = 0, batches: int = 0):
+        self.stage, self.epoch, self.batches = stage, epoch, batches
+        where = f"in the {stage} stage at epoch {epoch}, after {batches} batches" if stage else "before it started"
+        super().__init__(f"stopped {where}")
+
+
+class Diverged(Exception):
+    """A training stage produced a NaN or infinite loss or metric. Exit code 3; in a sweep the other jobs go on."""
+
+    exit_code = 3
+    status = "diverged"
+
+    def __init__(self, stage: str, epoch: int, message: str):
+        self.stage, self.epoch = stage, epoch
+        super().__init__(message)

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -67,6 +68,40 @@ def file_lock(path: Path | str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def directory_lock(path: Path | str) -> Iterator[None]:
+    """An exclusive inter-process lock on a directory itself (no lock file left behind).
+
+    Raises BlockingIOError at once when another process holds it; the kernel releases it when the
+    holder exits, however it exits.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: Path | str, prefix: str = "") -> None:
+    """Delete the temporary files `atomic_path` leaves when its writer is killed (named `.<prefix>*.tmp`).
+
+    Call it only while holding the lock that keeps every other writer of those files away.
+    """
+    for tmp in Path(folder).glob(f".{prefix}*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: Path | str, key: str) -> None:
+    """Raise UserError unless `path` is, or can be created as, a directory this process may write in."""
+    target = Path(path).absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{key}={str(path)!r} cannot be created: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={str(path)!r} cannot be written: {existing} is not writable (permissions or a read-only file system)")
+
+
 def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
     """Read a state dict with weights_only=True: a missing, truncated or code-carrying file is a user error.
 
@@ -77,13 +112,21 @@ def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupted, or pickled code refused by weights_only
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise UserError(f"{key}={str(path)!r}: cannot read a state dict ({type(exc).__name__}: {reason})") from None
+        raise UserError(f"{key}={str(path)!r}: cannot read a state dict: {load_failure_reason(exc)}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
         raise UserError(f"{key}={str(path)!r} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def load_failure_reason(exc: Exception) -> str:
+    """Why `torch.load(..., weights_only=True)` failed, in a few words instead of torch's long advice."""
+    code = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if code:
+        return (f"it holds pickled code or objects ({code.group(1)}), which weights-only loading refuses; "
+                "save a plain state dict (model.state_dict()) instead")
+    return f"the file is truncated, corrupted or not a PyTorch file ({type(exc).__name__})"
 
 
 def _shape(value) -> str:

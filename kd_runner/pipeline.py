@@ -1,6 +1,9 @@
 """One knowledge-distillation run: data -> teacher(s) -> transfer set -> student stage -> results.
 
 `run(cfg, run_dir)` is the whole experiment; the CLI only composes and validates the config and calls it.
+Running it again into the same directory skips a finished run and resumes an unfinished one
+(kd_runner.rundir); result.json always says how the run stands: running, completed, interrupted,
+diverged or failed.
 """
 
 from __future__ import annotations
@@ -8,13 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from kd_runner import engine, results, transfer
-from kd_runner.config import RunConfig
+from kd_runner import engine, interrupt, results, rundir, transfer
+from kd_runner.checkpoint import StageCheckpoint
+from kd_runner.config import RunConfig, config_digest
 from kd_runner.data import build_dataset
 from kd_runner.ensemble import prepare_teachers
+from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.files import save_torch
 from kd_runner.losses import distillation_loss
 from kd_runner.metrics import compute_metrics, per_class_accuracy
@@ -23,19 +29,53 @@ from kd_runner.soft_targets import SoftTargets
 log = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, run_dir: Path | str) -> dict:
-    """Run one experiment into `run_dir`; returns the record also written to result.json."""
-    run_dir = Path(run_dir)
+def run(cfg: RunConfig, run_dir: Path | str, stop: Callable[[], object] = interrupt.requested) -> dict:
+    """Run one experiment into `run_dir`; returns the record also written to result.json.
+
+    A finished run of this config already in `run_dir` is returned as it is; an unfinished one resumes
+    from its checkpoints. When `stop()` turns true (SIGTERM/SIGINT), the run saves a checkpoint at the next
+    safe point, records itself as interrupted and raises RunInterrupted. A diverged run is recorded and
+    returned with status "diverged"; a UserError is recorded as "failed" and raised.
+    """
+    if stop():
+        raise RunInterrupted(None)
+    digest = config_digest(cfg)
+    with rundir.claim(run_dir) as run_dir:
+        finished = rundir.finished_record(run_dir, digest)
+        if finished is not None:
+            log.info("skipped: %s already holds this config's %s run (config digest %s)", run_dir, finished["status"], digest)
+            return finished
+        device = engine.resolve_device(cfg.device)
+        result_path = run_dir / rundir.RESULT
+        results.write_result(result_path, results.status_record(cfg, "running", device))
+        try:
+            return _experiment(cfg, run_dir, device, stop)
+        except Diverged as exc:  # final: a re-run would diverge again, so the student checkpoint goes
+            rundir.student_checkpoint(run_dir).unlink(missing_ok=True)
+            record = results.status_record(cfg, exc.status, device, stage=exc.stage, epoch=exc.epoch, message=str(exc))
+            results.write_result(result_path, record)
+            return record
+        except RunInterrupted as exc:
+            details = {"stage": exc.stage, "epoch": exc.epoch, "batches": exc.batches, "signal": stop()}
+            results.write_result(result_path, results.status_record(cfg, exc.status, device, **details, message=str(exc)))
+            raise
+        except UserError as exc:
+            results.write_result(result_path, results.status_record(cfg, exc.status, device, message=str(exc)))
+            raise
+
+
+def _experiment(cfg: RunConfig, run_dir: Path, device: torch.device, stop: Callable[[], object]) -> dict:
     timings = {}
     start = time.perf_counter()
-    device = engine.resolve_device(cfg.device)
     data = build_dataset(cfg.dataset)
     device_data = engine.DeviceData(data, device)
     timings["data_s"] = time.perf_counter() - start
     log.info("data: %s, %d train / %d val, %d classes, device %s",
              data.name, len(data.train), len(data.val), data.num_classes, device)
 
-    teacher = prepare_teachers(cfg, data, device_data, cfg.progress)
+    if cfg.student.weights_path or cfg.student.pretrained:  # a bad weights file fails now, not after the teacher
+        engine.build_stage_model(cfg.student, data)
+    teacher = prepare_teachers(cfg, data, device_data, cfg.progress, stop)
     timings["teacher_s"] = teacher.seconds
 
     t0 = time.perf_counter()
@@ -43,7 +83,8 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
     if student_data is not device_data:
         log.info("transfer set: %s", transfer.describe(cfg, student_data))
     targets = SoftTargets(teacher.model, student_data)
-    history, student = _train_student(cfg, data, student_data, targets)
+    checkpoint = StageCheckpoint(rundir.student_checkpoint(run_dir), config_digest(cfg), "student")
+    history, student = _train_student(cfg, data, student_data, targets, checkpoint, stop)
     timings["student_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
@@ -55,11 +96,12 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
     )
     record["transfer"] = transfer.describe(cfg, student_data)
     record["per_class_accuracy"] = _per_class_accuracy(student, targets, student_data, data.num_classes)
-    results.write_result(run_dir / "result.json", record)
+    results.write_result(run_dir / rundir.RESULT, record)
+    checkpoint.remove()  # the completed record is final: the run will not resume again
     return record
 
 
-def _train_student(cfg: RunConfig, data, d: engine.DeviceData, targets: SoftTargets):
+def _train_student(cfg: RunConfig, data, d: engine.DeviceData, targets: SoftTargets, checkpoint, stop):
     """Distill the student from the teacher's logits; the teacher itself never enters the student's graph."""
     engine.seed_everything(cfg.seed)
     student = engine.build_stage_model(cfg.student, data).to(d.device)
@@ -72,7 +114,7 @@ def _train_student(cfg: RunConfig, data, d: engine.DeviceData, targets: SoftTarg
         logits = engine.predict(student, d, d.val.images)
         return compute_metrics(logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
 
-    history = engine.fit(student, d, cfg.student, cfg.seed, objective, evaluate, "student", cfg.progress)
+    history = engine.fit(student, d, cfg.student, cfg.seed, objective, evaluate, "student", cfg.progress, checkpoint, stop)
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
     return history, student

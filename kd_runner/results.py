@@ -60,6 +60,18 @@ def build_record(*, cfg, history, teacher, student_model, device, timings) -> di
         },
         "teacher": {"source": teacher.source, "cache_key": teacher.key},
         "timings_s": {k.removesuffix("_s"): round(v, 3) for k, v in timings.items()},
+        **_identity(cfg, device),
+    }
+
+
+def status_record(cfg, status: str, device, **details) -> dict:
+    """The record of a run without final metrics: `running`, `interrupted`, `diverged` or `failed`."""
+    return {"status": status, **details, **_identity(cfg, device)}
+
+
+def _identity(cfg, device) -> dict:
+    """What ran, where and with which software: part of every record."""
+    return {
         "device": str(device),
         "config_digest": config_digest(cfg),
         "config": asdict(cfg),
@@ -76,7 +88,7 @@ def error_line(exc: BaseException) -> str:
 
 def failure_record(error: str, config: dict) -> dict:
     """The result.json of a sweep job that failed: its status, the error's first line and its config."""
-    return {"status": "failed", "error": error, "config": config, "versions": versions(), "command": sys.argv}
+    return {"status": "failed", "message": error, "config": config, "versions": versions(), "command": sys.argv}
 
 
 def write_result(path: Path, record: dict) -> None:

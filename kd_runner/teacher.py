@@ -4,7 +4,9 @@ A cached teacher is keyed by a digest of everything that determines it (architec
 seed, dataset, starting checkpoint), so every run of a sweep that shares a teacher recipe trains it once.
 A lock serialises jobs that need the same teacher: the first trains and publishes it, the others wait
 and load. Entries are published atomically (weights, then a manifest holding their sha256); an entry
-whose weights do not match its manifest is reported, removed and rebuilt.
+whose weights do not match its manifest is reported, removed and rebuilt. While a teacher trains, its
+checkpoint lives next to its entry, so an interrupted fine-tuning continues in whichever run needs that
+teacher next.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from kd_runner import engine
+from kd_runner.checkpoint import StageCheckpoint
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
 from kd_runner.errors import UserError
-from kd_runner.files import file_lock, read_state_dict, save_torch, sha256_file, state_dict_mismatch, write_json
+from kd_runner.files import (
+    file_lock, read_state_dict, remove_stale_temps, save_torch, sha256_file, state_dict_mismatch, write_json,
+)
 from kd_runner.metrics import accuracy
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,7 @@ def teacher_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData, progress: bool) -> Teacher:
+def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData, progress: bool, stop=None) -> Teacher:
     start = time.perf_counter()
     engine.seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
     model = engine.build_stage_model(cfg.teacher, data)
@@ -73,24 +78,29 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceDat
     key = teacher_key(cfg)
     entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{key}"
     with file_lock(entry.with_suffix(".lock")):
+        remove_stale_temps(entry.parent, entry.name)
         history = _load_entry(model, entry)
         source = "cache"
         if history is None:
             log.info("teacher: fine-tuning %s for %d epochs (cache key %s)", cfg.teacher.name, cfg.teacher.epochs, key)
-            history = _fine_tune(model, cfg, device_data, progress)
+            checkpoint = StageCheckpoint(entry.with_suffix(".ckpt"), key, "teacher")
+            history = _fine_tune(model, cfg, device_data, progress, checkpoint, stop)
             _save_entry(model, history, entry, cfg)
+            checkpoint.remove()
             source = "trained"
         else:
             log.info("teacher: loaded from cache %s", entry.with_suffix(".pt"))
     return Teacher(model.eval(), source, history, key, time.perf_counter() - start)
 
 
-def _fine_tune(model, cfg: RunConfig, d: engine.DeviceData, progress: bool) -> list[dict]:
+def _fine_tune(model, cfg: RunConfig, d: engine.DeviceData, progress: bool, checkpoint, stop) -> list[dict]:
     def evaluate() -> dict:
         logits = engine.predict(model, d, d.val.images)
         return {"teacher_acc": accuracy(logits, d.val.labels), "teacher_loss": float(F.cross_entropy(logits, d.val.labels))}
 
-    return engine.fit(model, d, cfg.teacher, cfg.teacher.seed, engine.cross_entropy_loss, evaluate, "teacher", progress)
+    return engine.fit(
+        model, d, cfg.teacher, cfg.teacher.seed, engine.cross_entropy_loss, evaluate, "teacher", progress, checkpoint, stop
+    )
 
 
 def _save_entry(model, history: list[dict], entry: Path, cfg: RunConfig) -> None:

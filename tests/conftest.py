@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,13 +20,35 @@ from kd_runner.config import RunConfig, load_config
 KD_RUN = str(Path(sys.executable).with_name("kd-run"))
 
 
+def _env() -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
 def kd_run(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "", "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR")
-    proc = subprocess.run([KD_RUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([KD_RUN, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"kd-run {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def start_kd_run(*args: str, cwd: Path) -> subprocess.Popen:
+    """A `kd-run` running in the background, to be signalled or killed by a test."""
+    return subprocess.Popen([KD_RUN, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll until `path` exists; fail if the process ends first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"kd-run ended (exit {proc.returncode}) before {path} appeared\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
 
 
 def compose_config(*overrides: str) -> RunConfig:

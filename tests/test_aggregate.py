@@ -23,7 +23,7 @@ def make_job(sweep, num: int, overrides: list[str], seed: int, acc: float | None
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
     if acc is None:
-        result = {"status": "failed", "error": "RuntimeError: boom"}
+        result = {"status": "failed", "message": "RuntimeError: boom"}
     else:
         metrics = {name: acc for name in METRIC_NAMES} | {"teacher_acc": teacher_acc, "best_student_acc": acc + 0.01}
         result = {"status": "completed", "metrics": metrics, "teacher": {"source": "cache", "cache_key": "k"}}

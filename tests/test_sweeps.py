@@ -149,7 +149,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     assert list(runs["status"]) == ["completed", "completed", "completed", "failed"]
     assert runs["error"].iloc[3].startswith("IsADirectoryError: ") and runs["error"].iloc[:3].tolist() == [""] * 3
     failed = json.loads((sweep / "3" / "result.json").read_text())
-    assert failed["status"] == "failed" and failed["error"] == runs["error"].iloc[3]
+    assert failed["status"] == "failed" and failed["message"] == runs["error"].iloc[3]
     assert "job failed: IsADirectoryError" in (sweep / "3" / "kd-run.log").read_text()
     assert f"failed: {sweep.name}/3: IsADirectoryError" in proc.stdout
 

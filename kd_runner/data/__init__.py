@@ -64,7 +64,9 @@ def build_dataset(cfg) -> Dataset:
     """Build the dataset named by `cfg.name` (a `kd_runner.config.DatasetConfig`)."""
     if cfg.name not in BUILDERS:
         raise ConfigError("dataset.name", cfg.name, "one of: " + ", ".join(dataset_names()))
-    return BUILDERS[cfg.name](cfg)
+    data = BUILDERS[cfg.name](cfg)
+    check_dataset(data, cfg)
+    return data
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -79,3 +81,4 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 from kd_runner.data import builtin  # noqa: E402,F401  (registers digits and synthetic)
 from kd_runner.data.vision import DOWNLOADABLE, WITH_TEST_SPLIT  # noqa: E402,F401  (registers the file datasets)
+from kd_runner.data.checks import check_dataset  # noqa: E402

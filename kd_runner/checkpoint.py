@@ -1,0 +1,139 @@
+"""Training checkpoints: everything a stage needs to continue exactly where it stopped.
+
+A stage writes its checkpoint atomically after every epoch, and at the safe point between two batches
+where a SIGTERM/SIGINT stops it. The file holds the model, optimizer and scheduler states, the global
+RNG states (torch, CUDA, numpy, python), the position in training (`EpochPosition`: the epoch in
+progress, the shuffling generator's state before its permutation, the batches already done and their
+loss tally) and the per-epoch rows so far. It is tied to the digest of what the stage trains, and is
+read with `weights_only=True` like every other file the runner loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kd_runner.errors import UserError
+from kd_runner.files import load_failure_reason, save_torch, state_dict_mismatch
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+
+
+@dataclass
+class EpochPosition:
+    """Where a stage stands: the epoch in progress (1-based) and how far into it.
+
+    Restoring `generator_state` and skipping `batches` batches replays the epoch's shuffling and
+    continues it; `loss_sum` and `samples` carry its training-loss tally; `lr` is the learning rate at
+    the epoch's start, which its row reports.
+    """
+
+    epoch: int
+    lr: float
+    generator_state: torch.Tensor
+    batches: int = 0
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    samples: int = 0
+    draw_state: torch.Tensor | None = None  # the generator after the last batch done (augmentation draws)
+
+    @classmethod
+    def start(cls, epoch: int, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> "EpochPosition":
+        return cls(epoch, optimizer.param_groups[0]["lr"], generator.get_state())
+
+    def to_dict(self) -> dict:
+        return {
+            "epoch": self.epoch, "lr": self.lr, "generator_state": self.generator_state,
+            "batches": self.batches, "loss_sum": self.loss_sum.detach().cpu(), "samples": self.samples,
+            "draw_state": self.draw_state,
+        }
+
+
+def rng_states() -> dict:
+    """The global random states, in types `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"],
+        },
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class StageCheckpoint:
+    """The checkpoint file of one stage (`name`: teacher or student) for one config `digest`."""
+
+    def __init__(self, path: Path | str, digest: str, name: str):
+        self.path, self.digest, self.name = Path(path), digest, name
+
+    def save(self, model, optimizer, scheduler, position: EpochPosition, rows: list[dict]) -> None:
+        save_torch(
+            {
+                "format": FORMAT,
+                "digest": self.digest,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "position": position.to_dict(),
+                "rng": rng_states(),
+                "rows": rows,
+            },
+            self.path,
+        )
+
+    def restore(self, model, optimizer, scheduler, device: torch.device) -> tuple[EpochPosition, list[dict]] | None:
+        """Load the saved state into the given objects; None when there is no usable checkpoint.
+
+        A checkpoint that cannot be read is reported in one line and removed (the stage starts over);
+        one of another config or another model is refused with a UserError.
+        """
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if state.get("format") != FORMAT:
+                raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
+        except Exception as exc:  # damaged on disk: the epochs it held are lost, not the run
+            log.warning("%s checkpoint %s is unreadable (%s): removed, the stage starts over",
+                        self.name, self.path, load_failure_reason(exc))
+            self.remove()
+            return None
+        if state["digest"] != self.digest:
+            raise UserError(
+                f"{self.path} is a checkpoint of another config (digest {state['digest']}, this config {self.digest}): "
+                "use another run directory, or delete it"
+            )
+        problem = state_dict_mismatch(model, state["model"])
+        if problem:
+            raise UserError(f"{self.path} does not match the {self.name} model: {problem}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"])
+        p = state["position"]
+        position = EpochPosition(
+            p["epoch"], p["lr"], p["generator_state"], p["batches"], p["loss_sum"].to(device), p["samples"], p["draw_state"]
+        )
+        log.info("%s: resuming from %s at epoch %d (after %d batches)", self.name, self.path, position.epoch, position.batches)
+        return position, state["rows"]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

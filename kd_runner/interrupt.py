@@ -1,0 +1,42 @@
+"""Graceful stop on SIGTERM and SIGINT (cluster preemption, Ctrl-C).
+
+The first signal only records itself: training stops at its next safe point (between two batches),
+writes a checkpoint and raises RunInterrupted. A second signal stops at once (KeyboardInterrupt); the
+files are still whole, because every write is atomic, and the last checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from contextlib import contextmanager
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+_received: list[str] = []
+
+
+@contextmanager
+def graceful_stop() -> Iterator[None]:
+    """Route SIGTERM and SIGINT to the graceful stop inside the block (main thread only, as Python requires)."""
+    _received.clear()
+    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _received.clear()
+
+
+def requested() -> str | None:
+    """The name of the signal that asked the process to stop, or None."""
+    return _received[0] if _received else None
+
+
+def _handle(signum: int, frame) -> None:
+    name = signal.Signals(signum).name
+    if _received:
+        raise KeyboardInterrupt(name)
+    _received.append(name)
+    log.warning("%s received: stopping at the next safe point (send it again to stop at once)", name)
