@@ -31,7 +31,9 @@ GAIN = "student_acc_gain"  # student_acc_mean minus that of the alpha=1 (no dist
 PLAN = "sweep.json"  # the overrides of every job of a sweep, written when it starts
 COMPLETED = "completed"
 FAILED = "failed"  # result.json written by the job's error handler (kd_runner.cli)
-INCOMPLETE = "incomplete"  # started, no result.json: the sweep was stopped during the job
+DIVERGED = "diverged"  # NaN/inf loss (kd_runner.errors.Diverged)
+INTERRUPTED = "interrupted"  # stopped by SIGTERM/SIGINT after a checkpoint: a re-run resumes it
+INCOMPLETE = "incomplete"  # started, never finished (no result.json, or still "running": killed)
 NOT_STARTED = "not started"  # planned in sweep.json, no job directory
 
 
@@ -101,13 +103,14 @@ def _read_job(job: Path) -> tuple[dict, dict, pd.DataFrame | None]:
     config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
     result_path = job / "result.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {"status": INCOMPLETE}
+    status = INCOMPLETE if result["status"] == "running" else result["status"]
     metrics = result.get("metrics", {})
     teacher = result.get("teacher", {})
     row = {
         "job": job.name,
         "seed": config.get("seed"),
-        "status": result["status"],
-        "error": result.get("message", "") if result["status"] != COMPLETED else "",
+        "status": status,
+        "error": result.get("message", "") if status != COMPLETED else "",
         "teacher_source": teacher.get("source", ""),
         "teacher_cache_key": teacher.get("cache_key", ""),
         **{name: metrics.get(name, math.nan) for name in FINAL_METRICS},

@@ -16,7 +16,8 @@ from kd_runner import aggregate, report
 from kd_runner.errors import UserError
 
 TABLES = ("runs.csv", "summary.csv", "curves.csv", "summary.md")
-STATUSES = (aggregate.COMPLETED, aggregate.FAILED, aggregate.INCOMPLETE, aggregate.NOT_STARTED)
+STATUSES = (aggregate.COMPLETED, aggregate.FAILED, aggregate.DIVERGED, aggregate.INTERRUPTED,
+            aggregate.INCOMPLETE, aggregate.NOT_STARTED)
 
 
 def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:

@@ -175,12 +175,13 @@ def test_an_interrupted_sweep_is_still_aggregated(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     runs = pd.read_csv(tmp_path / "sweep" / "runs.csv", keep_default_na=False)
-    assert list(runs["status"]) == ["completed", "incomplete", "not started", "not started"], out + err
+    # the stopped job checkpointed and marked itself interrupted (a re-run into the sweep resumes it)
+    assert list(runs["status"]) == ["completed", "interrupted", "not started", "not started"], out + err
     assert list(runs["alpha"]) == [0, 0, 1, 1] and list(runs["seed"]) == [0, 1, 0, 1]  # from sweep.json
     assert list(runs["run_dir"]) == ["sweep/0", "sweep/1", "", ""]
     summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
     assert list(summary["alpha"]) == [0, 1] and list(summary["n"]) == [1, 0] and list(summary["n_missing"]) == [1, 2]
-    assert "jobs: 1 completed, 1 incomplete, 2 not started" in out
+    assert "jobs: 1 completed, 1 interrupted, 2 not started" in out
 
 
 def test_kd_aggregate_on_a_copied_sweep_reproduces_the_tables(alpha_sweep, tmp_path):
@@ -255,7 +256,8 @@ def test_alpha_preset_runs_as_a_sweep_and_the_command_line_overrides_it(tmp_path
 ])
 def test_presets_expand_to_five_values_times_five_seeds_in_preflight(preset, key, values, monkeypatch):
     composed = []
-    monkeypatch.setattr(cli, "load_config", lambda raw: composed.append(raw))
+    real_load_config = cli.load_config
+    monkeypatch.setattr(cli, "load_config", lambda raw: composed.append(raw) or real_load_config(raw))
     assert cli.preflight([f"sweep={preset}"], multirun=False) is True
     assert len(composed) == 25
     assert {(c[key], c["seed"]) for c in composed} == {(v, s) for v in values for s in range(5)}
