@@ -69,8 +69,14 @@ def _adapt(name: str, model: nn.Module, *, in_channels: int, num_classes: int, i
 
 
 def build(name: str, *, in_channels: int, num_classes: int, image_size: int, **_) -> nn.Module:
-    """Randomly initialised; the head is torchvision's own (built for ``num_classes``)."""
-    model = torchvision.models.get_model(name, num_classes=num_classes)
+    """Randomly initialised; the head is torchvision's own (built for ``num_classes``).
+
+    ResNets start with every residual branch's last BatchNorm at zero (each block the identity, Goyal et
+    al. 2017): without it resnet50 from scratch on 8x8 digits did not learn in 10 epochs (val acc 0.27);
+    with it, 0.94 after 3.
+    """
+    extra = {"zero_init_residual": True} if name.startswith("resnet") else {}
+    model = torchvision.models.get_model(name, num_classes=num_classes, **extra)
     return _adapt(name, model, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 
