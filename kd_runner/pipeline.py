@@ -73,15 +73,16 @@ def _experiment(cfg: RunConfig, run_dir: Path, device: torch.device, stop: Calla
     log.info("data: %s, %d train / %d val, %d classes, device %s",
              data.name, len(data.train), len(data.val), data.num_classes, device)
 
-    if cfg.student.weights_path or cfg.student.pretrained:  # a bad weights file fails now, not after the teacher
+    # mistakes in the student's data or weights fail now, not after the teacher's fine-tuning
+    student_data = transfer.transfer_data(cfg, data, device_data)
+    if student_data is not device_data:
+        log.info("transfer set: %s", transfer.describe(cfg, student_data))
+    if cfg.student.weights_path or cfg.student.pretrained:
         engine.build_stage_model(cfg.student, data)
     teacher = prepare_teachers(cfg, data, device_data, cfg.progress, stop)
     timings["teacher_s"] = teacher.seconds
 
     t0 = time.perf_counter()
-    student_data = transfer.transfer_data(cfg, data, device_data)
-    if student_data is not device_data:
-        log.info("transfer set: %s", transfer.describe(cfg, student_data))
     targets = SoftTargets(teacher.model, student_data)
     checkpoint = StageCheckpoint(rundir.student_checkpoint(run_dir), config_digest(cfg), "student")
     history, student = _train_student(cfg, data, student_data, targets, checkpoint, stop)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kd_runner import cli
@@ -38,3 +40,35 @@ def test_bad_input_gives_one_line_and_exit_2(args, expected, tmp_path, monkeypat
     for text in expected:
         assert text in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_folder_with_a_corrupt_image_stops_with_one_line_naming_it(tmp_path):
+    from conftest import kd_run
+    from dataset_files import write_image_folder
+
+    root = tmp_path / "hymenoptera_data"
+    write_image_folder(root, per_class={"train": 2, "val": 1})
+    (root / "train" / "ants" / "notes.txt").write_text("not an image, no image extension: ignored")
+    bad = root / "train" / "bees" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is no png")
+    proc = kd_run("experiment=smoke", "dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=16",
+                  "hydra.run.dir=run", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("kd-run: error: dataset=imagefolder: cannot decode ") and str(bad) in line
+    assert not (tmp_path / "cache").exists()  # the teacher cache is untouched
+
+
+def test_excluding_every_class_of_the_transfer_set_is_one_line(tmp_path, monkeypatch, capsys):
+    """Found once the data is loaded (the class count is the data's), before the teacher is touched."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["experiment=smoke", "transfer.exclude_classes=[0,1,2,3,4,5,6,7,8,9]", "hydra.run.dir=run",
+                  f"cache_dir={tmp_path / 'cache'}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("kd-run: error: transfer.exclude_classes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] leaves no training "
+                   "samples in digits")
+    assert not (tmp_path / "cache").exists()  # no teacher was trained or cached
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"

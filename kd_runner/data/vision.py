@@ -171,8 +171,22 @@ for _name in FILE_DATASETS:
 
 
 def decode(dataset) -> Split:
-    """Every (image, label) of a torchvision dataset whose transform ends in PILToTensor, as one uint8 split."""
-    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    """Every (image, label) of a torchvision dataset whose transform ends in PILToTensor, as one uint8 split.
+
+    A file that cannot be decoded stops the run with one line naming it (rather than silently training on
+    fewer images than the folder shows); files without an image extension are never read (torchvision's rule).
+    """
+    items = []
+    for i in range(len(dataset)):
+        try:
+            items.append(dataset[i])
+        except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            path = dataset.samples[i][0] if hasattr(dataset, "samples") else f"item {i}"
+            raise UserError(
+                f"dataset=imagefolder: cannot decode {path!r} ({_one_line(exc)}): "
+                "remove or replace the file (every image file in the folders must be readable)"
+            ) from None
+    images, labels = zip(*items)
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
 
 
