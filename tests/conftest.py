@@ -51,6 +51,17 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> N
         time.sleep(0.01)
 
 
+def usage_error_line(args: list[str], capsys) -> str:
+    """Run `kd-run ARGS` in-process, expecting a usage error: exit 2 and one `kd-run: error:` line, returned."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("kd-run: error: ")
+    return err
+
+
 def compose_config(*overrides: str) -> RunConfig:
     """The typed config `kd-run OVERRIDES...` would run, composed through Hydra's compose API."""
     with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):

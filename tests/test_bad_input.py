@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kd_run
+from conftest import kd_run, usage_error_line
 
 from kd_runner import cli
 from kd_runner.config import DatasetConfig
@@ -51,12 +51,7 @@ if not torch.cuda.is_available():
 @pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_gives_one_line_and_exit_2(args, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        cli.main(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("kd-run: error: ")
+    err = usage_error_line(args, capsys)
     for text in expected:
         assert text in err
     assert list(tmp_path.iterdir()) == []  # nothing written, not even Hydra's run directory
@@ -107,12 +102,7 @@ IN_RUN_CASES = [
 def test_bad_input_found_in_the_run_gives_one_line_and_exit_2(args, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_checkpoints(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["experiment=smoke", *args, "hydra.run.dir=run"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("kd-run: error: ")
+    err = usage_error_line(["experiment=smoke", *args, "hydra.run.dir=run"], capsys)
     for text in expected:
         assert text in err
     run = tmp_path / "run"

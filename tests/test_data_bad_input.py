@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from kd_runner import cli
+from conftest import kd_run, usage_error_line
 
 CASES = [
     (["dataset.val_split=valid"], ["dataset.val_split='valid'", "test, holdout"]),
@@ -31,19 +30,13 @@ CASES = [
 @pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_gives_one_line_and_exit_2(args, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        cli.main(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("kd-run: error: ")
+    err = usage_error_line(args, capsys)
     for text in expected:
         assert text in err, err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_an_image_folder_with_a_corrupt_image_stops_with_one_line_naming_it(tmp_path):
-    from conftest import kd_run
     from dataset_files import write_image_folder
 
     root = tmp_path / "hymenoptera_data"
@@ -63,11 +56,8 @@ def test_an_image_folder_with_a_corrupt_image_stops_with_one_line_naming_it(tmp_
 def test_excluding_every_class_of_the_transfer_set_is_one_line(tmp_path, monkeypatch, capsys):
     """Found once the data is loaded (the class count is the data's), before the teacher is touched."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["experiment=smoke", "transfer.exclude_classes=[0,1,2,3,4,5,6,7,8,9]", "hydra.run.dir=run",
-                  f"cache_dir={tmp_path / 'cache'}"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
+    err = usage_error_line(["experiment=smoke", "transfer.exclude_classes=[0,1,2,3,4,5,6,7,8,9]",
+                            "hydra.run.dir=run", f"cache_dir={tmp_path / 'cache'}"], capsys)
     assert err == ("kd-run: error: transfer.exclude_classes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] leaves no training "
                    "samples in digits")
     assert not (tmp_path / "cache").exists()  # no teacher was trained or cached
