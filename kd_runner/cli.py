@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from kd_runner import interrupt, pipeline, rundir
 from kd_runner.aggregate import write_plan
 from kd_runner.config import RunConfig, config_digest, load_config
+from kd_runner.data.vision import check_root
 from kd_runner.engine import resolve_device
 from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.files import check_writable
@@ -139,6 +140,9 @@ def preflight(overrides: list[str], multirun: bool) -> bool:
                     del composed["hydra"]
                 cfg = load_config(OmegaConf.to_container(composed, resolve=True))
                 resolve_device(cfg.device)  # an absent cuda/mps is refused before anything is written
+                for data_cfg in (cfg.dataset, cfg.transfer.dataset):  # so is a data folder that is not there
+                    if data_cfg is not None:
+                        check_root(data_cfg)
                 check_writable(cfg.cache_dir, "cache_dir")
                 if job_dir is not None:
                     check_writable(job_dir, key)

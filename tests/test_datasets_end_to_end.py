@@ -137,6 +137,17 @@ def test_missing_dataset_files_one_line_and_exit_2(tmp_path):
         "put the files there, or set dataset.root to their folder, or dataset.download=true"
     )
     assert "Traceback" not in proc.stderr + proc.stdout
+    assert list(tmp_path.iterdir()) == []  # caught in the preflight: nothing written
+
+
+def test_missing_image_folder_in_a_sweep_is_caught_before_any_job(tmp_path):
+    proc = kd_run("-m", "dataset=imagefolder", "dataset.root=nowhere", "alpha=0,1", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "kd-run: error: dataset=imagefolder: no folder 'nowhere/train'; expected nowhere/train/<class>/<image> and "
+        "nowhere/val/<class>/<image> (e.g. hymenoptera_data): put the images there or set dataset.root to their folder"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_download_one_line_and_exit_2(tmp_path, monkeypatch):

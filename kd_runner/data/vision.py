@@ -100,11 +100,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
 
 
+def check_root(cfg) -> None:
+    """A data folder that does not exist (and will not be downloaded): the same one line as when its files
+    are read, but before any work, so the preflight catches it for every job of a sweep."""
+    if cfg.name in FILE_DATASETS and not cfg.download and not os.path.isdir(cfg.root):
+        raise _files_error(cfg, f"no {cfg.name} files under dataset.root={cfg.root!r}")
+    if cfg.name == "imagefolder" and not os.path.isdir(os.path.join(cfg.root, "train")):
+        expected = IMAGEFOLDER_LAYOUT.replace("{root}", cfg.root.rstrip("/") or "/")
+        raise UserError(f"dataset=imagefolder: no folder {os.path.join(cfg.root, 'train')!r}; expected {expected}: "
+                        "put the images there or set dataset.root to their folder")
+
+
+def _files_error(cfg, problem: str) -> UserError:
+    expected = FILE_DATASETS[cfg.name].layout.replace("{root}", cfg.root.rstrip("/") or "/")
+    return UserError(
+        f"dataset={cfg.name}: {problem}; expected {expected}: put the files there, or set dataset.root "
+        f"to their folder{'' if cfg.download else ', or dataset.download=true'}"
+    )
+
+
 def _open_file_dataset(cfg, train: bool):
     """torchvision's dataset object for one split; missing or unreadable files become a one-line UserError."""
     spec = FILE_DATASETS[cfg.name]
     split = {"split": "train" if train else "test"} if spec.by_split else {"train": train}
-    expected = spec.layout.replace("{root}", cfg.root.rstrip("/") or "/")
     try:
         return spec.cls(cfg.root, download=cfg.download, **split)
     except Exception as exc:  # missing files, a failed download (offline), or a file that does not parse
@@ -114,10 +132,7 @@ def _open_file_dataset(cfg, train: bool):
             problem = f"no {cfg.name} files under dataset.root={cfg.root!r}"
         else:
             problem = f"cannot read the {cfg.name} files under dataset.root={cfg.root!r} ({_one_line(exc)})"
-        raise UserError(
-            f"dataset={cfg.name}: {problem}; expected {expected}: put the files there, or set dataset.root "
-            f"to their folder{'' if cfg.download else ', or dataset.download=true'}"
-        ) from None
+        raise _files_error(cfg, problem) from None
 
 
 def _as_split(data, targets) -> Split:
