@@ -35,7 +35,7 @@ from kd_runner.data.vision import check_root
 from kd_runner.engine import resolve_device
 from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.files import check_writable
-from kd_runner.results import error_line, failure_record, summary, write_result
+from kd_runner.results import error_line, summary
 from kd_runner.sweep_cli import finish_sweep
 
 CONFIG_MODULE = "kd_runner.conf"
@@ -193,7 +193,7 @@ def hydra_main(raw: DictConfig) -> float | None:
             if isinstance(exc, UserError):
                 fail(exc)
             raise
-        return record_failed_job(exc, raw, run_dir)
+        return record_failed_job(exc)
     if record["status"] == Diverged.status:  # recorded in result.json; the other jobs of a sweep go on
         print(f"kd-run: diverged: {record['message']} ({run_dir})", file=sys.stderr)
         _deferred_exit.append(Diverged.exit_code)
@@ -202,10 +202,7 @@ def hydra_main(raw: DictConfig) -> float | None:
     return record["metrics"]["student_acc"]
 
 
-def record_failed_job(exc: Exception, raw: DictConfig, run_dir: Path) -> None:
-    """A sweep job's failure goes to its log and result.json instead of stopping the other jobs."""
-    error = error_line(exc)
-    log.error("job failed: %s", error, exc_info=not isinstance(exc, UserError))
-    if not isinstance(exc, UserError):  # pipeline.run records a UserError itself, with its status
-        write_result(run_dir / "result.json", failure_record(error, OmegaConf.to_container(raw, resolve=True)))
+def record_failed_job(exc: Exception) -> None:
+    """A sweep job's failure (already in its result.json, by pipeline.run) goes to its log; the others go on."""
+    log.error("job failed: %s", error_line(exc), exc_info=not isinstance(exc, UserError))
     _deferred_exit.append(getattr(exc, "exit_code", 1))

@@ -35,7 +35,7 @@ def run(cfg: RunConfig, run_dir: Path | str, stop: Callable[[], object] = interr
     A finished run of this config already in `run_dir` is returned as it is; an unfinished one resumes
     from its checkpoints. When `stop()` turns true (SIGTERM/SIGINT), the run saves a checkpoint at the next
     safe point, records itself as interrupted and raises RunInterrupted. A diverged run is recorded and
-    returned with status "diverged"; a UserError is recorded as "failed" and raised.
+    returned with status "diverged"; any other error is recorded as "failed" and raised.
     """
     if stop():
         raise RunInterrupted(None)
@@ -61,6 +61,9 @@ def run(cfg: RunConfig, run_dir: Path | str, stop: Callable[[], object] = interr
             raise
         except UserError as exc:
             results.write_result(result_path, results.status_record(cfg, exc.status, device, message=str(exc)))
+            raise
+        except Exception as exc:  # a bug: recorded too, so a sweep's tables show it, then raised loudly
+            results.write_result(result_path, results.status_record(cfg, "failed", device, message=results.error_line(exc)))
             raise
 
 

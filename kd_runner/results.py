@@ -86,11 +86,6 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def failure_record(error: str, config: dict) -> dict:
-    """The result.json of a sweep job that failed: its status, the error's first line and its config."""
-    return {"status": "failed", "message": error, "config": config, "versions": versions(), "command": sys.argv}
-
-
 def write_result(path: Path, record: dict) -> None:
     write_json(path, record)
 
