@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from kd_runner import interrupt, pipeline, rundir
+from kd_runner import distributed, interrupt, pipeline, rundir
 from kd_runner.aggregate import write_plan
 from kd_runner.config import RunConfig, config_digest, load_config
 from kd_runner.data.vision import check_root
@@ -52,9 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     if not informational:
         try:
             overrides = [a for a in argv if a not in ("-m", "--multirun")]
-            multirun = preflight(overrides, multirun="-m" in argv or "--multirun" in argv)
+            multirun, configs = preflight(overrides, multirun="-m" in argv or "--multirun" in argv)
         except UserError as exc:
             fail(exc)
+        if distributed.launched_rank() > 0:
+            return run_worker(configs)
     sys.argv = [sys.argv[0], *argv]
     _deferred_exit.clear()
     try:
@@ -90,6 +92,20 @@ def run_sweep() -> None:
         _deferred_exit.append(1)
 
 
+def run_worker(configs: list[RunConfig]) -> None:
+    """A torchrun process other than rank 0: it computes its part of every job, in the order rank 0's Hydra
+    runs them, and writes nothing (no run directory, no logs). Its own mistakes and interruptions end it
+    as they end rank 0."""
+    try:
+        with interrupt.graceful_stop():
+            for cfg in configs:
+                pipeline.run(cfg, None)
+    except RunInterrupted as exc:
+        fail(exc, label=f"interrupted by {interrupt.requested()}")
+    except UserError as exc:
+        fail(exc)
+
+
 def fail(exc: Exception, label: str = "error", hint: str = "") -> None:
     """One line on stderr and the error's exit code; the full traceback only with HYDRA_FULL_ERROR=1."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -119,10 +135,10 @@ def sweep_jobs(params, overrides: list[str]) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def preflight(overrides: list[str], multirun: bool) -> bool:
+def preflight(overrides: list[str], multirun: bool) -> tuple[bool, list[RunConfig]]:
     """Compose and validate every job's config and output directory; raise UserError with one line on the
-    first mistake. Returns whether the call is a multirun: `-m`, or a preset such as `sweep=alpha` that sets
-    `hydra.mode`; a multirun's jobs are those of `sweep_jobs`."""
+    first mistake. Returns whether the call is a multirun (`-m`, or a preset such as `sweep=alpha` that sets
+    `hydra.mode`; a multirun's jobs are those of `sweep_jobs`) and the jobs' configs in Hydra's order."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -133,6 +149,7 @@ def preflight(overrides: list[str], multirun: bool) -> bool:
             hydra_cfg = compose("config", overrides=fixed, return_hydra_config=True).hydra
             multirun = multirun or hydra_cfg.mode == RunMode.MULTIRUN
             jobs = sweep_jobs(hydra_cfg.sweeper.params, overrides) if multirun else [overrides]
+            configs = []
             for num, job in enumerate(jobs):
                 composed = compose("config", overrides=[*job, f"hydra.job.num={num}"], return_hydra_config=True)
                 key, job_dir = job_directory(composed.hydra, multirun)
@@ -147,11 +164,12 @@ def preflight(overrides: list[str], multirun: bool) -> bool:
                 if job_dir is not None:
                     check_writable(job_dir, key)
                     rundir.finished_record(job_dir, config_digest(cfg))  # refuses a directory of another config
+                configs.append(cfg)
     except HydraException as exc:
         raise UserError(hydra_message(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    return multirun
+    return multirun, configs
 
 
 def job_directory(hydra_cfg: DictConfig, multirun: bool) -> tuple[str, str | None]:

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kd_runner.compute import MEMORY_FORMATS, PRECISIONS
 from kd_runner.errors import ConfigError
 from kd_runner.losses import SOFT_LOSSES
 
@@ -22,6 +23,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "multistep")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE = ("none", "backbone")
+LOADERS = ("memory", "dataloader")
 VAL_SPLITS = ("test", "holdout")
 
 
@@ -91,7 +93,12 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
-    cache_dir: str = "outputs/cache"
+    cache_dir: str = "outputs/cache"  # fine-tuned teachers and teacher logits, shared by every job of a sweep
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16: autocast of the forward passes
+    memory_format: str = "auto"  # auto (channels_last on CUDA and CPU) | channels_last | contiguous, for conv nets
+    compile: bool = False  # torch.compile the networks (once per process, reused by every job of a sweep)
+    loader: str = "memory"  # memory: whole splits on the device | dataloader: DataLoader workers stream batches
+    num_workers: int = 2  # DataLoader worker processes (loader=dataloader)
 
 
 def load_config(raw: typing.Mapping) -> RunConfig:
@@ -198,6 +205,10 @@ def _validate(cfg: RunConfig) -> None:
     _check(cfg.temperature > 0, "temperature", cfg.temperature, "expected a number > 0")
     _one_of("soft_loss", cfg.soft_loss, SOFT_LOSSES)
     _one_of("device", cfg.device, DEVICES)
+    _one_of("precision", cfg.precision, PRECISIONS)
+    _one_of("memory_format", cfg.memory_format, MEMORY_FORMATS)
+    _one_of("loader", cfg.loader, LOADERS)
+    _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "expected a whole number >= 0")
     _validate_stage(cfg.teacher, "teacher")
     _validate_stage(cfg.student, "student")
     _check(

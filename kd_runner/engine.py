@@ -8,6 +8,7 @@ teacher can be run on exactly that batch.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from typing import Callable, Iterator
@@ -18,8 +19,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from kd_runner.checkpoint import EpochPosition, StageCheckpoint
+from kd_runner.compute import Compute
 from kd_runner.config import StageConfig
 from kd_runner.data import Dataset, Split
+from kd_runner.distributed import Shard
 from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.models import build_model, freeze_backbone
 
@@ -52,21 +55,67 @@ def seed_everything(seed: int) -> None:
 
 
 class DeviceData:
-    """A dataset's splits moved to the device once, with normalisation (and training augmentation) per batch."""
+    """A dataset's splits moved to the device once, with normalisation (and training augmentation) per batch.
 
-    def __init__(self, data: Dataset, device: torch.device):
+    It also says how this process computes on them: `compute` (precision, memory format, compile) and
+    `shard` (its part of every batch when a run spans several processes; see kd_runner.distributed).
+    kd_runner.loader.LoaderData is the same interface over DataLoaders, for data that does not fit.
+    """
+
+    def __init__(self, data: Dataset, device: torch.device, compute: Compute | None = None):
         self.device = device
-        self.train = Split(data.train.images.to(device), data.train.labels.to(device))
-        self.val = Split(data.val.images.to(device), data.val.labels.to(device))
+        self.compute = compute or Compute(device)
+        if self.compute.device != device:
+            raise ValueError(f"compute settings for {self.compute.device} used with data on {device}")
+        self.source = data  # what the splits hold, for kd_runner.logits_cache's data digest
+        self.shard = Shard()
+        self.image_numel = int(data.train.images[0].numel())
+        self.train = self.place(data.train)
+        self.val = self.place(data.val)
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         self.augmentation = data.augmentation
+
+    def place(self, split: Split):
+        """The split as this class keeps it: here, images (row-major) and labels on the device."""
+        return Split(row_major(split.images.to(self.device)), split.labels.to(self.device))
+
+    def like(self, data: Dataset) -> "DeviceData":
+        """Another dataset (a transfer set) placed the same way, with the same compute settings."""
+        return DeviceData(data, self.device, self.compute)
+
+    def sharded(self, shard: Shard) -> "DeviceData":
+        """The same data (no copy) seen by one process of a multi-process run."""
+        view = copy.copy(self)
+        view.shard = shard
+        return view
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         if images.dtype == torch.uint8:
             x = x / 255.0
-        return (x - self.mean) / self.std
+        return self.compute.format_batch((x - self.mean) / self.std)
+
+    def load_batches(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(raw images, labels) of each index batch of the training split, in order."""
+        for idx in batches:
+            yield self.train.images[idx], self.train.labels[idx]
+
+    def eval_batches(self, images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        """This process's share of `images` (raw, on the device), in order, in batches of `batch_size`."""
+        if self.shard.world == 1:
+            yield from images.split(batch_size)
+            return
+        for idx in self.shard.eval_indices(len(images)).to(self.device).split(batch_size):
+            yield images[idx]
+
+
+def row_major(t: torch.Tensor) -> torch.Tensor:
+    """`t` with plain row-major strides. A size-1 dimension's stride is free (N x 1 x H x W images made
+    with numpy's newaxis look channels-last too), and convolutions pick their kernels, hence their
+    rounding, from the strides: every path must feed the same layout to compute the same numbers."""
+    standard = torch.empty(t.shape, device="meta").stride()
+    return t if t.stride() == standard else t.clone(memory_format=torch.contiguous_format)
 
 
 def index_batches(n: int, batch_size: int, generator: torch.Generator, device) -> Iterator[torch.Tensor]:
@@ -78,17 +127,20 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator, device) -
             yield idx
 
 
-def predict(model: torch.nn.Module, data: DeviceData, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits (float32) for all images, in eval mode, large batches and inference mode.
+def predict(model: torch.nn.Module, data: DeviceData, images, batch_size: int | None = None) -> torch.Tensor:
+    """Logits (float32) for all `images` (a split's `images` of `data`), in eval mode, large batches
+    (`Compute.eval_batch_size` by default), inference mode and the data's precision; across processes
+    each computes a share and all get all.
 
     The result is concatenated outside inference mode, so it is an ordinary tensor that a loss may use.
     """
+    batch_size = batch_size or data.compute.eval_batch_size(data.image_numel)
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        out = [model(data.normalize(images[i : i + batch_size])).float() for i in range(0, len(images), batch_size)]
+    with torch.inference_mode(), data.compute.autocast():
+        out = [model(data.normalize(x)).float() for x in data.eval_batches(images, batch_size)]
     model.train(was_training)
-    return torch.cat(out)
+    return data.shard.gather(torch.cat(out), len(images))
 
 
 def make_optimizer(params, stage: StageConfig) -> torch.optim.Optimizer:
@@ -134,8 +186,13 @@ def train_epoch(
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     position: EpochPosition | None = None,
     stop: Callable[[], object] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float | None:
     """One pass over the training split; returns the mean training loss (weighted by batch size).
+
+    The forward pass runs in the data's precision (the loss in float32); `scaler` is the stage's fp16
+    loss scaler (None: no scaling). Across processes each takes its part of every batch and the loss is
+    averaged over all of them.
 
     With the data's training augmentation set, every batch is augmented on the device before it is
     normalised (the random choices come from `generator`). With a `position`, the epoch continues from
@@ -143,6 +200,7 @@ def train_epoch(
     with every batch. When `stop()` turns true, the pass returns None at the next batch boundary, leaving
     `position` where it stopped.
     """
+    scaler = scaler or torch.amp.GradScaler(data.device.type, enabled=False)
     model.train()
     position = position or EpochPosition.start(0, optimizer, generator)
     generator.set_state(position.generator_state)
@@ -150,24 +208,30 @@ def train_epoch(
     if position.draw_state is not None:
         generator.set_state(position.draw_state)  # augmentation draws continue where the pass stopped
     total, count = position.loss_sum.to(data.device), position.samples
-    for idx in batches[position.batches:]:
+    # across processes each takes its rows of every batch; a last batch too small to split is dropped
+    parts = [(batch, data.shard.rows(len(batch))) for batch in batches[position.batches:]]
+    parts = [(batch, rows) for batch, rows in parts if rows is not None]
+    loaded = data.load_batches([batch[rows] for batch, rows in parts])
+    for (batch, rows), (images, y) in zip(parts, loaded):
         if stop is not None and stop():
             return None
-        images = data.train.images[idx]
-        if data.augmentation is not None:
-            images = data.augmentation(images, generator)
+        idx = batch[rows]
+        if data.augmentation is not None:  # drawn for the whole batch, so every process gets its own draws
+            images = data.augmentation(images, generator, rows, len(batch))
         x = data.normalize(images)
-        y = data.train.labels[idx]
-        loss = loss_fn(model(x), idx, y, x)
+        with data.compute.autocast():
+            logits = model(x)
+        loss = loss_fn(logits.float(), idx, y, x)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         total += loss.detach() * len(idx)
         count += len(idx)
         position.batches, position.loss_sum, position.samples = position.batches + 1, total, count
         position.draw_state = generator.get_state() if data.augmentation is not None else None
-    return float(total) / max(count, 1)
+    return data.shard.mean(total, count)
 
 
 def cross_entropy_loss(
@@ -199,13 +263,16 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model.parameters(), stage)
     scheduler = make_scheduler(optimizer, stage, steps_per_epoch(len(data.train), stage.batch_size))
+    scaler = data.compute.grad_scaler()
     position, rows = EpochPosition.start(1, optimizer, generator), []
     if checkpoint is not None:
         position, rows = checkpoint.restore(model, optimizer, scheduler, data.device) or (position, rows)
     bar = tqdm(total=stage.epochs, initial=position.epoch - 1, desc=desc, unit="epoch",
                disable=None if progress else True, leave=False)
     while position.epoch <= stage.epochs:
-        train_loss = train_epoch(model, data, stage.batch_size, generator, optimizer, scheduler, loss_fn, position, stop)
+        train_loss = train_epoch(
+            model, data, stage.batch_size, generator, optimizer, scheduler, loss_fn, position, stop, scaler
+        )
         if train_loss is None:
             if checkpoint is not None:
                 checkpoint.save(model, optimizer, scheduler, position, rows)

@@ -50,7 +50,8 @@ def prepare_teachers(cfg: RunConfig, data: Dataset, device_data: engine.DeviceDa
     """The run's teacher: one `prepare_teacher`, or an ensemble of `teacher.ensemble` of them.
 
     An ensemble's history holds every member's rows, their stage named teacher_0, teacher_1, ...; its
-    source and cache key list the members' in order.
+    source and key list the members' in order, and its key says how they are combined (its logits
+    depend on the temperature and the soft loss).
     """
     if cfg.teacher.ensemble == 1:
         return prepare_teacher(cfg, data, device_data, progress, stop)
@@ -62,6 +63,6 @@ def prepare_teachers(cfg: RunConfig, data: Dataset, device_data: engine.DeviceDa
         model=TeacherEnsemble([m.model for m in members], cfg.temperature, cfg.soft_loss).eval(),
         source=",".join(m.source for m in members),
         history=[{**row, "stage": f"teacher_{i}"} for i, m in enumerate(members) for row in m.history],
-        key=",".join(m.key for m in members),
+        key=",".join(m.key for m in members) + f";{cfg.soft_loss}@T={cfg.temperature}",
         seconds=sum(m.seconds for m in members),
     )

@@ -1,31 +1,35 @@
 """The teacher's logits for the student's batches (the soft targets) and for the validation split.
 
 Without training augmentation the student sees the same inputs every epoch, so the teacher's logits on
-the whole training split are computed once and indexed per batch. With augmentation every batch is new:
-the teacher runs on exactly the student's augmented, normalised batch. Either way the teacher is in eval
-mode under inference mode and never part of the student's graph, and the same inputs give the same
-targets.
+the whole training split are computed once, kept on disk by kd_runner.logits_cache (every job of a sweep
+that shares the teacher and the data reuses them) and indexed per batch. With augmentation every batch
+is new: the teacher runs on exactly the student's augmented, normalised batch. Either way the teacher is
+in eval mode under inference mode (and the data's precision) and never part of the student's graph, and
+the same inputs give the same targets.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
-from kd_runner import engine
+from kd_runner import engine, logits_cache
 
 
 class SoftTargets:
-    def __init__(self, teacher: nn.Module, data: engine.DeviceData):
-        self.teacher = teacher.eval()
-        self.val = engine.predict(teacher, data, data.val.images)
+    def __init__(self, teacher: nn.Module, teacher_key: str, data: engine.DeviceData, cache_dir: Path | str):
+        self.teacher, self.data = teacher.eval(), data
         augmented = data.augmentation is not None
-        self.train = None if augmented else engine.predict(teacher, data, data.train.images)
+        splits = ("val",) if augmented else ("train", "val")
+        logits, self.source = logits_cache.teacher_logits(teacher, teacher_key, data, splits, cache_dir)
+        self.val, self.train = logits["val"], logits.get("train")
 
     def batch(self, idx: Tensor, inputs: Tensor) -> Tensor:
         """The teacher's logits for the training batch `idx`, whose normalised inputs the student saw."""
         if self.train is not None:
             return self.train[idx]
-        with torch.inference_mode():
+        with torch.inference_mode(), self.data.compute.autocast():
             logits = self.teacher(inputs).float()
         return logits.clone()  # cloned outside inference mode: an ordinary tensor the loss may save

@@ -53,6 +53,7 @@ def teacher_key(cfg: RunConfig) -> str:
         "dataset": dataclasses.asdict(cfg.dataset),
         "checkpoint_sha256": sha256_file(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None,
         "weights_sha256": sha256_file(cfg.teacher.weights_path) if cfg.teacher.weights_path else None,
+        "precision": cfg.precision,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -70,10 +71,10 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceDat
                 f"({data.in_channels} input channels, {data.num_classes} classes): {problem}"
             )
         model.load_state_dict(state)
-    model.to(device_data.device)
+    device_data.compute.prepare(model)
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
-        return Teacher(model.eval(), "checkpoint", [], "", time.perf_counter() - start)
+        return Teacher(model.eval(), "checkpoint", [], teacher_key(cfg), time.perf_counter() - start)
 
     key = teacher_key(cfg)
     entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{key}"

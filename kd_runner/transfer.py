@@ -50,7 +50,7 @@ def transfer_data(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData)
         raise UserError(f"transfer.exclude_classes={t.exclude_classes} leaves no training samples in {source.name}")
     train = Split(source.train.images[keep], source.train.labels[keep])
     student = Dataset(source.name, train, source.val, data.num_classes, data.mean, data.std, source.augmentation)
-    return engine.DeviceData(student, device_data.device)
+    return device_data.like(student)
 
 
 def describe(cfg: RunConfig, student_data: engine.DeviceData) -> dict:

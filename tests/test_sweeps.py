@@ -254,13 +254,11 @@ def test_alpha_preset_runs_as_a_sweep_and_the_command_line_overrides_it(tmp_path
     ("alpha", "alpha", {0.0, 0.25, 0.5, 0.75, 1.0}),
     ("temperature", "temperature", {1.0, 2.0, 4.0, 8.0, 16.0}),
 ])
-def test_presets_expand_to_five_values_times_five_seeds_in_preflight(preset, key, values, monkeypatch):
-    composed = []
-    real_load_config = cli.load_config
-    monkeypatch.setattr(cli, "load_config", lambda raw: composed.append(raw) or real_load_config(raw))
-    assert cli.preflight([f"sweep={preset}"], multirun=False) is True
-    assert len(composed) == 25
-    assert {(c[key], c["seed"]) for c in composed} == {(v, s) for v in values for s in range(5)}
+def test_presets_expand_to_five_values_times_five_seeds_in_preflight(preset, key, values):
+    multirun, configs = cli.preflight([f"sweep={preset}"], multirun=False)
+    assert multirun is True
+    assert len(configs) == 25
+    assert {(getattr(c, key), c.seed) for c in configs} == {(v, s) for v in values for s in range(5)}
 
 
 def test_preflight_checks_every_job_of_a_preset(tmp_path, monkeypatch, capsys):

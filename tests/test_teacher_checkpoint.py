@@ -28,7 +28,7 @@ def test_checkpoint_with_zero_epochs_is_used_as_is(tmp_path):
     device_data = engine.DeviceData(data, torch.device("cpu"))
     expected = accuracy(engine.predict(model, device_data, device_data.val.images), device_data.val.labels)
     assert record["metrics"]["teacher_acc"] == expected
-    assert not (tmp_path / "cache").exists()  # nothing trained, nothing cached
+    assert not (tmp_path / "cache" / "teachers").exists()  # nothing trained, no teacher cached
 
 
 def test_checkpoint_with_epochs_is_fine_tuned_and_cached_under_its_own_key(tmp_path):

@@ -59,21 +59,22 @@ def test_ensemble_module_combines_its_members():
     assert sum(p.numel() for p in ens.parameters()) == 2 * sum(p.numel() for p in a.parameters())
 
 
-def test_cached_and_per_batch_soft_targets_are_identical_without_augmentation():
+def test_cached_and_per_batch_soft_targets_are_identical_without_augmentation(tmp_path):
     d = engine.DeviceData(_dataset(), torch.device("cpu"))
-    targets = SoftTargets(_teacher().train(), d)
-    assert targets.train is not None  # precomputed once
-    per_batch = SoftTargets(_teacher(), d)
+    targets = SoftTargets(_teacher().train(), "t", d, tmp_path)
+    assert targets.train is not None and targets.source == "computed"  # precomputed once
+    assert SoftTargets(_teacher(), "t", d, tmp_path).source == "cache"
+    per_batch = SoftTargets(_teacher(), "t", d, tmp_path / "other")
     per_batch.train = None  # force the per-batch path
     idx = torch.tensor([3, 17, 0, 39, 8])
     x = d.normalize(d.train.images[idx])
     assert torch.allclose(targets.batch(idx, x), per_batch.batch(idx, x), atol=1e-6)
 
 
-def test_with_augmentation_the_teacher_sees_the_students_batch_in_eval_mode():
+def test_with_augmentation_the_teacher_sees_the_students_batch_in_eval_mode(tmp_path):
     d = engine.DeviceData(_dataset(augmentation=Augmentation(crop_padding=2, flip=True)), torch.device("cpu"))
     teacher = _teacher().train()
-    targets = SoftTargets(teacher, d)
+    targets = SoftTargets(teacher, "t", d, tmp_path)
     assert targets.train is None and not teacher.training
     x = d.normalize(d.augmentation(d.train.images[:6], torch.Generator().manual_seed(0)))
     logits = targets.batch(torch.arange(6), x)

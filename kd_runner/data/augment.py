@@ -30,13 +30,20 @@ class Augmentation:
     resized_crop: bool = False  # random-resized crop back to the original size
     flip: bool = False  # horizontal flip with probability 1/2
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+    def __call__(self, images: Tensor, generator: torch.Generator, rows: slice | None = None, total: int | None = None) -> Tensor:
+        """Augment `images`, rows `rows` of a batch of `total` (default: the whole batch).
+
+        The random choices are drawn for all `total` images, so the processes of a multi-process run,
+        each holding its rows of the batch, draw what a single process would for the whole batch.
+        """
+        rows = rows or slice(0, len(images))
+        total = total or len(images)
         if self.crop_padding:
-            images = random_crop(images, self.crop_padding, generator)
+            images = random_crop(images, self.crop_padding, generator, rows, total)
         if self.resized_crop:
-            images = random_resized_crop(images, generator)
+            images = random_resized_crop(images, generator, rows, total)
         if self.flip:
-            images = random_flip(images, generator)
+            images = random_flip(images, generator, rows, total)
         return images
 
 
@@ -52,15 +59,16 @@ def crop_padded(images: Tensor, padding: int, top: Tensor, left: Tensor) -> Tens
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
-def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
-    n = images.shape[0]
-    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+def random_crop(images: Tensor, padding: int, generator: torch.Generator, rows=slice(None), total=None) -> Tensor:
+    total = total or images.shape[0]
+    top = torch.randint(0, 2 * padding + 1, (total,), generator=generator)[rows]
+    left = torch.randint(0, 2 * padding + 1, (total,), generator=generator)[rows]
     return crop_padded(images, padding, top, left)
 
 
-def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
-    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
+def random_flip(images: Tensor, generator: torch.Generator, rows=slice(None), total=None) -> Tensor:
+    total = total or images.shape[0]
+    flip = (torch.rand(total, generator=generator)[rows] < 0.5).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -127,6 +135,6 @@ def crop_resize(images: Tensor, boxes: Tensor) -> Tensor:
     return out.to(images.dtype)
 
 
-def random_resized_crop(images: Tensor, generator: torch.Generator) -> Tensor:
+def random_resized_crop(images: Tensor, generator: torch.Generator, rows=slice(None), total=None) -> Tensor:
     n, _, h, w = images.shape
-    return crop_resize(images, resized_crop_boxes(n, h, w, generator))
+    return crop_resize(images, resized_crop_boxes(total or n, h, w, generator)[rows])

@@ -1,0 +1,400 @@
+"""kd-bench: kd-runner's distillation against plain reference loops, on the same models, data and batch
+size, in one process.
+
+    kd-bench                                   # every workload this device can run, then the sweep
+    kd-bench --workloads resnet32 --epochs 5   # one workload, longer
+    kd-bench --json bench.json                 # also write the numbers to a file
+
+Per workload, the student is distilled for `--epochs` epochs over the same training images by
+
+  (a) a plain loop written the way tutorials do it: a DataLoader over a torch Dataset with per-sample
+      transforms, fp32, `with torch.no_grad(): teacher(x)` at every step;
+  (b) the same loop with the teacher's forward left under autograd (the loss then backpropagates into
+      the teacher too), as some published scripts do;
+  (c) kd-runner's engine with its defaults for the device: the splits on the device, batches by index,
+      the teacher's logits computed once through the logits cache (a fresh cache: "cold"; "warm" is the
+      same with the cache already filled, as for every later job of a sweep), Compute.resolve's
+      precision and memory format.
+
+It prints training images per second for each, the ratios c/a and c/b, and c's model FLOP/s as a
+fraction of the peak of a large matmul measured in the same process, in c's precision, right before
+each of c's runs (the best of these: on a shared machine a single measurement may be slowed by other
+work and overstate MFU). Then the wall clock of a
+3-alpha x 2-seed sweep: `kd-run -m` against the same six jobs run one after another with loop (a).
+
+The workload `resnet32-aug` trains with random crop (padding 4) + flip: loops (a) and (b) augment per
+sample with torchvision; (c) augments whole batches on the device (kd_runner.data.augment) and runs the
+teacher on every augmented batch in inference mode instead of caching its logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+
+from kd_runner import engine
+from kd_runner.compute import MEMORY_FORMATS, PRECISIONS, Compute
+from kd_runner.config import DatasetConfig, StageConfig
+from kd_runner.data import Dataset, Split, build_dataset
+from kd_runner.data.augment import Augmentation
+from kd_runner.files import save_torch, write_json
+from kd_runner.losses import distillation_loss
+from kd_runner.soft_targets import SoftTargets
+
+ALPHA, TEMPERATURE = 0.5, 4.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    teacher: StageConfig
+    student: StageConfig
+    dataset: DatasetConfig
+    batch_size: int
+    augment: bool = False
+    gpu_only: bool = False
+
+    def describe(self) -> str:
+        aug = ", crop+flip" if self.augment else ""
+        return f"{self.teacher.name} -> {self.student.name}, {self.dataset.name} {self.dataset.image_size}px{aug}"
+
+
+def workloads(device: torch.device, samples: int | None) -> list[Workload]:
+    """The issue's workloads; sizes fit a few minutes on a 2-core CPU, larger on a GPU."""
+    gpu = device.type == "cuda"
+
+    def synthetic(size: int, n: int) -> DatasetConfig:
+        return DatasetConfig(name="synthetic", image_size=size, channels=3, num_classes=10, num_samples=samples or n)
+
+    r50, r18 = StageConfig(name="resnet50"), StageConfig(name="resnet18")
+    small = synthetic(32, 10_000 if gpu else 160)
+    return [
+        Workload("digits", StageConfig(name="cnn", width=64, depth=3), StageConfig(name="mlp", width=32, depth=1),
+                 DatasetConfig(name="digits"), 64),
+        Workload("resnet32", r50, r18, small, 256 if gpu else 32),
+        Workload("resnet32-aug", r50, r18, small, 256 if gpu else 32, augment=True),
+        Workload("resnet224", r50, r18, synthetic(224, 2_560), 128, gpu_only=True),
+    ]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TutorialDataset(torch.utils.data.Dataset):
+    """Per sample, as the PyTorch tutorials do: an HWC array -> ToTensor -> (crop, flip) -> Normalize."""
+
+    def __init__(self, split: Split, data: Dataset, augment: bool):
+        self.images = split.images.permute(0, 2, 3, 1).numpy()  # HWC, like decoded image files
+        self.labels = split.labels.tolist()
+        steps = [transforms.ToTensor()]
+        if augment:
+            steps += [transforms.RandomCrop(data.image_size, padding=4), transforms.RandomHorizontalFlip()]
+        self.transform = transforms.Compose(steps + [transforms.Normalize(data.mean, data.std)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def tutorial_kd_loss(student_logits, teacher_logits, labels):
+    """Hinton's loss as tutorials write it; the teacher's logits are used as they come (not detached)."""
+    soft = F.kl_div(
+        F.log_softmax(student_logits / TEMPERATURE, dim=1),
+        F.softmax(teacher_logits / TEMPERATURE, dim=1),
+        reduction="batchmean",
+    )
+    return ALPHA * F.cross_entropy(student_logits, labels) + (1 - ALPHA) * TEMPERATURE**2 * soft
+
+
+def make_optimizer(student) -> torch.optim.Optimizer:
+    return engine.make_optimizer(student.parameters(), StageConfig())
+
+
+def tutorial_epoch(teacher, student, optimizer, loader, device, teacher_grad: bool) -> int:
+    """One epoch of loop (a) (teacher_grad=False) or (b) (teacher_grad=True); returns the images seen."""
+    student.train()
+    seen = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        if teacher_grad:
+            teacher_logits = teacher(x)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+        loss = tutorial_kd_loss(student(x), teacher_logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+    return seen
+
+
+def tutorial_evaluate(student, loader, device) -> float:
+    student.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            correct += (student(x).argmax(1) == y).sum().item()
+            total += len(y)
+    return correct / total
+
+
+def run_tutorial(w: Workload, data: Dataset, teacher, make_student, epochs: int, device, teacher_grad: bool,
+                 workers: int, evaluate: bool = False) -> tuple[int, float]:
+    """Loop (a) or (b): (training images, seconds). `evaluate`: the student on validation after each epoch."""
+    teacher, student = copy.deepcopy(teacher).to(device).eval(), make_student().to(device)
+    sync(device)
+    start = time.perf_counter()
+    loader = DataLoader(TutorialDataset(data.train, data, w.augment), batch_size=w.batch_size, shuffle=True,
+                        drop_last=True, num_workers=workers)
+    val = DataLoader(TutorialDataset(data.val, data, augment=False), batch_size=w.batch_size, num_workers=workers)
+    optimizer = make_optimizer(student)
+    seen = 0
+    for _ in range(epochs):
+        seen += tutorial_epoch(teacher, student, optimizer, loader, device, teacher_grad)
+        if evaluate:
+            tutorial_evaluate(student, val, device)
+    sync(device)
+    return seen, time.perf_counter() - start
+
+
+def run_kd_runner(w: Workload, data: Dataset, teacher, make_student, epochs: int, compute: Compute,
+                  cache_dir: Path) -> tuple[int, float]:
+    """Loop (c): kd-runner's engine as a run uses it: the splits on the device, the dataset's batch-wise
+    augmentation, `SoftTargets` (the teacher's logits from the cache in `cache_dir`, or per augmented batch
+    in inference mode) and `engine.fit`; (training images, seconds)."""
+    teacher, student = compute.prepare(copy.deepcopy(teacher)).eval(), compute.prepare(make_student())
+    sync(compute.device)
+    start = time.perf_counter()
+    if w.augment:
+        data = dataclasses.replace(data, augmentation=Augmentation(crop_padding=4, flip=True))
+    d = engine.DeviceData(data, compute.device, compute)
+    targets = SoftTargets(teacher, "bench", d, cache_dir)
+    seen = []
+
+    def objective(student_logits, idx, labels, inputs):
+        seen.append(len(idx))
+        return distillation_loss(student_logits, targets.batch(idx, inputs), labels, ALPHA, TEMPERATURE, "kl")
+
+    stage = StageConfig(name=w.student.name, epochs=epochs, batch_size=w.batch_size)
+    engine.fit(student, d, stage, 0, objective, dict, "bench", progress=False)
+    sync(compute.device)
+    return sum(seen), time.perf_counter() - start
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of the best of several large square matmuls: the machine's practical peak."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        a @ a
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def flops_per_image(w: Workload, data: Dataset, teacher, make_student) -> tuple[float, float]:
+    """Model FLOPs per image: the student's training step (forward + backward) and the teacher's forward.
+
+    Counted on the meta device: from the shapes, without computing anything.
+    """
+    x = torch.empty(w.batch_size, data.in_channels, data.image_size, data.image_size, device="meta")
+    student = make_student().to("meta")
+    with FlopCounterMode(display=False) as counter:
+        student(x).sum().backward()
+    student_flops = counter.get_total_flops() / w.batch_size
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        copy.deepcopy(teacher).to("meta")(x)
+    return student_flops, counter.get_total_flops() / w.batch_size
+
+
+def best_rate(runs: list[tuple[int, float]]) -> float:
+    """Images per second of the fastest repetition: on a shared machine, the one least slowed by others."""
+    return max(images / seconds for images, seconds in runs)
+
+
+def bench_workload(w: Workload, epochs: int, repeats: int, compute: Compute, workers: int, workdir: Path) -> dict:
+    data = build_dataset(w.dataset)
+    engine.seed_everything(0)
+    teacher = engine.build_stage_model(w.teacher, data).eval()
+
+    def make_student():
+        engine.seed_everything(1)
+        return engine.build_stage_model(w.student, data)
+
+    device = compute.device
+    # warm-up: the first calls create kernels and primitives; not part of any timing
+    x = torch.zeros(w.batch_size, data.in_channels, data.image_size, data.image_size, device=device)
+    with torch.no_grad():
+        copy.deepcopy(teacher).to(device)(x)
+    make_student().to(device)(x).sum().backward()
+
+    runs = {"a": [], "b": [], "c": [], "c_warm": []}
+    peaks = []
+    for r in range(repeats):  # interleaved, so that a busy machine slows every method alike
+        runs["a"].append(run_tutorial(w, data, teacher, make_student, epochs, device, False, workers))
+        runs["b"].append(run_tutorial(w, data, teacher, make_student, epochs, device, True, workers))
+        cache = workdir / f"{w.name}-{r}"
+        peaks.append(matmul_peak(device, compute.dtype))
+        runs["c"].append(run_kd_runner(w, data, teacher, make_student, epochs, compute, cache))
+        if not w.augment:
+            runs["c_warm"].append(run_kd_runner(w, data, teacher, make_student, epochs, compute, cache))
+    rates = {k: best_rate(v) for k, v in runs.items() if v}
+    student_flops, teacher_flops = flops_per_image(w, data, teacher, make_student)
+    images = runs["c"][0][0]
+    teacher_images = images if w.augment else len(data.train)  # per batch, or once per training image
+    flop_per_image = student_flops + teacher_flops * teacher_images / images
+    result = {
+        "workload": w.name,
+        "models": w.describe(),
+        "batch_size": w.batch_size,
+        "train_images": len(data.train),
+        "epochs": epochs,
+        **{f"{k}_images_per_s": round(v, 2) for k, v in rates.items()},
+        "c/a": round(rates["c"] / rates["a"], 3),
+        "c/b": round(rates["c"] / rates["b"], 3),
+        "c_model_flop_per_s": rates["c"] * flop_per_image,
+        "peak_flop_per_s": max(peaks),
+        "mfu_c": rates["c"] * flop_per_image / max(peaks),
+    }
+    if "c_warm" in rates:
+        result["c_warm/a"] = round(rates["c_warm"] / rates["a"], 3)
+        result["c_warm/b"] = round(rates["c_warm"] / rates["b"], 3)
+    return result
+
+
+def bench_sweep(w: Workload, epochs: int, device: torch.device, workers: int, workdir: Path) -> dict:
+    """3 alphas x 2 seeds: `kd-run -m` (one process, teacher and logits cached) against six loop-(a) jobs."""
+    data = build_dataset(w.dataset)
+    engine.seed_everything(0)
+    teacher = engine.build_stage_model(w.teacher, data).eval()
+    checkpoint = workdir / "sweep-teacher.pt"
+    save_torch(teacher.state_dict(), checkpoint)
+    d = w.dataset
+    command = [
+        str(Path(sys.executable).with_name("kd-run")), "-m", "alpha=0,0.5,1", "seed=0,1",
+        f"teacher={w.teacher.name}", f"student={w.student.name}", f"dataset={d.name}",
+        "teacher.epochs=0", f"teacher.checkpoint={checkpoint}", f"student.epochs={epochs}",
+        f"student.batch_size={w.batch_size}", f"cache_dir={workdir / 'sweep-cache'}",
+        f"hydra.sweep.dir={workdir / 'sweep'}", "progress=false", f"device={device.type}",
+    ]
+    if d.name == "synthetic":
+        command += [f"dataset.image_size={d.image_size}", f"dataset.channels={d.channels}", f"dataset.num_samples={d.num_samples}"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+    kd_seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"kd-run sweep failed ({proc.returncode}): {proc.stderr[-2000:]}")
+
+    start = time.perf_counter()
+    for _alpha in (0, 0.5, 1):
+        for seed in (0, 1):
+
+            def make_student():
+                engine.seed_everything(seed)
+                return engine.build_stage_model(w.student, data)
+
+            run_tutorial(w, data, teacher, make_student, epochs, device, False, workers, evaluate=True)
+    loop_seconds = time.perf_counter() - start
+    return {"workload": w.name, "epochs": epochs, "kd_run_s": round(kd_seconds, 2),
+            "loop_a_s": round(loop_seconds, 2), "speedup": round(loop_seconds / kd_seconds, 3)}
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def row(result: dict) -> str:
+    warm = f"  (warm cache: c/a {result['c_warm/a']:.2f}, c/b {result['c_warm/b']:.2f})" if "c_warm/a" in result else ""
+    return (
+        f"{result['workload']:<13} {result['models']:<40} batch {result['batch_size']:>3}  "
+        f"a {result['a_images_per_s']:>8.1f}  b {result['b_images_per_s']:>8.1f}  c {result['c_images_per_s']:>8.1f} img/s  "
+        f"c/a {result['c/a']:.2f}  c/b {result['c/b']:.2f}  MFU(c) {result['mfu_c']:.1%} "
+        f"of {result['peak_flop_per_s'] / 1e9:.0f} GFLOP/s{warm}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="kd-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="all", help="comma-separated: digits, resnet32, resnet32-aug, resnet224 (GPU only)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per measurement (default 3)")
+    parser.add_argument("--samples", type=int, default=None, help="images of the synthetic workloads (train + val)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions; the best is reported")
+    parser.add_argument("--sweep-epochs", type=int, default=2, help="epochs per job of the sweep; 0 skips the sweep")
+    parser.add_argument("--sweep-workload", default="resnet32", choices=("digits", "resnet32", "resnet224"),
+                        help="the workload of the sweep (default resnet32)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="of (c); default: the device's")
+    parser.add_argument("--memory-format", default="auto", choices=MEMORY_FORMATS, help="of (c); default: the device's")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers of loops (a) and (b) (default: 2 on CUDA as in the tutorials, 0 on CPU)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+
+    device = engine.resolve_device(args.device)
+    compute = Compute.resolve(device, args.precision, args.memory_format)
+    workers = args.workers if args.workers is not None else (2 if device.type == "cuda" else 0)
+    compute.configure_backends()
+    print(f"kd-bench on {device} ({machine(device)}), torch {torch.__version__}")
+    print(f"(c) settings: {compute.describe()}", flush=True)
+
+    chosen = workloads(device, args.samples)
+    if args.workloads != "all":
+        names = args.workloads.split(",")
+        unknown = sorted(set(names) - {w.name for w in chosen})
+        if unknown:
+            parser.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(w.name for w in chosen)}")
+        chosen = [w for w in chosen if w.name in names]
+    results = {"device": str(device), "machine": machine(device), "torch": torch.__version__, "workers_a_b": workers,
+               "compute": compute.describe(), "workloads": [], "sweep": None}
+    with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
+        workdir = Path(tmp)
+        for w in chosen:
+            if w.gpu_only and device.type != "cuda":
+                print(f"{w.name:<13} {w.describe():<40} skipped: GPU only (this run is on {device.type})", flush=True)
+                continue
+            result = bench_workload(w, args.epochs, args.repeats, compute, workers, workdir)
+            results["workloads"].append(result)
+            print(row(result), flush=True)
+        sweep_workload = next((w for w in workloads(device, args.samples) if w.name == args.sweep_workload), None)
+        if args.sweep_epochs > 0 and sweep_workload is not None and not (sweep_workload.gpu_only and device.type != "cuda"):
+            sweep = bench_sweep(sweep_workload, args.sweep_epochs, device, workers, workdir)
+            results["sweep"] = sweep
+            print(
+                f"sweep 3 alphas x 2 seeds, {sweep_workload.describe()}, {args.sweep_epochs} epochs per job: "
+                f"kd-run -m {sweep['kd_run_s']:.1f} s, loop (a) job by job {sweep['loop_a_s']:.1f} s "
+                f"({sweep['speedup']:.2f}x)",
+                flush=True,
+            )
+    if args.json:
+        write_json(args.json, results)

@@ -1,0 +1,107 @@
+"""The DataLoader path (`loader=dataloader`): batches streamed by worker processes, for data too big for the device.
+
+The in-memory path (`engine.DeviceData`) keeps whole splits on the device and batches by index. This
+path leaves the images where they are and lets torch DataLoaders fetch each batch: `num_workers` worker
+processes (kept alive across epochs), pinned host memory and non-blocking copies to a GPU. A split's
+`images` is any map-style dataset (`images[i]` is image i as a C x H x W tensor, uint8 or float in [0, 1]),
+e.g. a tensor or files read on demand; labels are kept on the device (they are small, and the metrics
+need them).
+
+The training batches are the very index batches the in-memory path draws from the same generator, and
+normalisation happens on the device the same way, so both paths compute the same thing on the same seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Sampler, Subset
+
+from kd_runner.compute import Compute
+from kd_runner.data import Dataset, Split
+from kd_runner.engine import DeviceData
+
+
+class WithIndex(torch.utils.data.Dataset):
+    """Item i is (i, images[i]): the training loop needs each sample's index (e.g. for teacher logits)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return i, self.images[i]
+
+
+@dataclass
+class StreamedSplit:
+    images: WithIndex  # read on demand by the DataLoaders' workers
+    labels: torch.Tensor  # N, int64, on the device
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class ListedBatches(Sampler):
+    """The index batches of the current epoch, set by `LoaderData.load_batches` before each pass."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class LoaderData(DeviceData):
+    """A dataset seen through DataLoaders, with the interface of the in-memory `engine.DeviceData`."""
+
+    def __init__(self, data: Dataset, compute: Compute, num_workers: int):
+        self.num_workers = num_workers
+        self._sampler = ListedBatches()
+        self._loaders: dict = {}  # kept for the run: persistent workers live as long as their loader
+        super().__init__(data, compute.device, compute)
+
+    def place(self, split: Split) -> StreamedSplit:
+        return StreamedSplit(WithIndex(split.images), split.labels.to(self.device))
+
+    def like(self, data: Dataset) -> "LoaderData":
+        return LoaderData(data, self.compute, self.num_workers)
+
+    def _loader(self, key: tuple, dataset, **kwargs) -> DataLoader:
+        if key not in self._loaders:
+            workers = self.num_workers
+            self._loaders[key] = DataLoader(
+                dataset,
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
+                generator=torch.Generator(),  # the workers' seeds come from here, not from the global generator
+                **kwargs,
+            )
+        return self._loaders[key]
+
+    def _to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, images = batch
+        return idx.to(self.device, non_blocking=True), images.to(self.device, non_blocking=True)
+
+    def load_batches(self, batches: list[torch.Tensor]):
+        """(raw images, labels) of each index batch of the training split, fetched by the workers, in order."""
+        self._sampler.batches = [idx.tolist() for idx in batches]
+        for batch in self._loader(("train",), self.train.images, batch_sampler=self._sampler):
+            idx, images = self._to_device(batch)
+            yield images, self.train.labels[idx]
+
+    def eval_batches(self, images, batch_size: int):
+        """This process's share of a split's `images`, in order (raw images already on the device: sliced)."""
+        if isinstance(images, torch.Tensor):
+            yield from super().eval_batches(images, batch_size)
+            return
+        subset = Subset(images, self.shard.eval_indices(len(images)).tolist())
+        for batch in self._loader(("eval", id(images), batch_size, self.shard), subset, batch_size=batch_size):
+            yield self._to_device(batch)[1]

@@ -1,0 +1,102 @@
+"""The teacher's logits on disk: computed once per teacher and data, shared by every job of a sweep.
+
+Without training augmentation the teacher sees the same inputs in every epoch and in every job that
+shares the teacher and the data (all the alphas, temperatures and seeds of a sweep), so its logits on a
+split are computed once (`engine.predict`: eval mode, inference mode, large batches) and stored under
+`cache_dir/teacher_logits/`, keyed by
+
+- the teacher's digest (`Teacher.key`: architecture, recipe, seed, dataset, checkpoint),
+- a digest of the data they are computed on (every split's images and labels, and the normalisation),
+- the compute settings that change the numbers (device type, precision, memory format, compile).
+
+A lock makes concurrent jobs compute an entry once. An entry is published atomically, then a manifest
+holding its sha256 and shape; an entry that does not match its manifest is reported, removed and
+computed again. The cache holds exactly the tensors the computation produced, so a run gives identical
+results with and without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kd_runner import engine
+from kd_runner.data import Dataset
+from kd_runner.files import file_lock, save_torch, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+def data_digest(data: Dataset) -> str:
+    """Digest of what a network is fed: the images and labels of both splits and the normalisation."""
+    h = hashlib.sha256(json.dumps({"mean": data.mean, "std": data.std}).encode())
+    for split in (data.train, data.val):
+        for t in (split.images, split.labels):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def entry_key(teacher_key: str, d: engine.DeviceData) -> str:
+    parts = {"format": CACHE_FORMAT, "teacher": teacher_key, "data": data_digest(d.source), "compute": d.compute.describe()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teacher_logits(
+    model: nn.Module,
+    teacher_key: str,
+    d: engine.DeviceData,
+    splits: tuple[str, ...],
+    cache_dir: Path | str,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The teacher's logits on each named split of `d` (on d's device), and where they came from:
+    ({split: logits}, "cache" | "computed")."""
+    key = entry_key(teacher_key, d)
+    folder = Path(cache_dir) / "teacher_logits"
+    logits, computed = {}, []
+    with file_lock(folder / f"{key}.lock"):
+        for split in splits:
+            images = getattr(d, split).images
+            entry = folder / f"{key}-{split}"
+            cached = _load(entry, len(images))
+            if cached is None:
+                cached = engine.predict(model, d, images).cpu()
+                _save(cached, entry)
+                computed.append(split)
+            logits[split] = cached.to(d.device)
+    source = "computed" if computed else "cache"
+    log.info("teacher logits (%s): %s %s", ", ".join(splits), source, folder / key)
+    return logits, source
+
+
+def _save(logits: torch.Tensor, entry: Path) -> None:
+    weights = entry.with_suffix(".pt")
+    save_torch(logits, weights)
+    write_json(entry.with_suffix(".json"), {"sha256": sha256_file(weights), "shape": list(logits.shape)})
+
+
+def _load(entry: Path, rows: int) -> torch.Tensor | None:
+    """The cached logits of `rows` samples, or None when there is no valid entry (a broken one is removed)."""
+    tensor_path, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        ok = tensor_path.is_file() and sha256_file(tensor_path) == manifest["sha256"] and manifest["shape"][0] == rows
+        logits = torch.load(tensor_path, map_location="cpu", weights_only=True) if ok else None
+        ok = ok and isinstance(logits, torch.Tensor) and list(logits.shape) == manifest["shape"]
+    except (ValueError, KeyError, IndexError, TypeError, OSError, RuntimeError):
+        ok = False
+    if not ok:
+        log.warning("teacher logits cache entry %s is corrupted or incomplete: removed, computing again", entry)
+        tensor_path.unlink(missing_ok=True)
+        manifest_path.unlink(missing_ok=True)
+        return None
+    return logits

@@ -1,0 +1,96 @@
+"""kd-bench: the three loops do what they claim, and the command reports consistent numbers (never asserting a time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kd_runner import bench, engine
+from kd_runner.compute import Compute
+from kd_runner.data import Split, build_dataset
+
+KD_BENCH = str(Path(sys.executable).with_name("kd-bench"))
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (w,) = [w for w in bench.workloads(CPU, None) if w.name == "digits"]
+    data = build_dataset(w.dataset)
+    engine.seed_everything(0)
+    teacher = engine.build_stage_model(w.teacher, data).eval()
+    return w, data, teacher, lambda: engine.build_stage_model(w.student, data)
+
+
+def test_loop_b_backpropagates_into_the_teacher_and_loop_a_does_not(digits):
+    w, data, teacher, make_student = digits
+    few = Split(data.train.images[:200], data.train.labels[:200])
+    loader = torch.utils.data.DataLoader(bench.TutorialDataset(few, data, False), batch_size=w.batch_size)
+    for teacher_grad in (False, True):
+        t, student = bench.copy.deepcopy(teacher), make_student()
+        seen = bench.tutorial_epoch(t, student, bench.make_optimizer(student), loader, CPU, teacher_grad)
+        assert seen == 200
+        assert all((p.grad is not None) == teacher_grad for p in t.parameters())
+        assert all(p.grad is not None for p in student.parameters())
+
+
+def test_loops_train_on_the_same_images(digits, tmp_path):
+    w, data, teacher, make_student = digits
+    n = len(data.train)
+    images_a, seconds_a = bench.run_tutorial(w, data, teacher, make_student, 1, CPU, False, workers=0)
+    assert images_a == (n // w.batch_size) * w.batch_size and seconds_a > 0  # drop_last
+    images_c, _ = bench.run_kd_runner(w, data, teacher, make_student, 1, Compute.resolve(CPU), tmp_path)
+    assert images_c == n
+    assert len(list(tmp_path.glob("teacher_logits/*-train.pt"))) == 1  # (c) took its teacher logits from the cache
+
+
+def test_tutorial_dataset_is_per_sample_normalised_like_the_engine(digits):
+    _, data, _, _ = digits
+    x, y = bench.TutorialDataset(data.train, data, augment=False)[5]
+    d = engine.DeviceData(data, CPU)
+    assert y == int(data.train.labels[5])
+    assert torch.allclose(x, d.normalize(d.train.images[5:6])[0], atol=1e-5)
+
+
+def kd_bench(tmp_path, *args: str) -> tuple[str, dict]:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([KD_BENCH, *args, "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_kd_bench_command_reports_every_method_and_skips_gpu_only_work(tmp_path):
+    stdout, results = kd_bench(tmp_path, "--workloads", "digits,resnet224", "--epochs", "1", "--sweep-epochs", "0")
+    assert "resnet224" in stdout and "skipped: GPU only" in stdout
+    assert results["sweep"] is None
+    (row,) = results["workloads"]
+    assert row["workload"] == "digits" and results["compute"]["precision"] == "fp32"
+    for key in ("a_images_per_s", "b_images_per_s", "c_images_per_s", "c_warm_images_per_s"):
+        assert row[key] > 0
+    assert row["c/a"] == pytest.approx(row["c_images_per_s"] / row["a_images_per_s"], rel=0.01)
+    assert row["c/b"] == pytest.approx(row["c_images_per_s"] / row["b_images_per_s"], rel=0.01)
+    # MFU: c's model FLOP/s over the measured matmul peak (noise on a shared machine can push it past 1,
+    # a wrong FLOP count by orders of magnitude cannot)
+    assert row["mfu_c"] == pytest.approx(row["c_model_flop_per_s"] / row["peak_flop_per_s"])
+    assert 0.001 < row["mfu_c"] < 3
+
+
+@pytest.mark.slow
+def test_kd_bench_times_a_sweep(tmp_path):
+    stdout, results = kd_bench(tmp_path, "--workloads", "digits", "--epochs", "1", "--sweep-workload", "digits",
+                               "--sweep-epochs", "1")
+    assert "sweep 3 alphas x 2 seeds" in stdout
+    sweep = results["sweep"]
+    assert sweep["kd_run_s"] > 0 and sweep["loop_a_s"] > 0
+    assert sweep["speedup"] == pytest.approx(sweep["loop_a_s"] / sweep["kd_run_s"], rel=0.01)
+
+
+def test_unknown_workload_is_a_usage_error(tmp_path):
+    proc = subprocess.run([KD_BENCH, "--workloads", "imagenet"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown workload(s) imagenet; known: digits, resnet32, resnet32-aug, resnet224" in proc.stderr
