@@ -13,6 +13,7 @@ from conftest import compose_config
 from kd_runner import engine, pipeline
 from kd_runner.compute import Compute
 from kd_runner.data import Dataset, Split, build_dataset
+from kd_runner.data.augment import Augmentation
 from kd_runner.loader import LoaderData
 
 CPU = torch.device("cpu")
@@ -50,10 +51,13 @@ class NpyImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.array(self.array[i]))
 
 
-def test_images_read_from_disk_train_like_images_in_memory(tmp_path):
-    """A split whose images are a map-style dataset on disk: same batches, same training, same predictions."""
-    cfg = compose_config("experiment=smoke", "dataset=synthetic", "dataset.image_size=8", "dataset.num_samples=120")
-    data = build_dataset(cfg.dataset)
+@pytest.mark.parametrize("augmentation", [None, Augmentation(crop_padding=2, flip=True)], ids=["plain", "augmented"])
+def test_images_read_from_disk_train_like_images_in_memory(tmp_path, augmentation):
+    """A split whose images are a map-style dataset on disk: same batches, same augmentation draws, same
+    training, same predictions."""
+    cfg = compose_config("experiment=smoke", "dataset=synthetic", "dataset.image_size=8", "dataset.num_samples=120",
+                         "student=cnn", "student.width=8")
+    data = dataclasses.replace(build_dataset(cfg.dataset), augmentation=augmentation)
     assert data.train.images.dtype == torch.uint8
     np.save(tmp_path / "train.npy", data.train.images.numpy())
     np.save(tmp_path / "val.npy", data.val.images.numpy())

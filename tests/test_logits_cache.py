@@ -94,3 +94,13 @@ def test_key_depends_on_teacher_data_and_precision():
     bf16 = engine.DeviceData(data, CPU, Compute(CPU, precision="bf16"))
     assert logits_cache.entry_key("k", bf16) != base
     assert logits_cache.entry_key("k", engine.DeviceData(data, CPU)) == base
+
+
+def test_an_ensembles_logits_are_cached_per_temperature(tmp_path):
+    """An ensemble's logits combine its members' softened outputs: another temperature is another entry."""
+    common = ["experiment=smoke", "teacher.ensemble=2", "student.epochs=1", f"cache_dir={tmp_path / 'cache'}"]
+    first = pipeline.run(compose_config(*common, "temperature=2"), tmp_path / "t2")
+    other = pipeline.run(compose_config(*common, "temperature=4"), tmp_path / "t4")
+    again = pipeline.run(compose_config(*common, "temperature=2", "seed=1"), tmp_path / "t2s1")
+    assert [r["teacher"]["logits"] for r in (first, other, again)] == ["computed", "computed", "cache"]
+    assert [r["teacher"]["source"] for r in (first, other, again)] == ["trained,trained", "cache,cache", "cache,cache"]
