@@ -1,4 +1,5 @@
-"""Safe file handling: atomic writes (temp file + rename), inter-process locks, checked weight loading.
+"""Safe file handling: atomic writes (temp file + rename), inter-process locks, checksummed cache entries,
+checked weight loading.
 
 Every file the tool writes goes through `atomic_path`, so a reader never sees a half-written file,
 whether the writer finished, crashed or was killed.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ from typing import Iterator, Mapping
 import torch
 
 from kd_runner.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -53,6 +57,32 @@ def sha256_file(path: Path | str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def publish_checked(obj, entry: Path, **manifest) -> None:
+    """Save `obj` as entry.pt, then entry.json holding its sha256 and `manifest`. The manifest is written
+    last, so its presence marks a complete entry (both writes are atomic)."""
+    data = entry.with_suffix(".pt")
+    save_torch(obj, data)
+    write_json(entry.with_suffix(".json"), {"sha256": sha256_file(data), **manifest})
+
+
+def load_checked(entry: Path, what: str, redo: str) -> tuple[object, dict] | None:
+    """(object, manifest) of an entry made by `publish_checked`, or None when there is none. An entry
+    whose file does not match its manifest is reported ("`what` ... removed, `redo`"), removed, and None."""
+    data, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if data.is_file() and sha256_file(data) == manifest["sha256"]:
+            return torch.load(data, map_location="cpu", weights_only=True), manifest
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError):
+        pass
+    log.warning("%s %s is corrupted or incomplete: removed, %s", what, entry, redo)
+    data.unlink(missing_ok=True)
+    manifest_path.unlink(missing_ok=True)
+    return None
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from torch import nn
 
 from kd_runner import engine
 from kd_runner.data import Dataset
-from kd_runner.files import file_lock, save_torch, sha256_file, write_json
+from kd_runner.files import file_lock, load_checked, publish_checked
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -68,7 +68,7 @@ def teacher_logits(
             cached = _load(entry, len(images))
             if cached is None:
                 cached = engine.predict(model, d, images).cpu()
-                _save(cached, entry)
+                publish_checked(cached, entry, shape=list(cached.shape))
                 computed.append(split)
             logits[split] = cached.to(d.device)
     source = "computed" if computed else "cache"
@@ -76,27 +76,13 @@ def teacher_logits(
     return logits, source
 
 
-def _save(logits: torch.Tensor, entry: Path) -> None:
-    weights = entry.with_suffix(".pt")
-    save_torch(logits, weights)
-    write_json(entry.with_suffix(".json"), {"sha256": sha256_file(weights), "shape": list(logits.shape)})
-
-
 def _load(entry: Path, rows: int) -> torch.Tensor | None:
     """The cached logits of `rows` samples, or None when there is no valid entry (a broken one is removed)."""
-    tensor_path, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
-    if not manifest_path.is_file():
+    loaded = load_checked(entry, "teacher logits cache entry", "computing again")
+    if loaded is None:
         return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        ok = tensor_path.is_file() and sha256_file(tensor_path) == manifest["sha256"] and manifest["shape"][0] == rows
-        logits = torch.load(tensor_path, map_location="cpu", weights_only=True) if ok else None
-        ok = ok and isinstance(logits, torch.Tensor) and list(logits.shape) == manifest["shape"]
-    except (ValueError, KeyError, IndexError, TypeError, OSError, RuntimeError):
-        ok = False
-    if not ok:
-        log.warning("teacher logits cache entry %s is corrupted or incomplete: removed, computing again", entry)
-        tensor_path.unlink(missing_ok=True)
-        manifest_path.unlink(missing_ok=True)
+    logits, manifest = loaded
+    if not isinstance(logits, torch.Tensor) or list(logits.shape) != manifest.get("shape") or len(logits) != rows:
+        log.warning("teacher logits cache entry %s does not fit %d samples: computing again", entry, rows)
         return None
     return logits

@@ -28,7 +28,7 @@ from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
 from kd_runner.errors import UserError
 from kd_runner.files import (
-    file_lock, read_state_dict, remove_stale_temps, save_torch, sha256_file, state_dict_mismatch, write_json,
+    file_lock, load_checked, publish_checked, read_state_dict, remove_stale_temps, sha256_file, state_dict_mismatch,
 )
 from kd_runner.metrics import accuracy
 
@@ -105,27 +105,15 @@ def _fine_tune(model, cfg: RunConfig, d: engine.DeviceData, progress: bool, chec
 
 
 def _save_entry(model, history: list[dict], entry: Path, cfg: RunConfig) -> None:
-    weights = entry.with_suffix(".pt")
-    save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-    manifest = {"sha256": sha256_file(weights), "history": history, "teacher": dataclasses.asdict(cfg.teacher)}
-    write_json(entry.with_suffix(".json"), manifest)  # written last: its presence marks a complete entry
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    publish_checked(state, entry, history=history, teacher=dataclasses.asdict(cfg.teacher))
 
 
 def _load_entry(model, entry: Path) -> list[dict] | None:
     """The cached history after loading the weights into `model`, or None when there is no valid entry."""
-    weights, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
-    if not manifest_path.is_file():
+    loaded = load_checked(entry, "teacher cache entry", "fine-tuning again")
+    if loaded is None:
         return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        ok = weights.is_file() and sha256_file(weights) == manifest["sha256"]
-    except (ValueError, KeyError, OSError):
-        ok = False
-    if not ok:
-        log.warning("teacher cache entry %s is corrupted or incomplete: removed, fine-tuning again", entry)
-        weights.unlink(missing_ok=True)
-        manifest_path.unlink(missing_ok=True)
-        return None
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state, manifest = loaded
     model.load_state_dict(state)
     return manifest["history"]
