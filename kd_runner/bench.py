@@ -52,7 +52,8 @@ from kd_runner.compute import MEMORY_FORMATS, PRECISIONS, Compute
 from kd_runner.config import DatasetConfig, StageConfig
 from kd_runner.data import Dataset, Split, build_dataset
 from kd_runner.data.augment import Augmentation
-from kd_runner.files import save_torch, write_json
+from kd_runner.errors import UserError
+from kd_runner.files import check_writable, save_torch, write_json
 from kd_runner.losses import distillation_loss
 from kd_runner.soft_targets import SoftTargets
 
@@ -360,9 +361,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="DataLoader workers of loops (a) and (b) (default: 2 on CUDA as in the tutorials, 0 on CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
-
-    device = engine.resolve_device(args.device)
-    compute = Compute.resolve(device, args.precision, args.memory_format)
+    for name in ("epochs", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}={getattr(args, name)} is not allowed: expected a whole number >= 1")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers={args.workers} is not allowed: expected a whole number >= 0")
+    try:
+        if args.json:
+            check_writable(args.json.resolve().parent, "--json")
+        device = engine.resolve_device(args.device)
+        compute = Compute.resolve(device, args.precision, args.memory_format)
+    except UserError as exc:
+        parser.error(str(exc))
     workers = args.workers if args.workers is not None else (2 if device.type == "cuda" else 0)
     compute.configure_backends()
     print(f"kd-bench on {device} ({machine(device)}), torch {torch.__version__}")

@@ -1,7 +1,7 @@
 """Training checkpoints: everything a stage needs to continue exactly where it stopped.
 
 A stage writes its checkpoint atomically after every epoch, and at the safe point between two batches
-where a SIGTERM/SIGINT stops it. The file holds the model, optimizer and scheduler states, the global
+where a SIGTERM/SIGINT stops it. The file holds the model, optimizer, scheduler (and fp16 loss scaler) states, the global
 RNG states (torch, CUDA, numpy, python), the position in training (`EpochPosition`: the epoch in
 progress, the shuffling generator's state before its permutation, the batches already done and their
 loss tally) and the per-epoch rows so far. It is tied to the digest of what the stage trains, and is
@@ -84,7 +84,7 @@ class StageCheckpoint:
     def __init__(self, path: Path | str, digest: str, name: str):
         self.path, self.digest, self.name = Path(path), digest, name
 
-    def save(self, model, optimizer, scheduler, position: EpochPosition, rows: list[dict]) -> None:
+    def save(self, model, optimizer, scheduler, position: EpochPosition, rows: list[dict], scaler=None) -> None:
         save_torch(
             {
                 "format": FORMAT,
@@ -92,6 +92,7 @@ class StageCheckpoint:
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},  # fp16 loss scale ({} unused)
                 "position": position.to_dict(),
                 "rng": rng_states(),
                 "rows": rows,
@@ -99,7 +100,7 @@ class StageCheckpoint:
             self.path,
         )
 
-    def restore(self, model, optimizer, scheduler, device: torch.device) -> tuple[EpochPosition, list[dict]] | None:
+    def restore(self, model, optimizer, scheduler, device: torch.device, scaler=None) -> tuple[EpochPosition, list[dict]] | None:
         """Load the saved state into the given objects; None when there is no usable checkpoint.
 
         A checkpoint that cannot be read is reported in one line and removed (the stage starts over);
@@ -127,6 +128,8 @@ class StageCheckpoint:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         set_rng_states(state["rng"])
         p = state["position"]
         position = EpochPosition(

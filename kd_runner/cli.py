@@ -30,8 +30,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kd_runner import distributed, interrupt, pipeline, rundir
 from kd_runner.aggregate import write_plan
+from kd_runner.compute import Compute
 from kd_runner.config import RunConfig, config_digest, load_config
 from kd_runner.data.vision import check_root
+from kd_runner.distributed import Shard
 from kd_runner.engine import resolve_device
 from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.files import check_writable
@@ -94,16 +96,22 @@ def run_sweep() -> None:
 
 def run_worker(configs: list[RunConfig]) -> None:
     """A torchrun process other than rank 0: it computes its part of every job, in the order rank 0's Hydra
-    runs them, and writes nothing (no run directory, no logs). Its own mistakes and interruptions end it
-    as they end rank 0."""
+    runs them, and writes nothing (no run directory, no logs). A job that fails or diverges is recorded
+    by rank 0; like rank 0, a worker goes on with the next job of a sweep. An interruption ends it."""
+    failed = None
     try:
         with interrupt.graceful_stop():
             for cfg in configs:
-                pipeline.run(cfg, None)
+                try:
+                    pipeline.run(cfg, None)
+                except (UserError, distributed.MainFailed) as exc:
+                    failed = exc
     except RunInterrupted as exc:
         fail(exc, label=f"interrupted by {interrupt.requested()}")
-    except UserError as exc:
-        fail(exc)
+    except KeyboardInterrupt:
+        sys.exit(RunInterrupted.exit_code)
+    if isinstance(failed, UserError) and len(configs) == 1:
+        fail(failed)
 
 
 def fail(exc: Exception, label: str = "error", hint: str = "") -> None:
@@ -149,6 +157,11 @@ def preflight(overrides: list[str], multirun: bool) -> tuple[bool, list[RunConfi
             hydra_cfg = compose("config", overrides=fixed, return_hydra_config=True).hydra
             multirun = multirun or hydra_cfg.mode == RunMode.MULTIRUN
             jobs = sweep_jobs(hydra_cfg.sweeper.params, overrides) if multirun else [overrides]
+            processes = distributed.launched_world_size()
+            launcher = hydra_cfg.launcher._target_.rsplit(".", 1)[-1]
+            if processes > 1 and multirun and launcher != "BasicLauncher":
+                raise UserError(f"hydra/launcher={launcher} is not allowed under torchrun: every process runs the "
+                                "jobs one after another; use the default launcher")
             configs = []
             for num, job in enumerate(jobs):
                 composed = compose("config", overrides=[*job, f"hydra.job.num={num}"], return_hydra_config=True)
@@ -156,7 +169,9 @@ def preflight(overrides: list[str], multirun: bool) -> tuple[bool, list[RunConfi
                 with open_dict(composed):
                     del composed["hydra"]
                 cfg = load_config(OmegaConf.to_container(composed, resolve=True))
-                resolve_device(cfg.device)  # an absent cuda/mps is refused before anything is written
+                # an absent cuda/mps, or bf16 on a GPU without it, is refused before anything is written
+                Compute.resolve(resolve_device(cfg.device), cfg.precision, cfg.memory_format, cfg.compile)
+                Shard(0, processes).check_batch_size(cfg.student.batch_size, "student.batch_size")
                 for data_cfg in (cfg.dataset, cfg.transfer.dataset):  # so is a data folder that is not there
                     if data_cfg is not None:
                         check_root(data_cfg)

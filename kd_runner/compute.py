@@ -45,8 +45,8 @@ class Compute:
         """The settings for `device`, with every `auto` replaced by that device's default."""
         cuda = device.type == "cuda"
         if precision == "auto":
-            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-        if cuda and precision == "bf16" and not torch.cuda.is_bf16_supported():
+            precision = ("bf16" if _native_bf16() else "fp16") if cuda else "fp32"
+        if cuda and precision == "bf16" and not _native_bf16():
             raise ConfigError("precision", precision, "fp16 or fp32 on this GPU (it has no bf16 support)")
         if memory_format == "auto":
             memory_format = "channels_last" if device.type in ("cuda", "cpu") else "contiguous"
@@ -107,3 +107,8 @@ class Compute:
             "memory_format": self.memory_format,
             "compile": self.compile,
         }
+
+
+def _native_bf16() -> bool:
+    """Whether this GPU computes bf16 in hardware (torch counts an emulation by default, which is slow)."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)

@@ -5,11 +5,11 @@
 torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; `setup` joins them into one
 process group (NCCL on CUDA, gloo on CPU) and gives each process its `Shard`:
 
-- every process draws the same shuffled index batches; each takes an equal part of every batch, so the
-  batch the optimiser sees, the steps per epoch and the learning-rate schedule are those of a
-  single-process run. DDP averages the gradients of the equal parts, which is the gradient of the whole
-  batch. (A batch too small to give every process 2 samples is dropped; BatchNorm statistics are per
-  process.)
+- every process draws the same shuffled index batches; each takes an equal part (its rows) of every
+  batch, so the batch the optimiser sees and the steps per epoch are those of a single-process run.
+  DDP averages the gradients of the equal parts: the gradient of the batch without the rows that do
+  not split evenly. (A last batch too small to give every process 2 samples is dropped; BatchNorm
+  statistics are per process during training, rank 0's are given to all before evaluating.)
 - evaluation splits the validation set across the processes and gathers the logits, so every process
   computes the same metrics on the whole split; the training loss is reduced the same way.
 - the teacher is fine-tuned (or loaded) and its logits computed by rank 0 alone, under the caches'
@@ -50,6 +50,7 @@ class Shard:
 
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")  # where this process's collectives put their tensors (NCCL: its GPU)
 
     @property
     def is_main(self) -> bool:
@@ -100,7 +101,7 @@ class Shard:
             return stop
 
         def any_stop() -> bool:
-            flag = torch.tensor([1.0 if stop() else 0.0])
+            flag = torch.tensor([1.0 if stop() else 0.0], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             return bool(flag.item())
 
@@ -112,15 +113,29 @@ class Shard:
             raise ConfigError(key, batch_size, f"at least {2 * self.world} with {self.world} processes (2 per process)")
 
     def main_first(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on rank 0, then on the others (which then find what rank 0 cached)."""
+        """Run `fn` on rank 0, then on the others (which then find what rank 0 cached). When it fails on
+        rank 0, the others raise MainFailed instead of waiting for it."""
         if self.world == 1:
             return fn()
         if self.is_main:
-            result = fn()
-            dist.barrier()
+            try:
+                result = fn()
+            except BaseException:
+                self.broadcast(False)
+                raise
+            self.broadcast(True)
             return result
-        dist.barrier()
+        if not self.broadcast(None):
+            raise MainFailed("rank 0 failed this step of the run; it records why")
         return fn()
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Give every process rank 0's buffers (BatchNorm statistics, which each process updated on its
+        own rows), so all evaluate the same model, the one rank 0 saves."""
+        if self.world == 1:
+            return
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """`model` for training: wrapped in DistributedDataParallel when there are several processes."""
@@ -144,4 +159,8 @@ def setup(device: torch.device) -> tuple[Shard, torch.device]:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=WAIT_FOR_RANK0)
-    return Shard(dist.get_rank(), dist.get_world_size()), device
+    return Shard(dist.get_rank(), dist.get_world_size(), device), device
+
+
+class MainFailed(RuntimeError):
+    """Raised on the other processes when a step that rank 0 runs first failed there."""

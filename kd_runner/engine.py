@@ -266,7 +266,7 @@ def fit(
     scaler = data.compute.grad_scaler()
     position, rows = EpochPosition.start(1, optimizer, generator), []
     if checkpoint is not None:
-        position, rows = checkpoint.restore(model, optimizer, scheduler, data.device) or (position, rows)
+        position, rows = checkpoint.restore(model, optimizer, scheduler, data.device, scaler) or (position, rows)
     bar = tqdm(total=stage.epochs, initial=position.epoch - 1, desc=desc, unit="epoch",
                disable=None if progress else True, leave=False)
     while position.epoch <= stage.epochs:
@@ -275,14 +275,14 @@ def fit(
         )
         if train_loss is None:
             if checkpoint is not None:
-                checkpoint.save(model, optimizer, scheduler, position, rows)
+                checkpoint.save(model, optimizer, scheduler, position, rows, scaler)
             raise RunInterrupted(desc, position.epoch, position.batches)
         row = {"epoch": position.epoch, "lr": position.lr, "train_loss": train_loss, **evaluate()}
         check_finite(row, desc, stage)
         rows.append(row)
         position = EpochPosition.start(position.epoch + 1, optimizer, generator)
         if checkpoint is not None:
-            checkpoint.save(model, optimizer, scheduler, position, rows)
+            checkpoint.save(model, optimizer, scheduler, position, rows, scaler)
         bar.update()
         bar.set_postfix(loss=f"{train_loss:.3f}")
     bar.close()

@@ -45,15 +45,20 @@ def run(cfg: RunConfig, run_dir: Path | str | None, stop: Callable[[], object] =
     if stop():
         raise RunInterrupted(None)
     shard, device = distributed.setup(engine.resolve_device(cfg.device))
-    if not shard.is_main:
-        if shard.broadcast(None):  # rank 0 found this run already finished
-            return None
-        _experiment(cfg, None, device, shard, stop)
-        return None
     digest = config_digest(cfg)
+    if not shard.is_main:
+        ranks_job, finished = shard.broadcast(None)
+        if ranks_job != digest:  # rank 0 failed a job before telling: the processes would pair other jobs
+            raise RuntimeError(f"rank 0 is on the job of config digest {ranks_job}, this process on {digest}")
+        if not finished:
+            try:
+                _experiment(cfg, None, device, shard, stop)
+            except Diverged:  # rank 0 records it
+                pass
+        return None
     with rundir.claim(run_dir) as run_dir:
         finished = rundir.finished_record(run_dir, digest)
-        shard.broadcast(finished is not None)
+        shard.broadcast((digest, finished is not None))
         if finished is not None:
             log.info("skipped: %s already holds this config's %s run (config digest %s)", run_dir, finished["status"], digest)
             return finished
@@ -85,7 +90,7 @@ def _experiment(
     start = time.perf_counter()
     compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile)
     compute.configure_backends()
-    data = build_dataset(cfg.dataset)
+    data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
     if cfg.loader == "dataloader":
         device_data = LoaderData(data, compute, cfg.num_workers)
     else:
@@ -96,12 +101,11 @@ def _experiment(
     log.info("compute: %s, loader %s, %d process(es)", compute.describe(), cfg.loader, shard.world)
 
     # mistakes in the student's data or weights fail now, not after the teacher's fine-tuning
-    student_data = transfer.transfer_data(cfg, data, device_data)
+    student_data = shard.main_first(lambda: transfer.transfer_data(cfg, data, device_data))
     if student_data is not device_data:
         log.info("transfer set: %s", transfer.describe(cfg, student_data))
     if cfg.student.weights_path or cfg.student.pretrained:
         engine.build_stage_model(cfg.student, data)
-    shard.check_batch_size(cfg.student.batch_size, "student.batch_size")
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
     teacher = shard.main_first(lambda: prepare_teachers(cfg, data, device_data, cfg.progress, stop))
     timings["teacher_s"] = teacher.seconds
@@ -145,6 +149,7 @@ def _train_student(cfg: RunConfig, data, d: engine.DeviceData, targets: SoftTarg
         return distillation_loss(logits, teacher_logits, labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
 
     def evaluate() -> dict:
+        d.shard.sync_buffers(student)
         logits = engine.predict(student, d, d.val.images)
         return compute_metrics(logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
 

@@ -45,15 +45,15 @@ class Teacher:
     seconds: float
 
 
-def teacher_key(cfg: RunConfig) -> str:
-    """Digest of everything that determines the fine-tuned teacher."""
+def teacher_key(cfg: RunConfig, precision: str) -> str:
+    """Digest of everything that determines the fine-tuned teacher (`precision`: the resolved one)."""
     parts = {
         "format": CACHE_FORMAT,
         "teacher": dataclasses.asdict(cfg.teacher),
         "dataset": dataclasses.asdict(cfg.dataset),
         "checkpoint_sha256": sha256_file(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None,
         "weights_sha256": sha256_file(cfg.teacher.weights_path) if cfg.teacher.weights_path else None,
-        "precision": cfg.precision,
+        "precision": precision,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -74,9 +74,9 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceDat
     device_data.compute.prepare(model)
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
-        return Teacher(model.eval(), "checkpoint", [], teacher_key(cfg), time.perf_counter() - start)
+        return Teacher(model.eval(), "checkpoint", [], teacher_key(cfg, device_data.compute.precision), time.perf_counter() - start)
 
-    key = teacher_key(cfg)
+    key = teacher_key(cfg, device_data.compute.precision)
     entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{key}"
     with file_lock(entry.with_suffix(".lock")):
         remove_stale_temps(entry.parent, entry.name)

@@ -94,3 +94,15 @@ def test_unknown_workload_is_a_usage_error(tmp_path):
     proc = subprocess.run([KD_BENCH, "--workloads", "imagenet"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown workload(s) imagenet; known: digits, resnet32, resnet32-aug, resnet224" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--repeats", "0"], "--repeats=0 is not allowed: expected a whole number >= 1"),
+    (["--workers", "-1"], "--workers=-1 is not allowed: expected a whole number >= 0"),
+    (["--json", "afile/out.json"], "--json="),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "device='cuda' is not available on this machine")]))
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, args, message):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    proc = subprocess.run([KD_BENCH, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and "kd-bench on" not in proc.stdout

@@ -119,3 +119,22 @@ def test_compile_gives_the_eager_results_and_compiles_once_per_process(tmp_path)
     again = pipeline.run(compose_config("experiment=smoke", "compile=true", "seed=1", f"cache_dir={tmp_path / 'c'}"), tmp_path / "d")
     assert counters["stats"]["unique_graphs"] == graphs  # new networks of the same code: nothing recompiled
     assert again["metrics"]["student_acc"] > 0.5
+
+
+def test_the_fp16_loss_scale_survives_a_checkpoint(tmp_path):
+    """An fp16 stage resumed from a checkpoint continues with its loss scale, not the initial 2**16."""
+    from kd_runner.checkpoint import EpochPosition, StageCheckpoint
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = Compute(CPU, precision="fp16").grad_scaler()
+    scaler.scale(torch.ones(()))  # the scale is made on first use
+    scaler.update(new_scale=1024.0)
+    checkpoint = StageCheckpoint(tmp_path / "ckpt.pt", "digest", "student")
+    position = EpochPosition.start(1, optimizer, torch.Generator().manual_seed(0))
+    checkpoint.save(model, optimizer, scheduler, position, [], scaler)
+    fresh = Compute(CPU, precision="fp16").grad_scaler()
+    assert fresh.get_scale() == 2.0**16
+    checkpoint.restore(model, optimizer, scheduler, CPU, fresh)
+    assert fresh.get_scale() == 1024.0

@@ -88,3 +88,16 @@ def test_two_process_sweep_matches_single_process_runs(tmp_path):
         assert result["metrics"]["teacher_acc"] == single["metrics"]["teacher_acc"]  # the same teacher, trained once
         close(result["metrics"], single["metrics"])
         assert list(metrics["stage"]) == ["teacher", "teacher", "student", "student"]
+
+
+def test_preflight_under_torchrun_checks_the_batch_per_process_and_the_launcher(monkeypatch):
+    from kd_runner import cli
+    from kd_runner.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=r"student.batch_size=3 is not allowed: at least 4 with 2 processes"):
+        cli.preflight(["experiment=smoke", "student.batch_size=3"], multirun=False)
+    with pytest.raises(UserError, match=r"hydra/launcher=JoblibLauncher is not allowed under torchrun"):
+        cli.preflight(["experiment=smoke", "alpha=0,1", "hydra/launcher=joblib"], multirun=True)
+    multirun, configs = cli.preflight(["experiment=smoke", "alpha=0,1"], multirun=True)
+    assert multirun and [c.alpha for c in configs] == [0.0, 1.0]  # the jobs every process runs, in order
