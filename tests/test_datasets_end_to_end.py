@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torchvision
-from conftest import kd_run, read_run
+from conftest import compose_config, kd_run, read_run
 from dataset_files import write_cifar10, write_cifar100, write_image_folder, write_mnist, write_svhn
 
 # small nets and tiny epochs: every run takes seconds
@@ -214,3 +214,28 @@ def test_hymenoptera_preset_with_cached_imagenet_weights(files, tmp_path, monkey
     assert result["models"]["teacher"]["name"] == "resnet50" and result["models"]["student"]["name"] == "resnet18"
     assert result["config"]["soft_loss"] == "mse" and result["config"]["student"]["freeze"] == "backbone"
     _per_class(result, 2)
+
+
+@pytest.mark.parametrize("name,present,missing", [
+    ("cifar10", ["cifar-10-batches-py/data_batch_1"], "cifar-10-batches-py/data_batch_2' and 5 more"),
+    ("mnist", ["MNIST/raw/train-images-idx3-ubyte"], "MNIST/raw/train-labels-idx1-ubyte' and 2 more"),
+    ("svhn", ["train_32x32.mat"], "test_32x32.mat'"),
+])
+def test_missing_files_in_an_existing_folder_are_caught_before_any_job(tmp_path, name, present, missing):
+    root = tmp_path / "data"
+    for relative in present:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(b"")
+    proc = kd_run("-m", f"dataset={name}", f"dataset.root={root}", "alpha=0,1", "hydra.sweep.dir=sweep",
+                  cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith(f"kd-run: error: dataset={name}: no file '{root}/") and missing in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing written
+
+
+def test_a_holdout_split_needs_no_test_files(tmp_path):
+    from kd_runner.data.vision import check_root
+
+    (tmp_path / "train_32x32.mat").write_bytes(b"")
+    check_root(compose_config("dataset=svhn", f"dataset.root={tmp_path}", "dataset.val_split=holdout").dataset)

@@ -57,9 +57,11 @@ class _SVHN(torchvision.datasets.SVHN):
         return os.path.isfile(os.path.join(self.root, self.filename))
 
 
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
 def _mnist_layout(folder: str) -> str:
-    files = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
-    return f"{{root}}/{folder}/raw/{{{files}}} (the official files, gunzipped)"
+    return f"{{root}}/{folder}/raw/{{{', '.join(MNIST_FILES)}}} (the official files, gunzipped)"
 
 
 @dataclass(frozen=True)
@@ -70,23 +72,33 @@ class FileDataset:
     layout: str  # the files expected under {root}, for the error message
     num_classes: int
     augmentation: Augmentation | None  # its standard training augmentation
+    files: tuple[str, ...]  # the files torchvision requires, relative to {root}: checked before any work
+    test_files: tuple[str, ...] = ()  # required only to read the test split (val_split=test)
     by_split: bool = False  # the class takes split="train"/"test" (SVHN) instead of train=True/False
 
 
 FILE_DATASETS = {
-    "mnist": FileDataset(torchvision.datasets.MNIST, _mnist_layout("MNIST"), 10, None),
-    "fashion_mnist": FileDataset(torchvision.datasets.FashionMNIST, _mnist_layout("FashionMNIST"), 10, None),
+    "mnist": FileDataset(
+        torchvision.datasets.MNIST, _mnist_layout("MNIST"), 10, None, tuple(f"MNIST/raw/{f}" for f in MNIST_FILES)
+    ),
+    "fashion_mnist": FileDataset(
+        torchvision.datasets.FashionMNIST, _mnist_layout("FashionMNIST"), 10, None,
+        tuple(f"FashionMNIST/raw/{f}" for f in MNIST_FILES),
+    ),
     "cifar10": FileDataset(
         _CIFAR10,
         "{root}/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python version, extracted)",
         10,
         PAD_CROP_FLIP,
+        tuple(f"cifar-10-batches-py/{f}" for f in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")),
     ),
     "cifar100": FileDataset(
-        _CIFAR100, "{root}/cifar-100-python/{train, test, meta} (the python version, extracted)", 100, PAD_CROP_FLIP
+        _CIFAR100, "{root}/cifar-100-python/{train, test, meta} (the python version, extracted)", 100, PAD_CROP_FLIP,
+        ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
     ),
     "svhn": FileDataset(
-        _SVHN, "{root}/{train_32x32.mat, test_32x32.mat} (the cropped-digits format)", 10, PAD_CROP, by_split=True
+        _SVHN, "{root}/{train_32x32.mat, test_32x32.mat} (the cropped-digits format)", 10, PAD_CROP,
+        ("train_32x32.mat",), ("test_32x32.mat",), by_split=True,
     ),
 }
 DOWNLOADABLE = tuple(FILE_DATASETS)
@@ -101,14 +113,23 @@ def _one_line(exc: BaseException) -> str:
 
 
 def check_root(cfg) -> None:
-    """A data folder that does not exist (and will not be downloaded): the same one line as when its files
-    are read, but before any work, so the preflight catches it for every job of a sweep."""
-    if cfg.name in FILE_DATASETS and not cfg.download and not os.path.isdir(cfg.root):
-        raise _files_error(cfg, f"no {cfg.name} files under dataset.root={cfg.root!r}")
-    if cfg.name == "imagefolder" and not os.path.isdir(os.path.join(cfg.root, "train")):
-        expected = IMAGEFOLDER_LAYOUT.replace("{root}", cfg.root.rstrip("/") or "/")
-        raise UserError(f"dataset=imagefolder: no folder {os.path.join(cfg.root, 'train')!r}; expected {expected}: "
-                        "put the images there or set dataset.root to their folder")
+    """A data folder, or a file in it, that is not there (and will not be downloaded): the same one line
+    as when the files are read, but before any work, so the preflight catches it for every job of a sweep."""
+    if cfg.name in FILE_DATASETS and not cfg.download:
+        if not os.path.isdir(cfg.root):
+            raise _files_error(cfg, f"no {cfg.name} files under dataset.root={cfg.root!r}")
+        spec = FILE_DATASETS[cfg.name]
+        needed = spec.files + (spec.test_files if cfg.val_split == "test" else ())
+        missing = [f for f in needed if not os.path.isfile(os.path.join(cfg.root, f))]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise _files_error(cfg, f"no file {os.path.join(cfg.root, missing[0])!r}{more}")
+    if cfg.name == "imagefolder":
+        for split in ("train", "val") if cfg.val_split == "test" else ("train",):
+            if not os.path.isdir(os.path.join(cfg.root, split)):
+                expected = IMAGEFOLDER_LAYOUT.replace("{root}", cfg.root.rstrip("/") or "/")
+                raise UserError(f"dataset=imagefolder: no folder {os.path.join(cfg.root, split)!r}; expected {expected}: "
+                                "put the images there or set dataset.root to their folder")
 
 
 def _files_error(cfg, problem: str) -> UserError:
