@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -73,12 +74,10 @@ def load_checked(entry: Path, what: str, redo: str) -> tuple[object, dict] | Non
     data, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
     if not manifest_path.is_file():
         return None
-    try:
+    with contextlib.suppress(ValueError, KeyError, TypeError, OSError, RuntimeError):  # unreadable: broken
         manifest = json.loads(manifest_path.read_text())
         if data.is_file() and sha256_file(data) == manifest["sha256"]:
             return torch.load(data, map_location="cpu", weights_only=True), manifest
-    except (ValueError, KeyError, TypeError, OSError, RuntimeError):
-        pass
     log.warning("%s %s is corrupted or incomplete: removed, %s", what, entry, redo)
     data.unlink(missing_ok=True)
     manifest_path.unlink(missing_ok=True)

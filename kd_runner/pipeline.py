@@ -8,6 +8,7 @@ diverged or failed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -51,10 +52,8 @@ def run(cfg: RunConfig, run_dir: Path | str | None, stop: Callable[[], object] =
         if ranks_job != digest:  # rank 0 failed a job before telling: the processes would pair other jobs
             raise RuntimeError(f"rank 0 is on the job of config digest {ranks_job}, this process on {digest}")
         if not finished:
-            try:
+            with contextlib.suppress(Diverged):  # rank 0 records it
                 _experiment(cfg, None, device, shard, stop)
-            except Diverged:  # rank 0 records it
-                pass
         return None
     with rundir.claim(run_dir) as run_dir:
         finished = rundir.finished_record(run_dir, digest)
