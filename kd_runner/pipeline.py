@@ -43,8 +43,6 @@ def run(cfg: RunConfig, run_dir: Path | str | None, stop: Callable[[], object] =
     Under torchrun every process calls this: rank 0 with the run directory, records and writes; the
     others (run_dir=None) compute their part of the run, write nothing and return None.
     """
-    if stop():
-        raise RunInterrupted(None)
     shard, device = distributed.setup(engine.resolve_device(cfg.device))
     digest = config_digest(cfg)
     if not shard.is_main:
@@ -64,6 +62,8 @@ def run(cfg: RunConfig, run_dir: Path | str | None, stop: Callable[[], object] =
         result_path = run_dir / rundir.RESULT
         results.write_result(result_path, results.status_record(cfg, "running", device))
         try:
+            if stop():  # stopped before it started: recorded like any interruption (a re-run starts it)
+                raise RunInterrupted(None)
             return _experiment(cfg, run_dir, device, shard, stop)
         except Diverged as exc:  # final: a re-run would diverge again, so the student checkpoint goes
             rundir.student_checkpoint(run_dir).unlink(missing_ok=True)
