@@ -23,22 +23,9 @@ from kd_runner.data import Dataset, Split
 from kd_runner.engine import DeviceData
 
 
-class WithIndex(torch.utils.data.Dataset):
-    """Item i is (i, images[i]): the training loop needs each sample's index (e.g. for teacher logits)."""
-
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return i, self.images[i]
-
-
 @dataclass
 class StreamedSplit:
-    images: WithIndex  # read on demand by the DataLoaders' workers
+    images: object  # a tensor or any map-style dataset, read on demand by the DataLoaders' workers
     labels: torch.Tensor  # N, int64, on the device
 
     def __len__(self) -> int:
@@ -68,7 +55,7 @@ class LoaderData(DeviceData):
         super().__init__(data, compute.device, compute)
 
     def place(self, split: Split) -> StreamedSplit:
-        return StreamedSplit(WithIndex(split.images), split.labels.to(self.device))
+        return StreamedSplit(split.images, split.labels.to(self.device))
 
     def like(self, data: Dataset) -> "LoaderData":
         return LoaderData(data, self.compute, self.num_workers)
@@ -86,22 +73,15 @@ class LoaderData(DeviceData):
             )
         return self._loaders[key]
 
-    def _to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        idx, images = batch
-        return idx.to(self.device, non_blocking=True), images.to(self.device, non_blocking=True)
-
     def load_batches(self, batches: list[torch.Tensor]):
         """(raw images, labels) of each index batch of the training split, fetched by the workers, in order."""
         self._sampler.batches = [idx.tolist() for idx in batches]
-        for batch in self._loader(("train",), self.train.images, batch_sampler=self._sampler):
-            idx, images = self._to_device(batch)
-            yield images, self.train.labels[idx]
+        loader = self._loader(("train",), self.train.images, batch_sampler=self._sampler)
+        for idx, images in zip(batches, loader):
+            yield images.to(self.device, non_blocking=True), self.train.labels[idx]
 
     def eval_batches(self, images, batch_size: int):
-        """This process's share of a split's `images`, in order (raw images already on the device: sliced)."""
-        if isinstance(images, torch.Tensor):
-            yield from super().eval_batches(images, batch_size)
-            return
+        """This process's share of a split's `images`, in order, in batches of `batch_size`."""
         subset = Subset(images, self.shard.eval_indices(len(images)).tolist())
         for batch in self._loader(("eval", id(images), batch_size, self.shard), subset, batch_size=batch_size):
-            yield self._to_device(batch)[1]
+            yield batch.to(self.device, non_blocking=True)
