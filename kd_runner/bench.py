@@ -8,7 +8,10 @@ size, in one process.
 Per workload, the student is distilled for `--epochs` epochs over the same training images by
 
   (a) a plain loop written the way tutorials do it: a DataLoader over a torch Dataset with per-sample
-      transforms, fp32, `with torch.no_grad(): teacher(x)` at every step;
+      transforms and 2 worker processes (as PyTorch's knowledge-distillation tutorial sets its
+      loaders), fp32, `with torch.no_grad(): teacher(x)` at every step;
+  (a0) the same loop loading in the main process (num_workers=0): on a machine with few cores the
+      faster plain loop, because workers compete with the model for the cores;
   (b) the same loop with the teacher's forward left under autograd (the loss then backpropagates into
       the teacher too), as some published scripts do;
   (c) kd-runner's engine with its defaults for the device: the splits on the device, batches by index,
@@ -16,7 +19,7 @@ Per workload, the student is distilled for `--epochs` epochs over the same train
       same with the cache already filled, as for every later job of a sweep), Compute.resolve's
       precision and memory format.
 
-It prints training images per second for each, the ratios c/a and c/b, and c's model FLOP/s as a
+It prints training images per second for each, the ratios c/a, c/a0 and c/b, and c's model FLOP/s as a
 fraction of the peak of a large matmul measured in the same process, in c's precision, right before
 each of c's runs (the best of these: on a shared machine a single measurement may be slowed by other
 work and overstate MFU). Then the wall clock of a
@@ -59,6 +62,7 @@ from kd_runner.losses import distillation_loss
 from kd_runner.soft_targets import SoftTargets
 
 ALPHA, TEMPERATURE = 0.5, 4.0
+TUTORIAL_WORKERS = 2  # https://pytorch.org/tutorials/beginner/knowledge_distillation_tutorial.html
 
 
 @dataclass(frozen=True)
@@ -254,10 +258,12 @@ def bench_workload(w: Workload, epochs: int, repeats: int, compute: Compute, wor
         copy.deepcopy(teacher).to(device)(x)
     make_student().to(device)(x).sum().backward()
 
-    runs = {"a": [], "b": [], "c": [], "c_warm": []}
+    runs = {"a": [], "a0": [], "b": [], "c": [], "c_warm": []}
     peaks = []
     for r in range(repeats):  # interleaved, so that a busy machine slows every method alike
         runs["a"].append(run_tutorial(w, data, teacher, make_student, epochs, device, False, workers))
+        if workers > 0:
+            runs["a0"].append(run_tutorial(w, data, teacher, make_student, epochs, device, False, 0))
         runs["b"].append(run_tutorial(w, data, teacher, make_student, epochs, device, True, workers))
         cache = workdir / f"{w.name}-{r}"
         peaks.append(matmul_peak(device, compute.dtype))
@@ -277,6 +283,7 @@ def bench_workload(w: Workload, epochs: int, repeats: int, compute: Compute, wor
         "epochs": epochs,
         **{f"{k}_images_per_s": round(v, 2) for k, v in rates.items()},
         "c/a": round(rates["c"] / rates["a"], 3),
+        "c/a0": round(rates["c"] / rates.get("a0", rates["a"]), 3),
         "c/b": round(rates["c"] / rates["b"], 3),
         "c_model_flop_per_s": rates["c"] * flop_per_image,
         "peak_flop_per_s": max(peaks),
@@ -338,8 +345,9 @@ def row(result: dict) -> str:
     warm = f"  (warm cache: c/a {result['c_warm/a']:.2f}, c/b {result['c_warm/b']:.2f})" if "c_warm/a" in result else ""
     return (
         f"{result['workload']:<13} {result['models']:<40} batch {result['batch_size']:>3}  "
-        f"a {result['a_images_per_s']:>8.1f}  b {result['b_images_per_s']:>8.1f}  c {result['c_images_per_s']:>8.1f} img/s  "
-        f"c/a {result['c/a']:.2f}  c/b {result['c/b']:.2f}  MFU(c) {result['mfu_c']:.1%} "
+        f"a {result['a_images_per_s']:>8.1f}  a0 {result.get('a0_images_per_s', result['a_images_per_s']):>8.1f}  "
+        f"b {result['b_images_per_s']:>8.1f}  c {result['c_images_per_s']:>8.1f} img/s  "
+        f"c/a {result['c/a']:.2f}  c/a0 {result['c/a0']:.2f}  c/b {result['c/b']:.2f}  MFU(c) {result['mfu_c']:.1%} "
         f"of {result['peak_flop_per_s'] / 1e9:.0f} GFLOP/s{warm}"
     )
 
@@ -356,14 +364,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="of (c); default: the device's")
     parser.add_argument("--memory-format", default="auto", choices=MEMORY_FORMATS, help="of (c); default: the device's")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader workers of loops (a) and (b) (default: 2 on CUDA as in the tutorials, 0 on CPU)")
+    parser.add_argument("--workers", type=int, default=TUTORIAL_WORKERS,
+                        help=f"DataLoader workers of loops (a) and (b) (default {TUTORIAL_WORKERS}, as in PyTorch's KD tutorial); "
+                             "(a0) always loads in the main process")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     for name in ("epochs", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}={getattr(args, name)} is not allowed: expected a whole number >= 1")
-    if args.workers is not None and args.workers < 0:
+    if args.workers < 0:
         parser.error(f"--workers={args.workers} is not allowed: expected a whole number >= 0")
     try:
         if args.json:
@@ -372,7 +381,6 @@ def main(argv: list[str] | None = None) -> None:
         compute = Compute.resolve(device, args.precision, args.memory_format)
     except UserError as exc:
         parser.error(str(exc))
-    workers = args.workers if args.workers is not None else (2 if device.type == "cuda" else 0)
     compute.configure_backends()
     print(f"kd-bench on {device} ({machine(device)}), torch {torch.__version__}")
     print(f"(c) settings: {compute.describe()}", flush=True)
@@ -384,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(w.name for w in chosen)}")
         chosen = [w for w in chosen if w.name in names]
-    results = {"device": str(device), "machine": machine(device), "torch": torch.__version__, "workers_a_b": workers,
+    results = {"device": str(device), "machine": machine(device), "torch": torch.__version__, "workers_a_b": args.workers,
                "compute": compute.describe(), "workloads": [], "sweep": None}
     with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
         workdir = Path(tmp)
@@ -392,12 +400,12 @@ def main(argv: list[str] | None = None) -> None:
             if w.gpu_only and device.type != "cuda":
                 print(f"{w.name:<13} {w.describe():<40} skipped: GPU only (this run is on {device.type})", flush=True)
                 continue
-            result = bench_workload(w, args.epochs, args.repeats, compute, workers, workdir)
+            result = bench_workload(w, args.epochs, args.repeats, compute, args.workers, workdir)
             results["workloads"].append(result)
             print(row(result), flush=True)
         sweep_workload = next((w for w in workloads(device, args.samples) if w.name == args.sweep_workload), None)
         if args.sweep_epochs > 0 and sweep_workload is not None and not (sweep_workload.gpu_only and device.type != "cuda"):
-            sweep = bench_sweep(sweep_workload, args.sweep_epochs, device, workers, workdir)
+            sweep = bench_sweep(sweep_workload, args.sweep_epochs, device, args.workers, workdir)
             results["sweep"] = sweep
             print(
                 f"sweep 3 alphas x 2 seeds, {sweep_workload.describe()}, {args.sweep_epochs} epochs per job: "

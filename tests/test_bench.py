@@ -70,14 +70,23 @@ def test_kd_bench_command_reports_every_method_and_skips_gpu_only_work(tmp_path)
     assert results["sweep"] is None
     (row,) = results["workloads"]
     assert row["workload"] == "digits" and results["compute"]["precision"] == "fp32"
-    for key in ("a_images_per_s", "b_images_per_s", "c_images_per_s", "c_warm_images_per_s"):
+    assert results["workers_a_b"] == 2  # (a) loads as PyTorch's KD tutorial does; (a0) in the main process
+    for key in ("a_images_per_s", "a0_images_per_s", "b_images_per_s", "c_images_per_s", "c_warm_images_per_s"):
         assert row[key] > 0
     assert row["c/a"] == pytest.approx(row["c_images_per_s"] / row["a_images_per_s"], rel=0.01)
+    assert row["c/a0"] == pytest.approx(row["c_images_per_s"] / row["a0_images_per_s"], rel=0.01)
     assert row["c/b"] == pytest.approx(row["c_images_per_s"] / row["b_images_per_s"], rel=0.01)
     # MFU: c's model FLOP/s over the measured matmul peak (noise on a shared machine can push it past 1,
     # a wrong FLOP count by orders of magnitude cannot)
     assert row["mfu_c"] == pytest.approx(row["c_model_flop_per_s"] / row["peak_flop_per_s"])
     assert 0.001 < row["mfu_c"] < 3
+
+
+def test_with_workers_0_loop_a_is_already_the_main_process_loop(tmp_path):
+    _, results = kd_bench(tmp_path, "--workloads", "digits", "--epochs", "1", "--sweep-epochs", "0", "--workers", "0")
+    (row,) = results["workloads"]
+    assert results["workers_a_b"] == 0 and "a0_images_per_s" not in row
+    assert row["c/a0"] == row["c/a"]
 
 
 @pytest.mark.slow
