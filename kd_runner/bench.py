@@ -291,6 +291,7 @@ def bench_workload(w: Workload, epochs: int, repeats: int, compute: Compute, wor
     }
     if "c_warm" in rates:
         result["c_warm/a"] = round(rates["c_warm"] / rates["a"], 3)
+        result["c_warm/a0"] = round(rates["c_warm"] / rates.get("a0", rates["a"]), 3)
         result["c_warm/b"] = round(rates["c_warm"] / rates["b"], 3)
     return result
 
@@ -342,7 +343,8 @@ def machine(device: torch.device) -> str:
 
 
 def row(result: dict) -> str:
-    warm = f"  (warm cache: c/a {result['c_warm/a']:.2f}, c/b {result['c_warm/b']:.2f})" if "c_warm/a" in result else ""
+    warm = (f"  (warm cache: c/a {result['c_warm/a']:.2f}, c/a0 {result['c_warm/a0']:.2f}, c/b {result['c_warm/b']:.2f})"
+            if "c_warm/a" in result else "")
     return (
         f"{result['workload']:<13} {result['models']:<40} batch {result['batch_size']:>3}  "
         f"a {result['a_images_per_s']:>8.1f}  a0 {result.get('a0_images_per_s', result['a_images_per_s']):>8.1f}  "

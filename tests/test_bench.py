@@ -75,6 +75,7 @@ def test_kd_bench_command_reports_every_method_and_skips_gpu_only_work(tmp_path)
         assert row[key] > 0
     assert row["c/a"] == pytest.approx(row["c_images_per_s"] / row["a_images_per_s"], rel=0.01)
     assert row["c/a0"] == pytest.approx(row["c_images_per_s"] / row["a0_images_per_s"], rel=0.01)
+    assert row["c_warm/a0"] == pytest.approx(row["c_warm_images_per_s"] / row["a0_images_per_s"], rel=0.01)
     assert row["c/b"] == pytest.approx(row["c_images_per_s"] / row["b_images_per_s"], rel=0.01)
     # MFU: c's model FLOP/s over the measured matmul peak (noise on a shared machine can push it past 1,
     # a wrong FLOP count by orders of magnitude cannot)
