@@ -51,15 +51,19 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from kd_runner import engine
-from kd_runner.compute import MEMORY_FORMATS, PRECISIONS, Compute
 from kd_runner.config import DatasetConfig, StageConfig
 from kd_runner.data import Dataset, Split, build_dataset
 from kd_runner.data.augment import Augmentation
+from kd_runner.data.device import InMemoryData
 from kd_runner.errors import UserError
-from kd_runner.files import check_writable, save_torch, write_json
-from kd_runner.losses import distillation_loss
-from kd_runner.soft_targets import SoftTargets
+from kd_runner.models import build_stage_model
+from kd_runner.runtime.compute import MEMORY_FORMATS, PRECISIONS, Compute, resolve_device
+from kd_runner.runtime.rng import seed_everything
+from kd_runner.store.files import check_writable, save_torch, write_json
+from kd_runner.teacher.soft_targets import SoftTargets
+from kd_runner.train import engine
+from kd_runner.train.losses import distillation_loss
+from kd_runner.train.optim import make_optimizer
 
 ALPHA, TEMPERATURE = 0.5, 4.0
 TUTORIAL_WORKERS = 2  # https://pytorch.org/tutorials/beginner/knowledge_distillation_tutorial.html
@@ -131,10 +135,6 @@ def tutorial_kd_loss(student_logits, teacher_logits, labels):
     return ALPHA * F.cross_entropy(student_logits, labels) + (1 - ALPHA) * TEMPERATURE**2 * soft
 
 
-def make_optimizer(student) -> torch.optim.Optimizer:
-    return engine.make_optimizer(student.parameters(), StageConfig())
-
-
 def tutorial_epoch(teacher, student, optimizer, loader, device, teacher_grad: bool) -> int:
     """One epoch of loop (a) (teacher_grad=False) or (b) (teacher_grad=True); returns the images seen."""
     student.train()
@@ -174,7 +174,7 @@ def run_tutorial(w: Workload, data: Dataset, teacher, make_student, epochs: int,
     loader = DataLoader(TutorialDataset(data.train, data, w.augment), batch_size=w.batch_size, shuffle=True,
                         drop_last=True, num_workers=workers)
     val = DataLoader(TutorialDataset(data.val, data, augment=False), batch_size=w.batch_size, num_workers=workers)
-    optimizer = make_optimizer(student)
+    optimizer = make_optimizer(student.parameters(), StageConfig())
     seen = 0
     for _ in range(epochs):
         seen += tutorial_epoch(teacher, student, optimizer, loader, device, teacher_grad)
@@ -194,7 +194,7 @@ def run_kd_runner(w: Workload, data: Dataset, teacher, make_student, epochs: int
     start = time.perf_counter()
     if w.augment:
         data = dataclasses.replace(data, augmentation=Augmentation(crop_padding=4, flip=True))
-    d = engine.DeviceData(data, compute.device, compute)
+    d = InMemoryData(data, compute)
     targets = SoftTargets(teacher, "bench", d, cache_dir)
     seen = []
 
@@ -203,7 +203,7 @@ def run_kd_runner(w: Workload, data: Dataset, teacher, make_student, epochs: int
         return distillation_loss(student_logits, targets.batch(idx, inputs), labels, ALPHA, TEMPERATURE, "kl")
 
     stage = StageConfig(name=w.student.name, epochs=epochs, batch_size=w.batch_size)
-    engine.fit(student, d, stage, 0, objective, dict, "bench", progress=False)
+    engine.fit(student, d, stage="bench", recipe=stage, seed=0, loss_fn=objective, evaluate=dict, progress=False)
     sync(compute.device)
     return sum(seen), time.perf_counter() - start
 
@@ -244,12 +244,12 @@ def best_rate(runs: list[tuple[int, float]]) -> float:
 
 def bench_workload(w: Workload, epochs: int, repeats: int, compute: Compute, workers: int, workdir: Path) -> dict:
     data = build_dataset(w.dataset)
-    engine.seed_everything(0)
-    teacher = engine.build_stage_model(w.teacher, data).eval()
+    seed_everything(0)
+    teacher = build_stage_model(w.teacher, data).eval()
 
     def make_student():
-        engine.seed_everything(1)
-        return engine.build_stage_model(w.student, data)
+        seed_everything(1)
+        return build_stage_model(w.student, data)
 
     device = compute.device
     # warm-up: the first calls create kernels and primitives; not part of any timing
@@ -300,8 +300,8 @@ def bench_workload(w: Workload, epochs: int, repeats: int, compute: Compute, wor
 def bench_sweep(w: Workload, epochs: int, device: torch.device, workers: int, workdir: Path) -> dict:
     """3 alphas x 2 seeds: `kd-run -m` (one process, teacher and logits cached) against six loop-(a) jobs."""
     data = build_dataset(w.dataset)
-    engine.seed_everything(0)
-    teacher = engine.build_stage_model(w.teacher, data).eval()
+    seed_everything(0)
+    teacher = build_stage_model(w.teacher, data).eval()
     checkpoint = workdir / "sweep-teacher.pt"
     save_torch(teacher.state_dict(), checkpoint)
     d = w.dataset
@@ -325,8 +325,8 @@ def bench_sweep(w: Workload, epochs: int, device: torch.device, workers: int, wo
         for seed in (0, 1):
 
             def make_student():
-                engine.seed_everything(seed)
-                return engine.build_stage_model(w.student, data)
+                seed_everything(seed)
+                return build_stage_model(w.student, data)
 
             run_tutorial(w, data, teacher, make_student, epochs, device, False, workers, evaluate=True)
     loop_seconds = time.perf_counter() - start
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.json:
             check_writable(args.json.resolve().parent, "--json")
-        device = engine.resolve_device(args.device)
+        device = resolve_device(args.device)
         compute = Compute.resolve(device, args.precision, args.memory_format)
     except UserError as exc:
         parser.error(str(exc))

@@ -17,81 +17,127 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from kd_runner import distributed, interrupt, pipeline, rundir
-from kd_runner.aggregate import write_plan
-from kd_runner.compute import Compute
-from kd_runner.config import RunConfig, config_digest, load_config
-from kd_runner.data.vision import check_root
-from kd_runner.distributed import Shard
-from kd_runner.engine import resolve_device
-from kd_runner.errors import Diverged, RunInterrupted, UserError
-from kd_runner.files import check_writable
-from kd_runner.results import error_line, summary
-from kd_runner.sweep_cli import finish_sweep
+from kd_runner import pipeline
+from kd_runner.config import RunConfig, load_config
+from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
+from kd_runner.runtime import distributed, interrupt
+from kd_runner.status import Status
+from kd_runner.store import rundir
+from kd_runner.store.results import summary
+from kd_runner.sweep.aggregate import job_dirs, write_plan
+from kd_runner.sweep.cli import finish_sweep
 
 CONFIG_MODULE = "kd_runner.conf"
-ConfigStore.instance().store(name="kd_schema", node=RunConfig)
 log = logging.getLogger("kd_runner")
-_sweep_dirs: list[Path] = []  # filled by SweepDirRecorder when Hydra starts a multirun
-_deferred_exit: list[int] = []  # exit codes of jobs that ended without stopping the sweep
+
+
+def register_schema() -> None:
+    """Make the typed schema (kd_runner.config.RunConfig) the base of conf/config.yaml, as `kd_schema`."""
+    ConfigStore.instance().store(name="kd_schema", node=RunConfig)
+
+
+@dataclass
+class Plan:
+    """What one `kd-run` call will run, known before Hydra writes anything.
+
+    `out_dir` is the run directory (single run) or the sweep directory (multirun), resolved once here and
+    passed to Hydra as `dir_key`, so kd-run knows where the call writes; None when it depends on values
+    known only once Hydra runs the job.
+    """
+
+    multirun: bool
+    jobs: list[list[str]]  # each job's overrides, in Hydra's order
+    configs: list[RunConfig]  # each job's typed config
+    dir_key: str  # hydra.run.dir or hydra.sweep.dir
+    out_dir: str | None
+    dir_given: bool  # set on the command line (then a resume needs the very same command)
+
+    def hydra_args(self, argv: list[str]) -> list[str]:
+        """The command line for Hydra: the user's, with the output directory pinned to `out_dir`."""
+        if self.dir_given or self.out_dir is None:
+            return argv
+        return [*argv, f"{self.dir_key}={quoted(self.out_dir)}"]
+
+    def resume_hint(self) -> str:
+        """How to continue: the same command, into the same directory (named if it was a default)."""
+        if self.dir_given or self.out_dir is None:
+            return "run the same command again to resume"
+        return f"run the same command with {self.dir_key}={self.out_dir} to resume"
+
+
+class JobStopped(BaseException):
+    """Carries a job's RunInterrupted (and the signal) out of Hydra, which catches Exceptions, to `main`."""
+
+    def __init__(self, error: RunInterrupted, signal: str | None):
+        super().__init__(str(error))
+        self.error, self.signal = error, signal
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    informational = any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv)
-    multirun = False
-    if not informational:
-        try:
-            overrides = [a for a in argv if a not in ("-m", "--multirun")]
-            multirun, configs = preflight(overrides, multirun="-m" in argv or "--multirun" in argv)
-        except UserError as exc:
-            fail(exc)
-        if distributed.launched_rank() > 0:
-            return run_worker(configs)
-    sys.argv = [sys.argv[0], *argv]
-    _deferred_exit.clear()
+    register_schema()
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):  # --help, --cfg, ...
+        sys.argv = [sys.argv[0], *argv]
+        return hydra_main()
+    try:
+        plan = preflight([a for a in argv if a not in ("-m", "--multirun")], multirun="-m" in argv or "--multirun" in argv)
+    except UserError as exc:
+        fail(exc)
+    if distributed.launched_rank() > 0:
+        return run_worker(plan.configs)
+    sys.argv = [sys.argv[0], *plan.hydra_args(argv)]
     try:
         with interrupt.graceful_stop():
-            run_sweep() if multirun else hydra_main()
+            code = run_sweep(plan) if plan.multirun else run_single()
+    except JobStopped as stopped:  # stops a whole sweep too; its tables are still written
+        fail(stopped.error, label=f"interrupted by {stopped.signal}", hint=plan.resume_hint())
     except KeyboardInterrupt:  # a second SIGTERM/SIGINT: stopped at once, the last checkpoint is kept
         print("kd-run: stopped at once by a second signal; run the same command again to resume "
               "from the last checkpoint", file=sys.stderr)
         sys.exit(RunInterrupted.exit_code)
-    if _deferred_exit:
-        sys.exit(max(_deferred_exit))
+    if code:
+        sys.exit(code)
 
 
-class SweepDirRecorder(Callback):
-    """Hydra callback (conf/config.yaml): remembers where a starting multirun writes, for `run_sweep`, and
-    records the jobs it will run there (sweep.json), so an interrupted sweep shows what never ran."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        _sweep_dirs.append(sweep_dir)
-        write_plan(sweep_dir, sweep_jobs(config.hydra.sweeper.params, list(config.hydra.overrides.task)))
+def run_single() -> int:
+    hydra_main()
+    return 0
 
 
-def run_sweep() -> None:
+def run_sweep(plan: Plan) -> int:
     """Hydra's multirun, then the sweep's tables and plots, also when it stopped early (Hydra skips its own
-    end-of-multirun hook then). A job that did not complete makes the sweep exit non-zero."""
-    _sweep_dirs.clear()
+    end-of-multirun hook then). Returns the exit code: the worst job's (see `job_exit_code`), at least 1
+    when a job did not complete."""
+    sweep_dir = Path(plan.out_dir)
+    write_plan(sweep_dir, [task_overrides(job) for job in plan.jobs])  # shows the jobs an interrupted sweep never ran
     try:
         hydra_main()
     finally:
-        all_completed = all([finish_sweep(sweep_dir) for sweep_dir in _sweep_dirs])
-    if not all_completed:
-        _deferred_exit.append(1)
+        all_completed = finish_sweep(sweep_dir)
+    worst = max([job_exit_code(job) for job in job_dirs(sweep_dir)], default=0)
+    return worst if all_completed else max(worst, 1)
+
+
+def task_overrides(job: list[str]) -> list[str]:
+    """A job's overrides without Hydra's own (`hydra.*`, `hydra/...`), as Hydra records them in overrides.yaml."""
+    return [o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+
+
+def job_exit_code(job_dir: Path) -> int:
+    """The exit code a job's result.json records (0 when it completed or holds none)."""
+    record = rundir.previous_record(job_dir) or {}
+    return int(record.get("exit_code", 0))
 
 
 def run_worker(configs: list[RunConfig]) -> None:
@@ -122,14 +168,9 @@ def fail(exc: Exception, label: str = "error", hint: str = "") -> None:
     sys.exit(exc.exit_code)
 
 
-def resume_hint() -> str:
-    """How to continue this job: the same command, into the same directory (named if it was a default)."""
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    key, value = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun else ("hydra.run.dir", hydra_cfg.run.dir)
-    if any(o.startswith(key + "=") for o in hydra_cfg.overrides.hydra):
-        return "run the same command again to resume"
-    return f"run the same command with {key}={value} to resume"
+def quoted(value: str) -> str:
+    """`value` as a quoted Hydra override value (commas, spaces and brackets stay literal)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def sweep_jobs(params, overrides: list[str]) -> list[list[str]]:
@@ -143,10 +184,10 @@ def sweep_jobs(params, overrides: list[str]) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def preflight(overrides: list[str], multirun: bool) -> tuple[bool, list[RunConfig]]:
-    """Compose and validate every job's config and output directory; raise UserError with one line on the
-    first mistake. Returns whether the call is a multirun (`-m`, or a preset such as `sweep=alpha` that sets
-    `hydra.mode`; a multirun's jobs are those of `sweep_jobs`) and the jobs' configs in Hydra's order."""
+def preflight(overrides: list[str], multirun: bool) -> Plan:
+    """Compose and validate every job's config and output directory (pipeline.check_job); raise UserError
+    with one line on the first mistake. A call is a multirun with `-m`, or with a preset such as
+    `sweep=alpha` that sets `hydra.mode`; a multirun's jobs are those of `sweep_jobs`."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -156,35 +197,49 @@ def preflight(overrides: list[str], multirun: bool) -> tuple[bool, list[RunConfi
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             hydra_cfg = compose("config", overrides=fixed, return_hydra_config=True).hydra
             multirun = multirun or hydra_cfg.mode == RunMode.MULTIRUN
+            dir_key, out_dir = output_directory(hydra_cfg, multirun)
             jobs = sweep_jobs(hydra_cfg.sweeper.params, overrides) if multirun else [overrides]
-            processes = distributed.launched_world_size()
-            launcher = hydra_cfg.launcher._target_.rsplit(".", 1)[-1]
-            if processes > 1 and multirun and launcher != "BasicLauncher":
-                raise UserError(f"hydra/launcher={launcher} is not allowed under torchrun: every process runs the "
-                                "jobs one after another; use the default launcher")
-            configs = []
-            for num, job in enumerate(jobs):
-                composed = compose("config", overrides=[*job, f"hydra.job.num={num}"], return_hydra_config=True)
-                key, job_dir = job_directory(composed.hydra, multirun)
-                with open_dict(composed):
-                    del composed["hydra"]
-                cfg = load_config(OmegaConf.to_container(composed, resolve=True))
-                # an absent cuda/mps, or bf16 on a GPU without it, is refused before anything is written
-                Compute.resolve(resolve_device(cfg.device), cfg.precision, cfg.memory_format, cfg.compile)
-                Shard(0, processes).check_batch_size(cfg.student.batch_size, "student.batch_size")
-                for data_cfg in (cfg.dataset, cfg.transfer.dataset):  # so is a data folder that is not there
-                    if data_cfg is not None:
-                        check_root(data_cfg)
-                check_writable(cfg.cache_dir, "cache_dir")
-                if job_dir is not None:
-                    check_writable(job_dir, key)
-                    rundir.finished_record(job_dir, config_digest(cfg))  # refuses a directory of another config
-                configs.append(cfg)
+            check_launcher(hydra_cfg, multirun)
+            pinned = [] if out_dir is None else [f"{dir_key}={quoted(out_dir)}"]
+            configs = [compose_job(compose, [*job, *pinned, f"hydra.job.num={num}"], multirun)
+                       for num, job in enumerate(jobs)]
     except HydraException as exc:
         raise UserError(hydra_message(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    return multirun, configs
+    dir_given = any(o.lstrip("+").startswith(dir_key + "=") for o in overrides)
+    return Plan(multirun, jobs, configs, dir_key, out_dir, dir_given)
+
+
+def compose_job(compose, overrides: list[str], multirun: bool) -> RunConfig:
+    """One job's typed config, checked with its output directory (pipeline.check_job)."""
+    composed = compose("config", overrides=overrides, return_hydra_config=True)
+    key, job_dir = job_directory(composed.hydra, multirun)
+    with open_dict(composed):
+        del composed["hydra"]
+    cfg = load_config(OmegaConf.to_container(composed, resolve=True))
+    pipeline.check_job(cfg, job_dir, dir_key=key, processes=distributed.launched_world_size())
+    return cfg
+
+
+def check_launcher(hydra_cfg: DictConfig, multirun: bool) -> None:
+    """Under torchrun every process runs the jobs one after another: only the basic launcher can do that."""
+    launcher = hydra_cfg.launcher._target_.rsplit(".", 1)[-1]
+    if distributed.launched_world_size() > 1 and multirun and launcher != "BasicLauncher":
+        raise UserError(f"hydra/launcher={launcher} is not allowed under torchrun: every process runs the "
+                        "jobs one after another; use the default launcher")
+
+
+def output_directory(hydra_cfg: DictConfig, multirun: bool) -> tuple[str, str | None]:
+    """The key that sets where the call writes (run or sweep directory) and that directory, resolved;
+    None for a run directory that depends on values known only once Hydra runs the job."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        return key, str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir)
+    except OmegaConfBaseException:
+        if multirun:
+            raise UserError(f"{key} must not depend on a job's values: it is the one directory of the whole sweep") from None
+        return key, None
 
 
 def job_directory(hydra_cfg: DictConfig, multirun: bool) -> tuple[str, str | None]:
@@ -219,23 +274,20 @@ def hydra_main(raw: DictConfig) -> float | None:
     try:
         cfg = load_config(OmegaConf.to_container(raw, resolve=True))
         record = pipeline.run(cfg, run_dir)
-    except RunInterrupted as exc:  # stops a whole sweep too; its tables are still written
-        fail(exc, label=f"interrupted by {interrupt.requested()}", hint=resume_hint())
+    except RunInterrupted as exc:
+        raise JobStopped(exc, interrupt.requested()) from None
     except Exception as exc:
         if not multirun:
             if isinstance(exc, UserError):
                 fail(exc)
             raise
-        return record_failed_job(exc)
-    if record["status"] == Diverged.status:  # recorded in result.json; the other jobs of a sweep go on
+        # recorded in its result.json by pipeline.run; the other jobs of the sweep go on
+        log.error("job failed: %s", one_line(exc), exc_info=not isinstance(exc, UserError))
+        return None
+    if record["status"] == Status.DIVERGED:  # recorded in result.json; the other jobs of a sweep go on
         print(f"kd-run: diverged: {record['message']} ({run_dir})", file=sys.stderr)
-        _deferred_exit.append(Diverged.exit_code)
+        if not multirun:
+            sys.exit(Diverged.exit_code)
         return None
     print(summary(record, run_dir))
     return record["metrics"]["student_acc"]
-
-
-def record_failed_job(exc: Exception) -> None:
-    """A sweep job's failure (already in its result.json, by pipeline.run) goes to its log; the others go on."""
-    log.error("job failed: %s", error_line(exc), exc_info=not isinstance(exc, UserError))
-    _deferred_exit.append(getattr(exc, "exit_code", 1))

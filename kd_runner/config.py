@@ -8,16 +8,15 @@ CLI sees Hydra: library code receives a `RunConfig`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd_runner.compute import MEMORY_FORMATS, PRECISIONS
+from kd_runner.runtime.compute import MEMORY_FORMATS, PRECISIONS
 from kd_runner.errors import ConfigError
-from kd_runner.losses import SOFT_LOSSES
+from kd_runner.store.files import digest
+from kd_runner.train.losses import SOFT_LOSSES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "multistep")
@@ -110,8 +109,7 @@ def load_config(raw: typing.Mapping) -> RunConfig:
 
 def config_digest(cfg) -> str:
     """A short stable digest of a (sub)config: equal digests mean equal settings."""
-    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(dataclasses.asdict(cfg))
 
 
 def _build(cls, raw, prefix: str):

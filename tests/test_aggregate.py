@@ -11,9 +11,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from kd_runner import aggregate, report
+from kd_runner.sweep import aggregate
+
+from kd_runner.sweep import report
 from kd_runner.errors import UserError
-from kd_runner.metrics import METRIC_NAMES
+from kd_runner.train.metrics import METRIC_NAMES
 
 
 def make_job(sweep, num: int, overrides: list[str], seed: int, acc: float | None, teacher_acc: float = 0.9):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kd_run, usage_error_line
+from helpers import kd_run, usage_error_line
 
 from kd_runner import cli
 from kd_runner.config import DatasetConfig

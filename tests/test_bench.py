@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd_runner import bench, engine
-from kd_runner.compute import Compute
+from kd_runner import bench
+
+from kd_runner.train import engine
+from kd_runner.runtime.compute import Compute
 from kd_runner.data import Split, build_dataset
+from kd_runner.data.device import InMemoryData
+from kd_runner.models import build_stage_model
+from kd_runner.runtime.rng import seed_everything
 
 KD_BENCH = str(Path(sys.executable).with_name("kd-bench"))
 CPU = torch.device("cpu")
@@ -22,9 +27,9 @@ CPU = torch.device("cpu")
 def digits():
     (w,) = [w for w in bench.workloads(CPU, None) if w.name == "digits"]
     data = build_dataset(w.dataset)
-    engine.seed_everything(0)
-    teacher = engine.build_stage_model(w.teacher, data).eval()
-    return w, data, teacher, lambda: engine.build_stage_model(w.student, data)
+    seed_everything(0)
+    teacher = build_stage_model(w.teacher, data).eval()
+    return w, data, teacher, lambda: build_stage_model(w.student, data)
 
 
 def test_loop_b_backpropagates_into_the_teacher_and_loop_a_does_not(digits):
@@ -52,7 +57,7 @@ def test_loops_train_on_the_same_images(digits, tmp_path):
 def test_tutorial_dataset_is_per_sample_normalised_like_the_engine(digits):
     _, data, _, _ = digits
     x, y = bench.TutorialDataset(data.train, data, augment=False)[5]
-    d = engine.DeviceData(data, CPU)
+    d = InMemoryData(data, Compute(CPU))
     assert y == int(data.train.labels[5])
     assert torch.allclose(x, d.normalize(d.train.images[5:6])[0], atol=1e-5)
 

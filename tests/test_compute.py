@@ -6,12 +6,16 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config, kd_run
+from helpers import compose_config, kd_run
 
-from kd_runner import engine, pipeline
-from kd_runner.compute import Compute
+from kd_runner import pipeline
+
+from kd_runner.train import engine
+from kd_runner.runtime.compute import Compute
 from kd_runner.data import build_dataset
 from kd_runner.errors import ConfigError
+from kd_runner.data.device import InMemoryData
+from kd_runner.models import build_stage_model
 
 CPU = torch.device("cpu")
 
@@ -28,9 +32,9 @@ def test_autocast_runs_the_forward_in_bf16_and_returns_float32_logits():
     cfg = compose_config("experiment=smoke")
     data = build_dataset(cfg.dataset)
     torch.manual_seed(0)
-    model = engine.build_stage_model(cfg.teacher, data)
-    fp32 = engine.predict(model, engine.DeviceData(data, CPU), data.val.images)
-    bf16 = engine.predict(model, engine.DeviceData(data, CPU, Compute(CPU, "bf16")), data.val.images)
+    model = build_stage_model(cfg.teacher, data)
+    fp32 = engine.predict(model, InMemoryData(data, Compute(CPU)), data.val.images)
+    bf16 = engine.predict(model, InMemoryData(data, Compute(CPU, "bf16")), data.val.images)
     assert bf16.dtype == torch.float32
     assert not torch.equal(bf16, fp32)  # really computed in bf16 ...
     assert torch.allclose(bf16, fp32, atol=0.1, rtol=0.05)  # ... and still the same function
@@ -62,9 +66,7 @@ def test_fp16_training_scales_the_loss():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-    data = engine.DeviceData(
-        build_dataset(compose_config("dataset=synthetic", "dataset.image_size=4").dataset), CPU, Compute(CPU, "fp16")
-    )
+    data = InMemoryData(build_dataset(compose_config("dataset=synthetic", "dataset.image_size=4").dataset), Compute(CPU, "fp16"))
     scaler = data.compute.grad_scaler()
     with data.compute.autocast():
         logits = model(x)
@@ -123,7 +125,7 @@ def test_compile_gives_the_eager_results_and_compiles_once_per_process(tmp_path)
 
 def test_the_fp16_loss_scale_survives_a_checkpoint(tmp_path):
     """An fp16 stage resumed from a checkpoint continues with its loss scale, not the initial 2**16."""
-    from kd_runner.checkpoint import EpochPosition, StageCheckpoint
+    from kd_runner.train.checkpoint import EpochPosition, StageCheckpoint
 
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import kd_run, usage_error_line
+from helpers import kd_run, usage_error_line
 
 CASES = [
     (["dataset.val_split=valid"], ["dataset.val_split='valid'", "test, holdout"]),

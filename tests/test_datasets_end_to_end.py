@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torchvision
-from conftest import compose_config, kd_run, read_run
+from helpers import compose_config, kd_run, read_run
 from dataset_files import write_cifar10, write_cifar100, write_image_folder, write_mnist, write_svhn
 
 # small nets and tiny epochs: every run takes seconds

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
-from conftest import KD_RUN, compose_config, read_run
+from helpers import KD_RUN, compose_config, read_run
 
 from kd_runner import pipeline
-from kd_runner.distributed import Shard
+from kd_runner.runtime.distributed import Shard
 
 # Splitting every batch across processes gives the same gradient up to float rounding; the last batch
 # loses the samples that do not split evenly. Measured differences are ~1e-3 relative; allowed:
@@ -99,5 +99,5 @@ def test_preflight_under_torchrun_checks_the_batch_per_process_and_the_launcher(
         cli.preflight(["experiment=smoke", "student.batch_size=3"], multirun=False)
     with pytest.raises(UserError, match=r"hydra/launcher=JoblibLauncher is not allowed under torchrun"):
         cli.preflight(["experiment=smoke", "alpha=0,1", "hydra/launcher=joblib"], multirun=True)
-    multirun, configs = cli.preflight(["experiment=smoke", "alpha=0,1"], multirun=True)
-    assert multirun and [c.alpha for c in configs] == [0.0, 1.0]  # the jobs every process runs, in order
+    plan = cli.preflight(["experiment=smoke", "alpha=0,1"], multirun=True)
+    assert plan.multirun and [c.alpha for c in plan.configs] == [0.0, 1.0]  # the jobs every process runs, in order

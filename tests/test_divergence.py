@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from kd_runner import cli, rundir
+from kd_runner import cli
+
+from kd_runner.store import rundir
 
 
 def run_cli(args, capsys) -> tuple[int, str, str]:

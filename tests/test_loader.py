@@ -8,13 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config
+from helpers import compose_config
 
-from kd_runner import engine, pipeline
-from kd_runner.compute import Compute
+from kd_runner import pipeline
+
+from kd_runner.train import engine
+from kd_runner.runtime.compute import Compute
 from kd_runner.data import Dataset, Split, build_dataset
 from kd_runner.data.augment import Augmentation
-from kd_runner.loader import LoaderData
+from kd_runner.data.loader import StreamedData
+from kd_runner.data.device import InMemoryData
+from kd_runner.models import build_stage_model
+from kd_runner.runtime.rng import seed_everything
+from kd_runner.data.device import index_batches
+from kd_runner.data.device import steps_per_epoch
 
 CPU = torch.device("cpu")
 
@@ -68,13 +75,14 @@ def test_images_read_from_disk_train_like_images_in_memory(tmp_path, augmentatio
     )
 
     def train(d, seed=3):
-        engine.seed_everything(seed)
-        model = engine.build_stage_model(cfg.student, data)
-        history = engine.fit(model, d, cfg.student, seed, engine.cross_entropy_loss, lambda: {}, "s", False)
+        seed_everything(seed)
+        model = build_stage_model(cfg.student, data)
+        history = engine.fit(model, d, stage="student", recipe=cfg.student, seed=seed,
+                             loss_fn=engine.cross_entropy_loss, evaluate=lambda: {}, progress=False)
         return model, [row["train_loss"] for row in history], engine.predict(model, d, d.val.images, batch_size=7)
 
-    model_m, losses_m, logits_m = train(engine.DeviceData(data, CPU))
-    model_d, losses_d, logits_d = train(LoaderData(on_disk, Compute(CPU), num_workers=2))
+    model_m, losses_m, logits_m = train(InMemoryData(data, Compute(CPU)))
+    model_d, losses_d, logits_d = train(StreamedData(on_disk, Compute(CPU), num_workers=2))
     assert losses_d == losses_m
     assert torch.equal(logits_d, logits_m)
     assert all(torch.equal(p, q) for p, q in zip(model_d.parameters(), model_m.parameters()))
@@ -82,12 +90,12 @@ def test_images_read_from_disk_train_like_images_in_memory(tmp_path, augmentatio
 
 def test_loader_batches_are_the_engine_batches():
     data = build_dataset(compose_config("experiment=smoke").dataset)
-    memory, streamed = engine.DeviceData(data, CPU), LoaderData(data, Compute(CPU), num_workers=0)
-    batches = list(engine.index_batches(len(data.train), 100, torch.Generator().manual_seed(5), CPU))
+    memory, streamed = InMemoryData(data, Compute(CPU)), StreamedData(data, Compute(CPU), num_workers=0)
+    batches = list(index_batches(len(data.train), 100, torch.Generator().manual_seed(5), CPU))
     for epoch in range(2):  # the persistent loader serves each epoch's batches
         got = list(streamed.load_batches(batches[epoch:]))
         want = list(memory.load_batches(batches[epoch:]))
-        assert len(got) == len(want) == engine.steps_per_epoch(len(data.train), 100) - epoch
+        assert len(got) == len(want) == steps_per_epoch(len(data.train), 100) - epoch
         for (x1, y1), (x2, y2) in zip(got, want):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
@@ -104,6 +112,6 @@ def test_bad_loader_settings_are_config_errors():
 def test_dataset_type_is_unchanged_for_in_memory_data():
     """The in-memory path still holds plain Splits of device tensors (the fast path)."""
     data = build_dataset(compose_config("experiment=smoke").dataset)
-    d = engine.DeviceData(data, CPU)
+    d = InMemoryData(data, Compute(CPU))
     assert isinstance(d.train, Split) and isinstance(d.train.images, torch.Tensor)
     assert isinstance(data, Dataset)

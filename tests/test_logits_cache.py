@@ -8,11 +8,17 @@ import json
 import logging
 
 import torch
-from conftest import compose_config, kd_run, read_run
+from helpers import compose_config, kd_run, read_run
 
-from kd_runner import engine, logits_cache, pipeline
-from kd_runner.compute import Compute
+from kd_runner import pipeline
+
+from kd_runner.train import engine
+
+from kd_runner.teacher import logits_cache
+from kd_runner.runtime.compute import Compute
 from kd_runner.data import Split, build_dataset
+from kd_runner.data.device import InMemoryData
+from kd_runner.models import build_stage_model
 
 CPU = torch.device("cpu")
 SPLITS = ("train", "val")
@@ -22,8 +28,8 @@ def teacher_and_data(seed: int = 0):
     cfg = compose_config("experiment=smoke")
     data = build_dataset(cfg.dataset)
     torch.manual_seed(seed)
-    model = engine.build_stage_model(cfg.teacher, data).eval()
-    return model, data, engine.DeviceData(data, CPU)
+    model = build_stage_model(cfg.teacher, data).eval()
+    return model, data, InMemoryData(data, Compute(CPU))
 
 
 def test_cached_logits_are_the_computed_ones(tmp_path):
@@ -90,10 +96,10 @@ def test_key_depends_on_teacher_data_and_precision():
     assert logits_cache.data_digest(dataclasses.replace(data, std=(1.0,))) != content
     base = logits_cache.entry_key("k", d)
     assert logits_cache.entry_key("other", d) != base
-    assert logits_cache.entry_key("k", engine.DeviceData(changed, CPU)) != base
-    bf16 = engine.DeviceData(data, CPU, Compute(CPU, precision="bf16"))
+    assert logits_cache.entry_key("k", InMemoryData(changed, Compute(CPU))) != base
+    bf16 = InMemoryData(data, Compute(CPU, precision="bf16"))
     assert logits_cache.entry_key("k", bf16) != base
-    assert logits_cache.entry_key("k", engine.DeviceData(data, CPU)) == base
+    assert logits_cache.entry_key("k", InMemoryData(data, Compute(CPU))) == base
 
 
 def test_an_ensembles_logits_are_cached_per_temperature(tmp_path):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_runner.losses import SOFT_LOSSES, distillation_loss, soft_loss
+from kd_runner.train.losses import SOFT_LOSSES, distillation_loss, soft_loss
 
 # 2 samples x 3 classes, written out so that every expected value below can be recomputed on paper.
 STUDENT = [[1.0, 2.0, 0.5], [0.2, -1.0, 1.5]]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kd_runner.metrics import METRIC_NAMES, accuracy, compute_metrics, per_class_accuracy
+from kd_runner.train.metrics import METRIC_NAMES, accuracy, compute_metrics, per_class_accuracy
 
 # 4 samples x 3 classes. Student argmax: 0, 1, 2, 0; teacher argmax: 0, 0, 1, 2; labels 0, 1, 2, 2.
 # So the student is right on 3/4, the teacher on 2/4 (samples 0 and 3), and they agree on 1/4 (sample 0).

@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from kd_runner.config import load_config
 from kd_runner.errors import ConfigError, UserError
 from kd_runner.models import (
     MODEL_NAMES,
@@ -110,10 +111,11 @@ def test_small_nets_structure():
     assert count_parameters(_build("mlp", 1, 10, 8, depth=0)) == 64 * 10 + 10
 
 
-@pytest.mark.parametrize("kw", [{"width": 0}, {"depth": 0}])
-def test_small_net_bad_size(kw):
-    with pytest.raises(ConfigError, match="an integer >= 1"):
-        _build("cnn", **kw)
+@pytest.mark.parametrize("key", ["teacher.width", "student.depth"])
+def test_small_net_bad_size_is_refused_by_the_config(key):
+    stage, name = key.split(".")
+    with pytest.raises(ConfigError, match=rf"{key}=0 is not allowed: expected a whole number > 0"):
+        load_config({stage: {name: 0}})
 
 
 def test_unknown_name_lists_allowed():

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_run_end_to_end import compose_config
+from helpers import compose_config
 
-from kd_runner import cli, engine  # noqa: F401  (cli registers the config schema with Hydra)
+from kd_runner import cli
+
+from kd_runner.train import engine  # noqa: F401  (cli registers the config schema with Hydra)
 from kd_runner.config import StageConfig
 from kd_runner.models import MODEL_NAMES
+from kd_runner.train.optim import make_optimizer
+from kd_runner.train.optim import make_scheduler
 
 CIFAR_NETS = ("resnet8x4", "resnet32x4", "resnet20", "resnet56", "resnet110", "wrn_40_2", "wrn_16_2", "vgg8", "vgg13")
 
@@ -59,8 +63,8 @@ def test_transfer_group_picks_a_dataset_config():
 def test_multistep_decays_at_the_milestone_epochs():
     model = torch.nn.Linear(2, 2)
     stage = StageConfig(lr=0.05, scheduler="multistep", milestones=[2, 4], gamma=0.1, epochs=5)
-    optimizer = engine.make_optimizer(model.parameters(), stage)
-    scheduler = engine.make_scheduler(optimizer, stage, steps_per_epoch=3)
+    optimizer = make_optimizer(model.parameters(), stage)
+    scheduler = make_scheduler(optimizer, stage, steps_per_epoch=3)
     lrs = []
     for _ in range(5):
         lrs.append(optimizer.param_groups[0]["lr"])

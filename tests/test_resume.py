@@ -14,12 +14,16 @@ import signal
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config, kd_run, read_run, start_kd_run, wait_for_file
+from helpers import compose_config, kd_run, read_run, start_kd_run, wait_for_file
 
-from kd_runner import cli, interrupt, pipeline, rundir
-from kd_runner.checkpoint import rng_states, set_rng_states
+from kd_runner import cli, pipeline
+
+from kd_runner.runtime import interrupt
+
+from kd_runner.store import rundir
+from kd_runner.train.checkpoint import rng_states, set_rng_states
 from kd_runner.errors import RunInterrupted, UserError
-from kd_runner.files import directory_lock
+from kd_runner.store.files import directory_lock
 
 STUDENT_EPOCHS = 5
 ARGS = ("experiment=smoke", f"student.epochs={STUDENT_EPOCHS}", "student.optimizer=adam", "student.scheduler=onecycle")

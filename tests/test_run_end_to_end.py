@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import compose_config, kd_run, read_run
+from helpers import compose_config, kd_run, read_run
 
 from kd_runner import pipeline
-from kd_runner.metrics import METRIC_NAMES
+from kd_runner.train.metrics import METRIC_NAMES
 
 
 def test_smoke_run_writes_result_and_metrics(smoke_run):

@@ -6,9 +6,11 @@ import json
 import signal
 
 import pytest
-from conftest import kd_run, start_kd_run, wait_for_file
+from helpers import kd_run, start_kd_run, wait_for_file
 
-from kd_runner import cli, rundir
+from kd_runner import cli
+
+from kd_runner.store import rundir
 
 SWEEP = ("-m", "experiment=smoke", "student.epochs=4", "alpha=0,0.5,1", "hydra.sweep.dir=sweep")
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import kd_run
+from helpers import kd_run
 from PIL import Image
 
-from kd_runner import cli, sweep_cli
-from kd_runner.aggregate import FINAL_METRICS
-from kd_runner.metrics import METRIC_NAMES
+from kd_runner import cli
+
+from kd_runner.sweep import cli as sweep_cli
+from kd_runner.sweep.aggregate import FINAL_METRICS
+from kd_runner.train.metrics import METRIC_NAMES
 
 BIN = Path(sys.executable).parent
 SWEEP = ("-m", "experiment=smoke", "alpha=0,1", "seed=0,1", "hydra.sweep.dir=sweep")
@@ -255,10 +257,10 @@ def test_alpha_preset_runs_as_a_sweep_and_the_command_line_overrides_it(tmp_path
     ("temperature", "temperature", {1.0, 2.0, 4.0, 8.0, 16.0}),
 ])
 def test_presets_expand_to_five_values_times_five_seeds_in_preflight(preset, key, values):
-    multirun, configs = cli.preflight([f"sweep={preset}"], multirun=False)
-    assert multirun is True
-    assert len(configs) == 25
-    assert {(getattr(c, key), c.seed) for c in configs} == {(v, s) for v in values for s in range(5)}
+    plan = cli.preflight([f"sweep={preset}"], multirun=False)
+    assert plan.multirun is True
+    assert len(plan.configs) == 25
+    assert {(getattr(c, key), c.seed) for c in plan.configs} == {(v, s) for v in values for s in range(5)}
 
 
 def test_preflight_checks_every_job_of_a_preset(tmp_path, monkeypatch, capsys):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import compose_config
+from helpers import compose_config
 
 from kd_runner import pipeline
-from kd_runner.files import sha256_file
+from kd_runner.store.files import sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import torch
-from conftest import compose_config, kd_run
+from helpers import compose_config, kd_run
 
-from kd_runner import engine, pipeline
+from kd_runner import pipeline
+
+from kd_runner.train import engine
 from kd_runner.data import build_dataset
-from kd_runner.metrics import accuracy
+from kd_runner.train.metrics import accuracy
+from kd_runner.data.device import InMemoryData
+from kd_runner.runtime.compute import Compute
+from kd_runner.models import build_stage_model
 
 
 def saved_teacher(tmp_path, **stage):
     cfg = compose_config("experiment=smoke")
     data = build_dataset(cfg.dataset)
     torch.manual_seed(123)
-    model = engine.build_stage_model(cfg.teacher, data)
+    model = build_stage_model(cfg.teacher, data)
     path = tmp_path / "teacher.pt"
     torch.save(model.state_dict(), path)
     return model, data, path
@@ -25,7 +30,7 @@ def test_checkpoint_with_zero_epochs_is_used_as_is(tmp_path):
     cfg = compose_config("experiment=smoke", "teacher.epochs=0", f"teacher.checkpoint={path}", f"cache_dir={tmp_path / 'cache'}")
     record = pipeline.run(cfg, tmp_path / "run")
     assert record["teacher"]["source"] == "checkpoint"
-    device_data = engine.DeviceData(data, torch.device("cpu"))
+    device_data = InMemoryData(data, Compute(torch.device("cpu")))
     expected = accuracy(engine.predict(model, device_data, device_data.val.images), device_data.val.labels)
     assert record["metrics"]["teacher_acc"] == expected
     assert not (tmp_path / "cache" / "teachers").exists()  # nothing trained, no teacher cached

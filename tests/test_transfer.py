@@ -9,15 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_runner import engine
+from kd_runner.train import engine
 from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TransferConfig
 from kd_runner.data import Dataset, Split
 from kd_runner.data.augment import Augmentation
-from kd_runner.ensemble import TeacherEnsemble, combine_logits
+from kd_runner.teacher.ensemble import TeacherEnsemble, combine_logits
 from kd_runner.errors import UserError
-from kd_runner.losses import distillation_loss
-from kd_runner.soft_targets import SoftTargets
-from kd_runner.transfer import transfer_data
+from kd_runner.train.losses import distillation_loss
+from kd_runner.teacher.soft_targets import SoftTargets
+from kd_runner.data.transfer import transfer_data
+from kd_runner.data.device import InMemoryData
+from kd_runner.runtime.compute import Compute
 
 
 def _dataset(n=40, classes=4, augmentation=None, seed=0, size=8):
@@ -60,7 +62,7 @@ def test_ensemble_module_combines_its_members():
 
 
 def test_cached_and_per_batch_soft_targets_are_identical_without_augmentation(tmp_path):
-    d = engine.DeviceData(_dataset(), torch.device("cpu"))
+    d = InMemoryData(_dataset(), Compute(torch.device("cpu")))
     targets = SoftTargets(_teacher().train(), "t", d, tmp_path)
     assert targets.train is not None and targets.source == "computed"  # precomputed once
     assert SoftTargets(_teacher(), "t", d, tmp_path).source == "cache"
@@ -72,7 +74,7 @@ def test_cached_and_per_batch_soft_targets_are_identical_without_augmentation(tm
 
 
 def test_with_augmentation_the_teacher_sees_the_students_batch_in_eval_mode(tmp_path):
-    d = engine.DeviceData(_dataset(augmentation=Augmentation(crop_padding=2, flip=True)), torch.device("cpu"))
+    d = InMemoryData(_dataset(augmentation=Augmentation(crop_padding=2, flip=True)), Compute(torch.device("cpu")))
     teacher = _teacher().train()
     targets = SoftTargets(teacher, "t", d, tmp_path)
     assert targets.train is None and not teacher.training
@@ -93,7 +95,7 @@ def _cfg(**transfer) -> RunConfig:
 
 def test_excluded_classes_never_reach_the_student_batches():
     data = _dataset(n=60, classes=5)
-    d = engine.DeviceData(data, torch.device("cpu"))
+    d = InMemoryData(data, Compute(torch.device("cpu")))
     student_data = transfer_data(_cfg(exclude_classes=[3, 1]), data, d)
     assert set(student_data.train.labels.tolist()) == {0, 2, 4} and len(student_data.train) == 36
     assert torch.equal(student_data.val.labels, d.val.labels)  # validation keeps every class
@@ -105,20 +107,21 @@ def test_excluded_classes_never_reach_the_student_batches():
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 5))
     stage = StageConfig(epochs=3, batch_size=8)
-    engine.fit(model, student_data, stage, 0, loss_fn, lambda: {}, "student", progress=False)
+    engine.fit(model, student_data, stage="student", recipe=stage, seed=0, loss_fn=loss_fn, evaluate=lambda: {},
+               progress=False)
     labels = torch.cat(seen)
     assert len(labels) == 3 * 36 and not bool(torch.isin(labels, torch.tensor([1, 3])).any())
 
 
 def test_no_transfer_set_reuses_the_teachers_data():
     data = _dataset()
-    d = engine.DeviceData(data, torch.device("cpu"))
+    d = InMemoryData(data, Compute(torch.device("cpu")))
     assert transfer_data(_cfg(), data, d) is d
 
 
 def test_transfer_dataset_is_the_students_data_with_the_teachers_normalisation():
     data = _dataset()
-    d = engine.DeviceData(data, torch.device("cpu"))
+    d = InMemoryData(data, Compute(torch.device("cpu")))
     cfg = _cfg(dataset=DatasetConfig(name="synthetic", num_samples=30, image_size=8, channels=3, num_classes=4))
     student_data = transfer_data(cfg, data, d)
     assert len(student_data.train) == 24 and len(student_data.val) == 6  # synthetic's own 80/20 split
@@ -137,20 +140,20 @@ def test_transfer_dataset_is_the_students_data_with_the_teachers_normalisation()
 def test_transfer_mistakes_are_one_line_user_errors(transfer, message):
     data = _dataset()
     with pytest.raises(UserError) as err:
-        transfer_data(_cfg(**transfer), data, engine.DeviceData(data, torch.device("cpu")))
+        transfer_data(_cfg(**transfer), data, InMemoryData(data, Compute(torch.device("cpu"))))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_ensemble_members_are_separate_cached_teachers(tmp_path):
     """Each member is trained once under its own seed; a single-teacher run reuses member 0."""
-    from kd_runner.ensemble import prepare_teachers
+    from kd_runner.teacher.ensemble import prepare_teachers
 
     cfg = RunConfig(cache_dir=str(tmp_path), progress=False)
     cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, epochs=1, width=4, ensemble=2))
     from kd_runner.data import build_dataset
 
     data = build_dataset(cfg.dataset)
-    d = engine.DeviceData(data, torch.device("cpu"))
+    d = InMemoryData(data, Compute(torch.device("cpu")))
     ens = prepare_teachers(cfg, data, d, progress=False)
     assert ens.source == "trained,trained" and len(ens.key.split(",")) == 2
     assert [r["stage"] for r in ens.history] == ["teacher_0", "teacher_1"]

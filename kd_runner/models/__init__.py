@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kd_runner.errors import ConfigError, UserError
-from kd_runner.files import read_state_dict, state_dict_mismatch
+from kd_runner.store.files import read_state_dict, state_dict_mismatch
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -70,6 +70,17 @@ def build_model(
         f"weights_path={weights_path!r} is not a state dict of {name} "
         f"(in_channels={in_channels}, num_classes={num_classes}): {problem}"
     )
+
+
+def build_stage_model(stage, data) -> nn.Module:
+    """A stage's network (`stage`: a StageConfig) shaped for the dataset, its backbone frozen with `freeze=backbone`."""
+    model = build_model(
+        stage.name, in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
+        width=stage.width, depth=stage.depth, pretrained=stage.pretrained, weights_path=stage.weights_path,
+    )
+    if stage.freeze == "backbone":
+        freeze_backbone(model)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

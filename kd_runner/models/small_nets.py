@@ -2,7 +2,6 @@
 
 from torch import nn
 
-from kd_runner.errors import ConfigError
 from kd_runner.models import register
 
 
@@ -49,21 +48,12 @@ class MLP(nn.Module):
         return self.fc(self.body(x))
 
 
-def _check(width: int, depth: int, min_depth: int) -> None:
-    if width < 1:
-        raise ConfigError("width", width, "an integer >= 1")
-    if depth < min_depth:
-        raise ConfigError("depth", depth, f"an integer >= {min_depth}")
-
-
 @register("cnn")
 def cnn(*, in_channels: int, num_classes: int, image_size: int, width: int, depth: int) -> nn.Module:
-    _check(width, depth, min_depth=1)
     return SmallCNN(in_channels, num_classes, image_size, width, depth)
 
 
 @register("mlp")
 def mlp(*, in_channels: int, num_classes: int, image_size: int, width: int, depth: int) -> nn.Module:
     """``depth=0`` is multinomial logistic regression on the pixels."""
-    _check(width, depth, min_depth=0)
     return MLP(in_channels, num_classes, image_size, width, depth)

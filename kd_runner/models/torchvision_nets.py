@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from kd_runner.errors import UserError
-from kd_runner.files import state_dict_mismatch
+from kd_runner.store.files import state_dict_mismatch
 from kd_runner.models import register
 
 SMALL_INPUT = 64

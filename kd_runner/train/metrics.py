@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_runner.losses import distillation_loss, soft_loss
+from kd_runner.train.losses import distillation_loss, soft_loss
 
 METRIC_NAMES = (
     "student_acc",

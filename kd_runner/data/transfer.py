@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from kd_runner import engine
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset, Split, build_dataset
+from kd_runner.data.device import SplitData
 from kd_runner.errors import UserError
 
 
@@ -24,7 +24,7 @@ def _shape(d: Dataset) -> str:
     return f"{d.in_channels}x{d.image_size}x{d.image_size} images, {d.num_classes} classes"
 
 
-def transfer_data(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData) -> engine.DeviceData:
+def transfer_data(cfg: RunConfig, data: Dataset, device_data: SplitData) -> SplitData:
     """The student's splits on the device: `device_data` itself unless a transfer set is configured."""
     t = cfg.transfer
     if t.dataset is None and not t.exclude_classes:
@@ -53,7 +53,7 @@ def transfer_data(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData)
     return device_data.like(student)
 
 
-def describe(cfg: RunConfig, student_data: engine.DeviceData) -> dict:
+def describe_transfer(cfg: RunConfig, student_data: SplitData) -> dict:
     """The transfer set as recorded in result.json."""
     t = cfg.transfer
     return {

@@ -13,16 +13,13 @@ import torchvision
 
 import kd_runner
 from kd_runner.config import config_digest
-from kd_runner.files import atomic_path, write_json
-from kd_runner.metrics import METRIC_NAMES
+from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
+from kd_runner.status import Status
+from kd_runner.store.files import write_csv
+from kd_runner.train.metrics import METRIC_NAMES
 from kd_runner.models import count_parameters, model_size_mb
 
 CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES)
-
-
-def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
@@ -42,15 +39,17 @@ def _model_info(name: str, model: torch.nn.Module) -> dict:
     return {"name": name, "params": count_parameters(model), "size_mb": round(model_size_mb(model), 4)}
 
 
-def build_record(*, cfg, history, teacher, student_model, device, timings) -> dict:
-    """The run's result: final-epoch metrics under the DESIGN names, plus best_student_acc (never instead)."""
+def build_record(*, cfg, history, teacher, student_model, device, timings, outputs) -> dict:
+    """The completed run's result.json: final-epoch metrics (plus best_student_acc, never instead), the
+    models, the teacher and where its logits came from, timings, and `outputs`' descriptions of the
+    compute settings, the transfer set and the per-class accuracy."""
     final = history[-1]
     metrics = {name: final[name] for name in METRIC_NAMES}
     metrics["best_student_acc"] = max(r["student_acc"] for r in history)
     t_info = _model_info(cfg.teacher.name, teacher.model)
     s_info = _model_info(cfg.student.name, student_model)
     return {
-        "status": "completed",
+        "status": Status.COMPLETED,
         "metrics": metrics,
         "epochs": {"teacher": cfg.teacher.epochs, "student": final["epoch"]},
         "models": {
@@ -58,15 +57,30 @@ def build_record(*, cfg, history, teacher, student_model, device, timings) -> di
             "student": s_info,
             "compression_ratio": round(t_info["params"] / s_info["params"], 4),
         },
-        "teacher": {"source": teacher.source, "cache_key": teacher.key},
+        "teacher": {"source": teacher.source, "cache_key": teacher.key, "logits": outputs.logits_source},
         "timings_s": {k.removesuffix("_s"): round(v, 3) for k, v in timings.items()},
         **_identity(cfg, device),
+        "compute": outputs.compute,
+        "transfer": outputs.transfer,
+        "per_class_accuracy": outputs.per_class_accuracy,
     }
 
 
-def status_record(cfg, status: str, device, **details) -> dict:
-    """The record of a run without final metrics: `running`, `interrupted`, `diverged` or `failed`."""
-    return {"status": status, **details, **_identity(cfg, device)}
+def running_record(cfg, device) -> dict:
+    """result.json while the run is in progress."""
+    return {"status": Status.RUNNING, **_identity(cfg, device)}
+
+
+def failure_record(cfg, device, exc: BaseException, signal: str | None = None) -> dict:
+    """result.json of a run that ended with `exc` instead of completing: its status, where it stopped
+    (the fields the error carries), why, and the exit code kd-run gives it (1 for a bug)."""
+    ours = isinstance(exc, (UserError, RunInterrupted, Diverged))
+    status = exc.status if ours else Status.FAILED
+    details = {**exc.details, "signal": signal} if isinstance(exc, RunInterrupted) else getattr(exc, "details", {})
+    return {
+        "status": status, **details, "message": str(exc) if ours else one_line(exc),
+        "exit_code": exc.exit_code if ours else 1, **_identity(cfg, device),
+    }
 
 
 def _identity(cfg, device) -> dict:
@@ -78,16 +92,6 @@ def _identity(cfg, device) -> dict:
         "versions": versions(),
         "command": sys.argv,
     }
-
-
-def error_line(exc: BaseException) -> str:
-    """An error as one line: its type and the first line of its message."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
-def write_result(path: Path, record: dict) -> None:
-    write_json(path, record)
 
 
 def summary(record: dict, run_dir: Path) -> str:

@@ -1,6 +1,6 @@
 """The DataLoader path (`loader=dataloader`): batches streamed by worker processes, for data too big for the device.
 
-The in-memory path (`engine.DeviceData`) keeps whole splits on the device and batches by index. This
+The in-memory path (`kd_runner.data.device.InMemoryData`) keeps whole splits on the device and batches by index. This
 path leaves the images where they are and lets torch DataLoaders fetch each batch: `num_workers` worker
 processes (kept alive across epochs), pinned host memory and non-blocking copies to a GPU. A split's
 `images` is any map-style dataset (`images[i]` is image i as a C x H x W tensor, uint8 or float in [0, 1]),
@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
-from kd_runner.compute import Compute
-from kd_runner.data import Dataset, Split
-from kd_runner.engine import DeviceData
+from kd_runner.data import Dataset
+from kd_runner.data.device import Normalize
+from kd_runner.runtime.compute import Compute
+from kd_runner.runtime.distributed import Shard
 
 
 @dataclass
@@ -33,7 +34,7 @@ class StreamedSplit:
 
 
 class ListedBatches(Sampler):
-    """The index batches of the current epoch, set by `LoaderData.load_batches` before each pass."""
+    """The index batches of the current epoch, set by `StreamedData.load_batches` before each pass."""
 
     def __init__(self):
         self.batches: list[list[int]] = []
@@ -45,20 +46,23 @@ class ListedBatches(Sampler):
         return len(self.batches)
 
 
-class LoaderData(DeviceData):
-    """A dataset seen through DataLoaders, with the interface of the in-memory `engine.DeviceData`."""
+class StreamedData:
+    """A dataset seen through DataLoaders: images stay where they are (a tensor, or files read on demand),
+    labels live on the device. Implements kd_runner.data.device.SplitData."""
 
     def __init__(self, data: Dataset, compute: Compute, num_workers: int):
+        self.device, self.compute, self.source, self.shard = compute.device, compute, data, Shard()
         self.num_workers = num_workers
+        self.train = StreamedSplit(data.train.images, data.train.labels.to(self.device))
+        self.val = StreamedSplit(data.val.images, data.val.labels.to(self.device))
+        self.image_numel = int(data.train.images[0].numel())
+        self.normalize = Normalize(data, compute)
+        self.augmentation = data.augmentation
         self._sampler = ListedBatches()
         self._loaders: dict = {}  # kept for the run: persistent workers live as long as their loader
-        super().__init__(data, compute.device, compute)
 
-    def place(self, split: Split) -> StreamedSplit:
-        return StreamedSplit(split.images, split.labels.to(self.device))
-
-    def like(self, data: Dataset) -> "LoaderData":
-        return LoaderData(data, self.compute, self.num_workers)
+    def like(self, data: Dataset) -> "StreamedData":
+        return StreamedData(data, self.compute, self.num_workers)
 
     def _loader(self, key: tuple, dataset, **kwargs) -> DataLoader:
         if key not in self._loaders:

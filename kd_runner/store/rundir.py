@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Iterator
 
 from kd_runner.errors import UserError
-from kd_runner.files import directory_lock, remove_stale_temps
+from kd_runner.status import Status
+from kd_runner.store.files import directory_lock, remove_stale_temps
 
 RESULT = "result.json"
-FINISHED = ("completed", "diverged")  # outcomes a re-run would only repeat
+FINISHED = tuple(s.value for s in Status if s.finished)  # outcomes a re-run would only repeat
 
 
 def previous_record(run_dir: Path | str) -> dict | None:

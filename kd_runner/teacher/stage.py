@@ -12,8 +12,6 @@ teacher next.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,15 +20,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kd_runner import engine
-from kd_runner.checkpoint import StageCheckpoint
+from kd_runner.train.checkpoint import StageCheckpoint
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
+from kd_runner.data.device import SplitData
+from kd_runner.models import build_stage_model
+from kd_runner.runtime.rng import seed_everything
+from kd_runner.train import engine
 from kd_runner.errors import UserError
-from kd_runner.files import (
-    file_lock, load_checked, publish_checked, read_state_dict, remove_stale_temps, sha256_file, state_dict_mismatch,
+from kd_runner.store.files import (
+    digest, file_lock, load_checked, publish_checked, read_state_dict, remove_stale_temps, sha256_file,
+    state_dict_mismatch,
 )
-from kd_runner.metrics import accuracy
+from kd_runner.train.metrics import accuracy
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -55,13 +57,13 @@ def teacher_key(cfg: RunConfig, precision: str) -> str:
         "weights_sha256": sha256_file(cfg.teacher.weights_path) if cfg.teacher.weights_path else None,
         "precision": precision,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(parts)
 
 
-def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData, progress: bool, stop=None) -> Teacher:
+def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None) -> Teacher:
     start = time.perf_counter()
-    engine.seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
-    model = engine.build_stage_model(cfg.teacher, data)
+    seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
+    model = build_stage_model(cfg.teacher, data)
     if cfg.teacher.checkpoint:
         state = read_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint")
         problem = state_dict_mismatch(model, state)
@@ -94,13 +96,14 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: engine.DeviceDat
     return Teacher(model.eval(), source, history, key, time.perf_counter() - start)
 
 
-def _fine_tune(model, cfg: RunConfig, d: engine.DeviceData, progress: bool, checkpoint, stop) -> list[dict]:
+def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, stop) -> list[dict]:
     def evaluate() -> dict:
         logits = engine.predict(model, d, d.val.images)
         return {"teacher_acc": accuracy(logits, d.val.labels), "teacher_loss": float(F.cross_entropy(logits, d.val.labels))}
 
     return engine.fit(
-        model, d, cfg.teacher, cfg.teacher.seed, engine.cross_entropy_loss, evaluate, "teacher", progress, checkpoint, stop
+        model, d, stage="teacher", recipe=cfg.teacher, seed=cfg.teacher.seed, loss_fn=engine.cross_entropy_loss,
+        evaluate=evaluate, progress=progress, checkpoint=checkpoint, stop=stop,
     )
 
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_runner import engine
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
-from kd_runner.teacher import Teacher, prepare_teacher
+from kd_runner.data.device import SplitData
+from kd_runner.teacher.stage import Teacher, prepare_teacher
 
 
 def combine_logits(logits: list[Tensor], temperature: float, kind: str) -> Tensor:
@@ -46,7 +46,7 @@ class TeacherEnsemble(nn.Module):
         return combine_logits([m(x) for m in self.members], self.temperature, self.kind)
 
 
-def prepare_teachers(cfg: RunConfig, data: Dataset, device_data: engine.DeviceData, progress: bool, stop=None) -> Teacher:
+def prepare_teachers(cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None) -> Teacher:
     """The run's teacher: one `prepare_teacher`, or an ensemble of `teacher.ensemble` of them.
 
     An ensemble's history holds every member's rows, their stage named teacher_0, teacher_1, ...; its

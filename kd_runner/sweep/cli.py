@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from kd_runner import aggregate, report
 from kd_runner.errors import UserError
+from kd_runner.status import Status
+from kd_runner.sweep import aggregate, report
 
 TABLES = ("runs.csv", "summary.csv", "curves.csv", "summary.md")
-STATUSES = (aggregate.COMPLETED, aggregate.FAILED, aggregate.DIVERGED, aggregate.INTERRUPTED,
-            aggregate.INCOMPLETE, aggregate.NOT_STARTED)
+STATUSES = [s.value for s in Status if s != Status.RUNNING]  # the order of the sweep's "jobs:" line
 
 
 def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
@@ -28,14 +28,14 @@ def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
     print(tables.markdown)
     counts = runs["status"].value_counts()
     print("jobs: " + ", ".join(f"{counts[status]} {status}" for status in STATUSES if status in counts))
-    for job in runs[runs["status"].isin([aggregate.FAILED, aggregate.INCOMPLETE])].to_dict("records"):
+    for job in runs[runs["status"].isin([Status.FAILED, Status.INCOMPLETE])].to_dict("records"):
         print(f"  {job['status']}: {job['run_dir']}" + (f": {job['error']}" if job["error"] else ""))
     sources = runs["teacher_source"].value_counts()
     if sources.get("trained", 0) or sources.get("cache", 0):
         print(f"teacher: fine-tuned in {sources.get('trained', 0)} job(s), loaded from the cache in "
               f"{sources.get('cache', 0)}")
     print(f"written to {out_dir}: " + ", ".join((*TABLES, *plots)))
-    return bool((runs["status"] == aggregate.COMPLETED).all())
+    return bool((runs["status"] == Status.COMPLETED).all())
 
 
 def finish_sweep(sweep_dir: Path) -> bool:

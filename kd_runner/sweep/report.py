@@ -18,9 +18,9 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from kd_runner.aggregate import format_value, points
+from kd_runner.sweep.aggregate import format_value, points
 from kd_runner.errors import UserError
-from kd_runner.files import atomic_path
+from kd_runner.store.files import atomic_path
 
 CURVE_PANELS = (
     ("student_acc", "student accuracy"),

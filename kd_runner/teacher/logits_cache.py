@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd_runner import engine
+from kd_runner.train import engine
 from kd_runner.data import Dataset
-from kd_runner.files import file_lock, load_checked, publish_checked
+from kd_runner.data.device import SplitData
+from kd_runner.store.files import digest, file_lock, load_checked, publish_checked
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -44,15 +45,15 @@ def data_digest(data: Dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def entry_key(teacher_key: str, d: engine.DeviceData) -> str:
+def entry_key(teacher_key: str, d: SplitData) -> str:
     parts = {"format": CACHE_FORMAT, "teacher": teacher_key, "data": data_digest(d.source), "compute": d.compute.describe()}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(parts)
 
 
 def teacher_logits(
     model: nn.Module,
     teacher_key: str,
-    d: engine.DeviceData,
+    d: SplitData,
     splits: tuple[str, ...],
     cache_dir: Path | str,
 ) -> tuple[dict[str, torch.Tensor], str]:

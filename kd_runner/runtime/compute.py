@@ -26,11 +26,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kd_runner.errors import ConfigError
+from kd_runner.errors import ConfigError, UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; an explicit device that is absent is a user error."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise UserError(f"device={name!r} is not available on this machine: use device=auto or device=cpu")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The teacher's logits for the student's batches (the soft targets) and for the validation split.
 
 Without training augmentation the student sees the same inputs every epoch, so the teacher's logits on
-the whole training split are computed once, kept on disk by kd_runner.logits_cache (every job of a sweep
+the whole training split are computed once, kept on disk by kd_runner.teacher.logits_cache (every job of a sweep
 that shares the teacher and the data reuses them) and indexed per batch. With augmentation every batch
 is new: the teacher runs on exactly the student's augmented, normalised batch. Either way the teacher is
 in eval mode under inference mode (and the data's precision) and never part of the student's graph, and
@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kd_runner import engine, logits_cache
+from kd_runner.data.device import SplitData
+from kd_runner.teacher import logits_cache
 
 
 class SoftTargets:
-    def __init__(self, teacher: nn.Module, teacher_key: str, data: engine.DeviceData, cache_dir: Path | str):
+    def __init__(self, teacher: nn.Module, teacher_key: str, data: SplitData, cache_dir: Path | str):
         self.teacher, self.data = teacher.eval(), data
         augmented = data.augmentation is not None
         splits = ("val",) if augmented else ("train", "val")

@@ -13,8 +13,7 @@ import json
 import logging
 import os
 import re
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -47,9 +46,20 @@ def write_json(path: Path | str, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_csv(path: Path | str, frame) -> None:
+    """A pandas DataFrame as CSV, without its index."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 def save_torch(obj, path: Path | str) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def digest(obj) -> str:
+    """A short stable digest of plain JSON-able values (configs, cache keys): equal digests, equal values."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def sha256_file(path: Path | str) -> str:
@@ -74,7 +84,7 @@ def load_checked(entry: Path, what: str, redo: str) -> tuple[object, dict] | Non
     data, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
     if not manifest_path.is_file():
         return None
-    with contextlib.suppress(ValueError, KeyError, TypeError, OSError, RuntimeError):  # unreadable: broken
+    with suppress(ValueError, KeyError, TypeError, OSError, RuntimeError):  # unreadable: broken
         manifest = json.loads(manifest_path.read_text())
         if data.is_file() and sha256_file(data) == manifest["sha256"]:
             return torch.load(data, map_location="cpu", weights_only=True), manifest

@@ -21,20 +21,14 @@ import pandas as pd
 import yaml
 
 from kd_runner.errors import UserError
-from kd_runner.files import write_json, write_text
-from kd_runner.metrics import METRIC_NAMES
-from kd_runner.results import write_csv
+from kd_runner.status import Status
+from kd_runner.store.files import write_csv, write_json, write_text
+from kd_runner.train.metrics import METRIC_NAMES
 
 FINAL_METRICS = (*METRIC_NAMES, "best_student_acc")
 CURVE_METRICS = ("train_loss", *METRIC_NAMES)
 GAIN = "student_acc_gain"  # student_acc_mean minus that of the alpha=1 (no distillation) point
 PLAN = "sweep.json"  # the overrides of every job of a sweep, written when it starts
-COMPLETED = "completed"
-FAILED = "failed"  # result.json written by the job's error handler (kd_runner.cli)
-DIVERGED = "diverged"  # NaN/inf loss (kd_runner.errors.Diverged)
-INTERRUPTED = "interrupted"  # stopped by SIGTERM/SIGINT after a checkpoint: a re-run resumes it
-INCOMPLETE = "incomplete"  # started, never finished (no result.json, or still "running": killed)
-NOT_STARTED = "not started"  # planned in sweep.json, no job directory
 
 
 @dataclass
@@ -102,22 +96,22 @@ def _read_job(job: Path) -> tuple[dict, dict, pd.DataFrame | None]:
     overrides = _split(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
     config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
     result_path = job / "result.json"
-    result = json.loads(result_path.read_text()) if result_path.is_file() else {"status": INCOMPLETE}
-    status = INCOMPLETE if result["status"] == "running" else result["status"]
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {"status": Status.INCOMPLETE}
+    status = Status.INCOMPLETE if result["status"] == Status.RUNNING else Status(result["status"])
     metrics = result.get("metrics", {})
     teacher = result.get("teacher", {})
     row = {
         "job": job.name,
         "seed": config.get("seed"),
-        "status": status,
-        "error": result.get("message", "") if status != COMPLETED else "",
+        "status": status.value,
+        "error": result.get("message", "") if status != Status.COMPLETED else "",
         "teacher_source": teacher.get("source", ""),
         "teacher_cache_key": teacher.get("cache_key", ""),
         **{name: metrics.get(name, math.nan) for name in FINAL_METRICS},
         "run_dir": str(job),
     }
     history = None
-    if result["status"] == COMPLETED:
+    if status == Status.COMPLETED:
         history = pd.read_csv(job / "metrics.csv")
         history = history[history["stage"] == "student"]
     return overrides, row, history
@@ -139,7 +133,7 @@ def _never_started(sweep_dir: Path, started: list[dict]) -> list[dict]:
 
 
 def _not_started_row(overrides: dict) -> dict:
-    return {"job": "", "seed": overrides.get("seed"), "status": NOT_STARTED, "error": "", "teacher_source": "",
+    return {"job": "", "seed": overrides.get("seed"), "status": Status.NOT_STARTED.value, "error": "", "teacher_source": "",
             "teacher_cache_key": "", **{name: math.nan for name in FINAL_METRICS}, "run_dir": ""}
 
 
@@ -162,7 +156,7 @@ def summarize(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per point: n completed jobs, n_missing (failed, incomplete or not started), mean and sample std."""
     rows = []
     for point, jobs in points(runs, keys):
-        done = jobs[jobs["status"] == COMPLETED]
+        done = jobs[jobs["status"] == Status.COMPLETED]
         row = {**point, "n": len(done), "n_missing": len(jobs) - len(done)}
         for name in FINAL_METRICS:
             row[f"{name}_mean"] = done[name].mean()

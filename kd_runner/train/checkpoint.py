@@ -11,15 +11,14 @@ read with `weights_only=True` like every other file the runner loads.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kd_runner.errors import UserError
-from kd_runner.files import load_failure_reason, save_torch, state_dict_mismatch
+from kd_runner.runtime.rng import rng_states, set_rng_states
+from kd_runner.store.files import load_failure_reason, save_torch, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -46,36 +45,20 @@ class EpochPosition:
     def start(cls, epoch: int, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> "EpochPosition":
         return cls(epoch, optimizer.param_groups[0]["lr"], generator.get_state())
 
+    def count_batch(self, loss_sum: torch.Tensor, samples: int, generator: torch.Generator | None) -> None:
+        """One more batch done: its summed loss and size join the tally; with augmentation (`generator`
+        given) the generator's state is kept so a resumed pass continues its draws."""
+        self.batches += 1
+        self.loss_sum = self.loss_sum + loss_sum
+        self.samples += samples
+        self.draw_state = generator.get_state() if generator is not None else None
+
     def to_dict(self) -> dict:
         return {
             "epoch": self.epoch, "lr": self.lr, "generator_state": self.generator_state,
             "batches": self.batches, "loss_sum": self.loss_sum.detach().cpu(), "samples": self.samples,
             "draw_state": self.draw_state,
         }
-
-
-def rng_states() -> dict:
-    """The global random states, in types `torch.load(weights_only=True)` accepts."""
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"],
-        },
-        "python": random.getstate(),
-    }
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    n = states["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 class StageCheckpoint:

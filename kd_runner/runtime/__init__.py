@@ -1,0 +1,1 @@
+"""How a process computes: device and precision, several processes under torchrun, signals, random state."""

@@ -1,0 +1,1 @@
+"""Reading what a sweep's runs wrote: tables (aggregate), plots (report), and kd-aggregate / kd-report (cli)."""

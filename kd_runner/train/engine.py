@@ -1,0 +1,171 @@
+"""The training loop: one pass over the training split, a stage of epochs, and prediction.
+
+One loop serves both stages: the caller passes the loss as a function of (logits, batch indices,
+labels, inputs), so the teacher stage uses plain cross-entropy and the student stage the distillation
+objective. `inputs` is the normalised (and, with augmentation, augmented) batch the model saw, so a
+teacher can be run on exactly that batch. Batches are index tensors into the data (kd_runner.data.device).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from kd_runner.config import StageConfig
+from kd_runner.data.device import SplitData, index_batches, steps_per_epoch
+from kd_runner.errors import Diverged, RunInterrupted
+from kd_runner.train.checkpoint import EpochPosition, StageCheckpoint
+from kd_runner.train.optim import make_optimizer, make_scheduler
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def predict(model: torch.nn.Module, data: SplitData, images, *, batch_size: int | None = None) -> torch.Tensor:
+    """Logits (float32) for all `images` (a split's `images` of `data`), in eval mode, large batches
+    (`Compute.eval_batch_size` by default), inference mode and the data's precision; across processes
+    each computes a share and all get all.
+
+    The result is concatenated outside inference mode, so it is an ordinary tensor that a loss may use.
+    """
+    batch_size = batch_size or data.compute.eval_batch_size(data.image_numel)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), data.compute.autocast():
+        out = [model(data.normalize(x)).float() for x in data.eval_batches(images, batch_size)]
+    model.train(was_training)
+    return data.shard.gather(torch.cat(out), len(images))
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    data: SplitData,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loss_fn: LossFn,
+    position: EpochPosition | None = None,
+    stop: Callable[[], object] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> float | None:
+    """One pass over the training split; returns the mean training loss (weighted by batch size).
+
+    The forward pass runs in the data's precision (the loss in float32); `scaler` is the stage's fp16
+    loss scaler (None: no scaling). Across processes each takes its part of every batch and the loss is
+    averaged over all of them.
+
+    With the data's training augmentation set, every batch is augmented on the device before it is
+    normalised (the random choices come from `generator`). With a `position`, the epoch continues from
+    it (same shuffling and augmentation draws; the batches it counts as done are skipped) and it advances
+    with every batch. When `stop()` turns true, the pass returns None at the next batch boundary, leaving
+    `position` where it stopped.
+    """
+    scaler = scaler or torch.amp.GradScaler(data.device.type, enabled=False)
+    model.train()
+    position = position or EpochPosition.start(0, optimizer, generator)
+    parts = _batches_left(data, batch_size, generator, position)
+    loaded = data.load_batches([batch[rows] for batch, rows in parts])
+    for (batch, rows), (images, y) in zip(parts, loaded):
+        if stop is not None and stop():
+            return None
+        idx = batch[rows]
+        if data.augmentation is not None:  # drawn for the whole batch, so every process gets its own draws
+            images = data.augmentation(images, generator, rows, len(batch))
+        x = data.normalize(images)
+        with data.compute.autocast():
+            logits = model(x)
+        loss = loss_fn(logits.float(), idx, y, x)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        position.count_batch(loss.detach() * len(idx), len(idx), generator if data.augmentation else None)
+    return data.shard.mean(position.loss_sum, position.samples)
+
+
+def _batches_left(data: SplitData, batch_size: int, generator: torch.Generator, position: EpochPosition) -> list:
+    """(index batch, this process's rows of it) for the batches of the epoch that `position` has not done.
+
+    Replays the epoch's shuffle from the generator state it started with; across processes each takes its
+    rows of every batch, and a last batch too small to split is dropped.
+    """
+    generator.set_state(position.generator_state)
+    batches = list(index_batches(len(data.train), batch_size, generator, data.device))  # draws the shuffle
+    if position.draw_state is not None:
+        generator.set_state(position.draw_state)  # augmentation draws continue where the pass stopped
+    position.loss_sum = position.loss_sum.to(data.device)
+    parts = [(batch, data.shard.rows(len(batch))) for batch in batches[position.batches:]]
+    return [(batch, rows) for batch, rows in parts if rows is not None]
+
+
+def cross_entropy_loss(
+    logits: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor
+) -> torch.Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+def fit(
+    model: torch.nn.Module,
+    data: SplitData,
+    *,
+    stage: str,
+    recipe: StageConfig,
+    seed: int,
+    loss_fn: LossFn,
+    evaluate: Callable[[], dict],
+    progress: bool,
+    checkpoint: StageCheckpoint | None = None,
+    stop: Callable[[], object] | None = None,
+) -> list[dict]:
+    """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs; after each, `evaluate()` on
+    the whole validation split.
+
+    Returns one row per epoch: epoch, the learning rate used, the mean training loss and the metrics.
+    With a `checkpoint`, the stage first continues from the one saved before (if any), then saves one
+    after every epoch; when `stop()` turns true it saves one at the next batch boundary and raises
+    RunInterrupted. A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last
+    good epoch).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(model.parameters(), recipe)
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch(len(data.train), recipe.batch_size))
+    scaler = data.compute.grad_scaler()
+    position, rows = EpochPosition.start(1, optimizer, generator), []
+    if checkpoint is not None:
+        position, rows = checkpoint.restore(model, optimizer, scheduler, data.device, scaler) or (position, rows)
+    save = (lambda: None) if checkpoint is None else (
+        lambda: checkpoint.save(model, optimizer, scheduler, position, rows, scaler))
+    bar = tqdm(total=recipe.epochs, initial=position.epoch - 1, desc=stage, unit="epoch",
+               disable=None if progress else True, leave=False)
+    while position.epoch <= recipe.epochs:
+        train_loss = train_epoch(model, data, batch_size=recipe.batch_size, generator=generator, optimizer=optimizer,
+                                 scheduler=scheduler, loss_fn=loss_fn, position=position, stop=stop, scaler=scaler)
+        if train_loss is None:
+            save()
+            raise RunInterrupted(stage, position.epoch, position.batches)
+        row = {"epoch": position.epoch, "lr": position.lr, "train_loss": train_loss, **evaluate()}
+        check_finite(row, stage, recipe)
+        rows.append(row)
+        position = EpochPosition.start(position.epoch + 1, optimizer, generator)
+        save()
+        bar.update()
+        bar.set_postfix(loss=f"{train_loss:.3f}")
+    bar.close()
+    return rows
+
+
+def check_finite(row: dict, stage: str, recipe: StageConfig) -> None:
+    """Raise Diverged when the training loss or a validation metric of an epoch is NaN or infinite."""
+    bad = [f"{k}={v}" for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise Diverged(
+            stage, row["epoch"],
+            f"the {stage} stage diverged in epoch {row['epoch']} ({', '.join(bad)}): "
+            f"lower the learning rate ({stage}.lr={recipe.lr}) or check the data",
+        )

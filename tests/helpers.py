@@ -1,0 +1,74 @@
+"""Helpers the tests share: run the real `kd-run` console script, compose a config as kd-run does, read a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from kd_runner import cli
+from kd_runner.config import RunConfig, load_config
+
+KD_RUN = str(Path(sys.executable).with_name("kd-run"))
+
+
+def _env() -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def kd_run(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([KD_RUN, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kd-run {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_kd_run(*args: str, cwd: Path) -> subprocess.Popen:
+    """A `kd-run` running in the background, to be signalled or killed by a test."""
+    return subprocess.Popen([KD_RUN, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll until `path` exists; fail if the process ends first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"kd-run ended (exit {proc.returncode}) before {path} appeared\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
+
+
+def usage_error_line(args: list[str], capsys) -> str:
+    """Run `kd-run ARGS` in-process, expecting a usage error: exit 2 and one `kd-run: error:` line, returned."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("kd-run: error: ")
+    return err
+
+
+def compose_config(*overrides: str) -> RunConfig:
+    """The typed config `kd-run OVERRIDES...` would run, composed through Hydra's compose API."""
+    cli.register_schema()
+    with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):
+        raw = compose("config", overrides=list(overrides))
+    return load_config(OmegaConf.to_container(raw, resolve=True))
+
+
+def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
+    return json.loads((run_dir / "result.json").read_text()), pd.read_csv(run_dir / "metrics.csv")
