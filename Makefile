@@ -11,6 +11,7 @@ run: $(STAMP)
 	$(BIN)/kd-run $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)

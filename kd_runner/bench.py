@@ -94,8 +94,13 @@ def workloads(device: torch.device, samples: int | None) -> list[Workload]:
     r50, r18 = StageConfig(name="resnet50"), StageConfig(name="resnet18")
     small = synthetic(32, 10_000 if gpu else 160)
     return [
-        Workload("digits", StageConfig(name="cnn", width=64, depth=3), StageConfig(name="mlp", width=32, depth=1),
-                 DatasetConfig(name="digits"), 64),
+        Workload(
+            "digits",
+            StageConfig(name="cnn", width=64, depth=3),
+            StageConfig(name="mlp", width=32, depth=1),
+            DatasetConfig(name="digits"),
+            64,
+        ),
         Workload("resnet32", r50, r18, small, 256 if gpu else 32),
         Workload("resnet32-aug", r50, r18, small, 256 if gpu else 32, augment=True),
         Workload("resnet224", r50, r18, synthetic(224, 2_560), 128, gpu_only=True),
@@ -165,14 +170,28 @@ def tutorial_evaluate(student, loader, device) -> float:
     return correct / total
 
 
-def run_tutorial(w: Workload, data: Dataset, teacher, make_student, epochs: int, device, teacher_grad: bool,
-                 workers: int, evaluate: bool = False) -> tuple[int, float]:
+def run_tutorial(
+    w: Workload,
+    data: Dataset,
+    teacher,
+    make_student,
+    epochs: int,
+    device,
+    teacher_grad: bool,
+    workers: int,
+    evaluate: bool = False,
+) -> tuple[int, float]:
     """Loop (a) or (b): (training images, seconds). `evaluate`: the student on validation after each epoch."""
     teacher, student = copy.deepcopy(teacher).to(device).eval(), make_student().to(device)
     sync(device)
     start = time.perf_counter()
-    loader = DataLoader(TutorialDataset(data.train, data, w.augment), batch_size=w.batch_size, shuffle=True,
-                        drop_last=True, num_workers=workers)
+    loader = DataLoader(
+        TutorialDataset(data.train, data, w.augment),
+        batch_size=w.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+    )
     val = DataLoader(TutorialDataset(data.val, data, augment=False), batch_size=w.batch_size, num_workers=workers)
     optimizer = make_optimizer(student.parameters(), StageConfig())
     seen = 0
@@ -184,8 +203,9 @@ def run_tutorial(w: Workload, data: Dataset, teacher, make_student, epochs: int,
     return seen, time.perf_counter() - start
 
 
-def run_kd_runner(w: Workload, data: Dataset, teacher, make_student, epochs: int, compute: Compute,
-                  cache_dir: Path) -> tuple[int, float]:
+def run_kd_runner(
+    w: Workload, data: Dataset, teacher, make_student, epochs: int, compute: Compute, cache_dir: Path
+) -> tuple[int, float]:
     """Loop (c): kd-runner's engine as a run uses it: the splits on the device, the dataset's batch-wise
     augmentation, `SoftTargets` (the teacher's logits from the cache in `cache_dir`, or per augmented batch
     in inference mode) and `engine.fit`; (training images, seconds)."""
@@ -306,14 +326,28 @@ def bench_sweep(w: Workload, epochs: int, device: torch.device, workers: int, wo
     save_torch(teacher.state_dict(), checkpoint)
     d = w.dataset
     command = [
-        str(Path(sys.executable).with_name("kd-run")), "-m", "alpha=0,0.5,1", "seed=0,1",
-        f"teacher={w.teacher.name}", f"student={w.student.name}", f"dataset={d.name}",
-        "teacher.epochs=0", f"teacher.checkpoint={checkpoint}", f"student.epochs={epochs}",
-        f"student.batch_size={w.batch_size}", f"cache_dir={workdir / 'sweep-cache'}",
-        f"hydra.sweep.dir={workdir / 'sweep'}", "progress=false", f"device={device.type}",
+        str(Path(sys.executable).with_name("kd-run")),
+        "-m",
+        "alpha=0,0.5,1",
+        "seed=0,1",
+        f"teacher={w.teacher.name}",
+        f"student={w.student.name}",
+        f"dataset={d.name}",
+        "teacher.epochs=0",
+        f"teacher.checkpoint={checkpoint}",
+        f"student.epochs={epochs}",
+        f"student.batch_size={w.batch_size}",
+        f"cache_dir={workdir / 'sweep-cache'}",
+        f"hydra.sweep.dir={workdir / 'sweep'}",
+        "progress=false",
+        f"device={device.type}",
     ]
     if d.name == "synthetic":
-        command += [f"dataset.image_size={d.image_size}", f"dataset.channels={d.channels}", f"dataset.num_samples={d.num_samples}"]
+        command += [
+            f"dataset.image_size={d.image_size}",
+            f"dataset.channels={d.channels}",
+            f"dataset.num_samples={d.num_samples}",
+        ]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
     kd_seconds = time.perf_counter() - start
@@ -324,14 +358,19 @@ def bench_sweep(w: Workload, epochs: int, device: torch.device, workers: int, wo
     for _alpha in (0, 0.5, 1):
         for seed in (0, 1):
 
-            def make_student():
+            def make_student(seed=seed):
                 seed_everything(seed)
                 return build_stage_model(w.student, data)
 
             run_tutorial(w, data, teacher, make_student, epochs, device, False, workers, evaluate=True)
     loop_seconds = time.perf_counter() - start
-    return {"workload": w.name, "epochs": epochs, "kd_run_s": round(kd_seconds, 2),
-            "loop_a_s": round(loop_seconds, 2), "speedup": round(loop_seconds / kd_seconds, 3)}
+    return {
+        "workload": w.name,
+        "epochs": epochs,
+        "kd_run_s": round(kd_seconds, 2),
+        "loop_a_s": round(loop_seconds, 2),
+        "speedup": round(loop_seconds / kd_seconds, 3),
+    }
 
 
 def machine(device: torch.device) -> str:
@@ -344,8 +383,11 @@ def machine(device: torch.device) -> str:
 
 
 def row(result: dict) -> str:
-    warm = (f"  (warm cache: c/a {result['c_warm/a']:.2f}, c/a0 {result['c_warm/a0']:.2f}, c/b {result['c_warm/b']:.2f})"
-            if "c_warm/a" in result else "")
+    warm = (
+        f"  (warm cache: c/a {result['c_warm/a']:.2f}, c/a0 {result['c_warm/a0']:.2f}, c/b {result['c_warm/b']:.2f})"
+        if "c_warm/a" in result
+        else ""
+    )
     return (
         f"{result['workload']:<13} {result['models']:<40} batch {result['batch_size']:>3}  "
         f"a {result['a_images_per_s']:>8.1f}  a0 {result['a0_images_per_s']:>8.1f}  "
@@ -357,19 +399,29 @@ def row(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kd-bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default="all", help="comma-separated: digits, resnet32, resnet32-aug, resnet224 (GPU only)")
+    parser.add_argument(
+        "--workloads", default="all", help="comma-separated: digits, resnet32, resnet32-aug, resnet224 (GPU only)"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per measurement (default 3)")
     parser.add_argument("--samples", type=int, default=None, help="images of the synthetic workloads (train + val)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions; the best is reported")
     parser.add_argument("--sweep-epochs", type=int, default=2, help="epochs per job of the sweep; 0 skips the sweep")
-    parser.add_argument("--sweep-workload", default="resnet32", choices=("digits", "resnet32", "resnet224"),
-                        help="the workload of the sweep (default resnet32)")
+    parser.add_argument(
+        "--sweep-workload",
+        default="resnet32",
+        choices=("digits", "resnet32", "resnet224"),
+        help="the workload of the sweep (default resnet32)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="of (c); default: the device's")
     parser.add_argument("--memory-format", default="auto", choices=MEMORY_FORMATS, help="of (c); default: the device's")
-    parser.add_argument("--workers", type=int, default=TUTORIAL_WORKERS,
-                        help=f"DataLoader workers of loops (a) and (b) (default {TUTORIAL_WORKERS}, as in PyTorch's KD tutorial); "
-                             "(a0) always loads in the main process")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=TUTORIAL_WORKERS,
+        help=f"DataLoader workers of loops (a) and (b) (default {TUTORIAL_WORKERS}, as in PyTorch's KD tutorial); "
+        "(a0) always loads in the main process",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     for name in ("epochs", "repeats"):
@@ -395,8 +447,15 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(w.name for w in chosen)}")
         chosen = [w for w in chosen if w.name in names]
-    results = {"device": str(device), "machine": machine(device), "torch": torch.__version__, "workers_a_b": args.workers,
-               "compute": compute.describe(), "workloads": [], "sweep": None}
+    results = {
+        "device": str(device),
+        "machine": machine(device),
+        "torch": torch.__version__,
+        "workers_a_b": args.workers,
+        "compute": compute.describe(),
+        "workloads": [],
+        "sweep": None,
+    }
     with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
         workdir = Path(tmp)
         for w in chosen:
@@ -407,7 +466,11 @@ def main(argv: list[str] | None = None) -> None:
             results["workloads"].append(result)
             print(row(result), flush=True)
         sweep_workload = next((w for w in workloads(device, args.samples) if w.name == args.sweep_workload), None)
-        if args.sweep_epochs > 0 and sweep_workload is not None and not (sweep_workload.gpu_only and device.type != "cuda"):
+        if (
+            args.sweep_epochs > 0
+            and sweep_workload is not None
+            and not (sweep_workload.gpu_only and device.type != "cuda")
+        ):
             sweep = bench_sweep(sweep_workload, args.sweep_epochs, device, args.workers, workdir)
             results["sweep"] = sweep
             print(

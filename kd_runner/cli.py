@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [sys.argv[0], *argv]
         return hydra_main()
     try:
-        plan = preflight([a for a in argv if a not in ("-m", "--multirun")], multirun="-m" in argv or "--multirun" in argv)
+        plan = preflight(
+            [a for a in argv if a not in ("-m", "--multirun")], multirun="-m" in argv or "--multirun" in argv
+        )
     except UserError as exc:
         fail(exc)
     if distributed.launched_rank() > 0:
@@ -103,8 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     except JobStopped as stopped:  # stops a whole sweep too; its tables are still written
         fail(stopped.error, label=f"interrupted by {stopped.signal}", hint=plan.resume_hint())
     except KeyboardInterrupt:  # a second SIGTERM/SIGINT: stopped at once, the last checkpoint is kept
-        print("kd-run: stopped at once by a second signal; run the same command again to resume "
-              "from the last checkpoint", file=sys.stderr)
+        print(
+            "kd-run: stopped at once by a second signal; run the same command again to resume from the last checkpoint",
+            file=sys.stderr,
+        )
         sys.exit(RunInterrupted.exit_code)
     if code:
         sys.exit(code)
@@ -201,8 +205,9 @@ def preflight(overrides: list[str], multirun: bool) -> Plan:
             jobs = sweep_jobs(hydra_cfg.sweeper.params, overrides) if multirun else [overrides]
             check_launcher(hydra_cfg, multirun)
             pinned = [] if out_dir is None else [f"{dir_key}={quoted(out_dir)}"]
-            configs = [compose_job(compose, [*job, *pinned, f"hydra.job.num={num}"], multirun)
-                       for num, job in enumerate(jobs)]
+            configs = [
+                compose_job(compose, [*job, *pinned, f"hydra.job.num={num}"], multirun) for num, job in enumerate(jobs)
+            ]
     except HydraException as exc:
         raise UserError(hydra_message(exc)) from None
     finally:
@@ -226,8 +231,10 @@ def check_launcher(hydra_cfg: DictConfig, multirun: bool) -> None:
     """Under torchrun every process runs the jobs one after another: only the basic launcher can do that."""
     launcher = hydra_cfg.launcher._target_.rsplit(".", 1)[-1]
     if distributed.launched_world_size() > 1 and multirun and launcher != "BasicLauncher":
-        raise UserError(f"hydra/launcher={launcher} is not allowed under torchrun: every process runs the "
-                        "jobs one after another; use the default launcher")
+        raise UserError(
+            f"hydra/launcher={launcher} is not allowed under torchrun: every process runs the "
+            "jobs one after another; use the default launcher"
+        )
 
 
 def output_directory(hydra_cfg: DictConfig, multirun: bool) -> tuple[str, str | None]:
@@ -238,7 +245,9 @@ def output_directory(hydra_cfg: DictConfig, multirun: bool) -> tuple[str, str | 
         return key, str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir)
     except OmegaConfBaseException:
         if multirun:
-            raise UserError(f"{key} must not depend on a job's values: it is the one directory of the whole sweep") from None
+            raise UserError(
+                f"{key} must not depend on a job's values: it is the one directory of the whole sweep"
+            ) from None
         return key, None
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -75,7 +75,9 @@ def run(cfg: RunConfig, run_dir: Path | str | None, stop: Callable[[], object] =
         finished = rundir.finished_record(run_dir, digest)
         shard.broadcast((digest, finished is not None))
         if finished is not None:
-            log.info("skipped: %s already holds this config's %s run (config digest %s)", run_dir, finished["status"], digest)
+            log.info(
+                "skipped: %s already holds this config's %s run (config digest %s)", run_dir, finished["status"], digest
+            )
             return finished
         result_path = run_dir / rundir.RESULT
         write_json(result_path, results.running_record(cfg, device))
@@ -119,10 +121,18 @@ def _experiment(
     compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile)
     compute.configure_backends()
     data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
-    split_data = StreamedData(data, compute, cfg.num_workers) if cfg.loader == "dataloader" else InMemoryData(data, compute)
+    split_data = (
+        StreamedData(data, compute, cfg.num_workers) if cfg.loader == "dataloader" else InMemoryData(data, compute)
+    )
     timings["data_s"] = time.perf_counter() - start
-    log.info("data: %s, %d train / %d val, %d classes, device %s",
-             data.name, len(data.train), len(data.val), data.num_classes, device)
+    log.info(
+        "data: %s, %d train / %d val, %d classes, device %s",
+        data.name,
+        len(data.train),
+        len(data.val),
+        data.num_classes,
+        device,
+    )
     log.info("compute: %s, loader %s, %d process(es)", compute.describe(), cfg.loader, shard.world)
 
     # mistakes in the student's data or weights fail now, not after the teacher's fine-tuning
@@ -152,7 +162,12 @@ def _experiment(
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
     )
     record = results.build_record(
-        cfg=cfg, history=history, teacher=teacher, student_model=student, device=device, timings=timings,
+        cfg=cfg,
+        history=history,
+        teacher=teacher,
+        student_model=student,
+        device=device,
+        timings=timings,
         outputs=outputs,
     )
     if run_dir is not None:
@@ -184,8 +199,16 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
         return compute_metrics(logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
 
     history = engine.fit(
-        d.shard.wrap(student), d, stage="student", recipe=cfg.student, seed=cfg.seed, loss_fn=objective,
-        evaluate=evaluate, progress=cfg.progress, checkpoint=checkpoint, stop=stop,
+        d.shard.wrap(student),
+        d,
+        stage="student",
+        recipe=cfg.student,
+        seed=cfg.seed,
+        loss_fn=objective,
+        evaluate=evaluate,
+        progress=cfg.progress,
+        checkpoint=checkpoint,
+        stop=stop,
     )
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]

@@ -1,8 +1,8 @@
 """Small datasets written in each dataset's real on-disk format, for torchvision's own loaders to read.
 
 Images are learnable: every class has its own colour (with one channel: a bright horizontal band at its
-own height), and each image is that plus noise, which survives crops and flips, so a tiny network trained for a few epochs is far
-above chance. Every writer returns the
+own height), and each image is that plus noise, which survives crops and flips, so a tiny network
+trained for a few epochs is far above chance. Every writer returns the
 arrays it wrote (images as N x C x H x W uint8, labels as int64) so tests can compare what is loaded.
 """
 
@@ -41,21 +41,27 @@ def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 40, seed: int =
     images, labels = make_images(5 * per_batch + n_test, 3, 32, 10, seed)
     for i in range(5):
         part = slice(i * per_batch, (i + 1) * per_batch)
-        _pickle(folder / f"data_batch_{i + 1}", {
-            "batch_label": f"training batch {i + 1} of 5",
-            "labels": labels[part].tolist(),
-            "data": images[part].reshape(per_batch, 3072),  # R plane, G plane, B plane, each row-major
-            "filenames": [f"img_{j}.png" for j in range(per_batch)],
-        })
-    _pickle(folder / "test_batch", {
-        "batch_label": "testing batch 1 of 1",
-        "labels": labels[5 * per_batch:].tolist(),
-        "data": images[5 * per_batch:].reshape(n_test, 3072),
-        "filenames": [f"test_{j}.png" for j in range(n_test)],
-    })
+        _pickle(
+            folder / f"data_batch_{i + 1}",
+            {
+                "batch_label": f"training batch {i + 1} of 5",
+                "labels": labels[part].tolist(),
+                "data": images[part].reshape(per_batch, 3072),  # R plane, G plane, B plane, each row-major
+                "filenames": [f"img_{j}.png" for j in range(per_batch)],
+            },
+        )
+    _pickle(
+        folder / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": labels[5 * per_batch :].tolist(),
+            "data": images[5 * per_batch :].reshape(n_test, 3072),
+            "filenames": [f"test_{j}.png" for j in range(n_test)],
+        },
+    )
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     _pickle(folder / "batches.meta", {"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072})
-    return (images[: 5 * per_batch], labels[: 5 * per_batch]), (images[5 * per_batch:], labels[5 * per_batch:])
+    return (images[: 5 * per_batch], labels[: 5 * per_batch]), (images[5 * per_batch :], labels[5 * per_batch :])
 
 
 def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0):
@@ -64,17 +70,23 @@ def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, seed: int 
     images, labels = make_images(n_train + n_test, 3, 32, 100, seed)
     for name, part in (("train", slice(0, n_train)), ("test", slice(n_train, None))):
         fine = labels[part]
-        _pickle(folder / name, {
-            "filenames": [f"{name}_{j}.png" for j in range(len(fine))],
-            "batch_label": f"{name} batch",
-            "fine_labels": fine.tolist(),
-            "coarse_labels": (fine // 5).tolist(),
-            "data": images[part].reshape(len(fine), 3072),
-        })
-    _pickle(folder / "meta", {
-        "fine_label_names": [f"fine_{i}" for i in range(100)],
-        "coarse_label_names": [f"coarse_{i}" for i in range(20)],
-    })
+        _pickle(
+            folder / name,
+            {
+                "filenames": [f"{name}_{j}.png" for j in range(len(fine))],
+                "batch_label": f"{name} batch",
+                "fine_labels": fine.tolist(),
+                "coarse_labels": (fine // 5).tolist(),
+                "data": images[part].reshape(len(fine), 3072),
+            },
+        )
+    _pickle(
+        folder / "meta",
+        {
+            "fine_label_names": [f"fine_{i}" for i in range(100)],
+            "coarse_label_names": [f"coarse_{i}" for i in range(20)],
+        },
+    )
     return (images[:n_train], labels[:n_train]), (images[n_train:], labels[n_train:])
 
 

@@ -35,7 +35,9 @@ def kd_run(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> sub
 
 def start_kd_run(*args: str, cwd: Path) -> subprocess.Popen:
     """A `kd-run` running in the background, to be signalled or killed by a test."""
-    return subprocess.Popen([KD_RUN, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [KD_RUN, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

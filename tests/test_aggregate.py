@@ -11,10 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from kd_runner.sweep import aggregate
-
-from kd_runner.sweep import report
 from kd_runner.errors import UserError
+from kd_runner.sweep import aggregate, report
 from kd_runner.train.metrics import METRIC_NAMES
 
 
@@ -29,10 +27,19 @@ def make_job(sweep, num: int, overrides: list[str], seed: int, acc: float | None
     else:
         metrics = {name: acc for name in METRIC_NAMES} | {"teacher_acc": teacher_acc, "best_student_acc": acc + 0.01}
         result = {"status": "completed", "metrics": metrics, "teacher": {"source": "cache", "cache_key": "k"}}
-        rows = [{"stage": "student", "epoch": e, "lr": 0.1, "train_loss": 1.0 / e,
-                 **{name: acc * e / 2 for name in METRIC_NAMES}} for e in (1, 2)]
+        rows = [
+            {
+                "stage": "student",
+                "epoch": e,
+                "lr": 0.1,
+                "train_loss": 1.0 / e,
+                **{name: acc * e / 2 for name in METRIC_NAMES},
+            }
+            for e in (1, 2)
+        ]
         pd.DataFrame([{"stage": "teacher", "epoch": 1, "teacher_acc": teacher_acc}, *rows]).to_csv(
-            job / "metrics.csv", index=False)
+            job / "metrics.csv", index=False
+        )
     (job / "result.json").write_text(json.dumps(result))
 
 
@@ -41,8 +48,14 @@ def grid_sweep(sweep, accs: dict[tuple, list[float]], teacher_acc=0.9):
     num = 0
     for (alpha, temperature), values in accs.items():
         for seed, acc in enumerate(values):
-            make_job(sweep, num, ["experiment=smoke", f"alpha={alpha}", f"temperature={temperature}", f"seed={seed}"],
-                     seed, acc, teacher_acc)
+            make_job(
+                sweep,
+                num,
+                ["experiment=smoke", f"alpha={alpha}", f"temperature={temperature}", f"seed={seed}"],
+                seed,
+                acc,
+                teacher_acc,
+            )
             num += 1
 
 
@@ -55,7 +68,9 @@ def test_two_swept_keys_and_the_gain_over_alpha1_at_the_same_temperature(tmp_pat
     assert list(zip(summary.alpha, summary.temperature)) == [(0, 2), (0, 4), (1, 2), (1, 4)]
     assert list(summary["n"]) == [2, 2, 2, 2]
     assert summary["student_acc_mean"].tolist() == pytest.approx([0.82, 0.91, 0.71, 0.75])
-    assert summary["student_acc_std"].tolist() == pytest.approx([0.02 ** 0.5 * 0.2, 0.02 ** 0.5 * 0.1, 0.02 ** 0.5 * 0.1, 0.0])
+    assert summary["student_acc_std"].tolist() == pytest.approx(
+        [0.02**0.5 * 0.2, 0.02**0.5 * 0.1, 0.02**0.5 * 0.1, 0.0]
+    )
     assert summary["best_student_acc_mean"].tolist() == pytest.approx([0.83, 0.92, 0.72, 0.76])
     assert summary["student_acc_gain"].tolist() == pytest.approx([0.11, 0.16, 0.0, 0.0])
     runs = pd.read_csv(tmp_path / "runs.csv")
@@ -83,8 +98,13 @@ def test_categorical_keys_failed_jobs_and_number_parsing(tmp_path):
         for lr in ("1e-3", "0.1"):
             for seed in (0, 1):
                 failed = student == "cnn" and lr == "0.1" and seed == 1
-                make_job(tmp_path, num, [f"student={student}", f"student.lr={lr}", f"seed={seed}"], seed,
-                         None if failed else 0.5 + 0.1 * seed)
+                make_job(
+                    tmp_path,
+                    num,
+                    [f"student={student}", f"student.lr={lr}", f"seed={seed}"],
+                    seed,
+                    None if failed else 0.5 + 0.1 * seed,
+                )
                 num += 1
     tables = aggregate.aggregate([tmp_path], tmp_path)
     assert tables.keys == ["student", "student.lr"]
@@ -122,8 +142,14 @@ def test_plots_for_every_sweep_layout(layout, tmp_path):
         grid_sweep(tmp_path, {(0, 2): [0.8, 0.84], (0, 4): [0.9, 0.92], (1, 2): [0.7, 0.72], (1, 4): [0.75, 0.75]})
     elif layout == "categorical":  # teacher swept: its accuracy differs per point, no single reference line
         for num, (teacher, seed) in enumerate([(t, s) for t in ("cnn", "resnet18") for s in (0, 1)]):
-            make_job(tmp_path, num, [f"teacher={teacher}", f"seed={seed}"], seed, 0.6 + 0.1 * seed,
-                     teacher_acc=0.8 if teacher == "cnn" else 0.95)
+            make_job(
+                tmp_path,
+                num,
+                [f"teacher={teacher}", f"seed={seed}"],
+                seed,
+                0.6 + 0.1 * seed,
+                teacher_acc=0.8 if teacher == "cnn" else 0.95,
+            )
     else:
         for seed in range(3):
             make_job(tmp_path, seed, ["experiment=smoke", f"seed={seed}"], seed, 0.7 + 0.01 * seed)

@@ -9,10 +9,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
-from kd_runner.train import engine
 from kd_runner.data import Dataset, Split
-from kd_runner.data.device import InMemoryData
-from kd_runner.runtime.compute import Compute
 from kd_runner.data.augment import (
     Augmentation,
     crop_padded,
@@ -21,6 +18,9 @@ from kd_runner.data.augment import (
     random_flip,
     resized_crop_boxes,
 )
+from kd_runner.data.device import InMemoryData
+from kd_runner.runtime.compute import Compute
+from kd_runner.train import engine
 
 
 def _batch(n=6, c=3, h=32, w=32, seed=0):
@@ -123,8 +123,15 @@ def test_train_epoch_feeds_the_model_the_augmented_batch_and_passes_it_to_the_lo
 
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    engine.train_epoch(model, d, batch_size=5, generator=torch.Generator().manual_seed(0), optimizer=opt,
-                       scheduler=sched, loss_fn=loss_fn)
+    engine.train_epoch(
+        model,
+        d,
+        batch_size=5,
+        generator=torch.Generator().manual_seed(0),
+        optimizer=opt,
+        scheduler=sched,
+        loss_fn=loss_fn,
+    )
 
     # replay the generator: the same shuffles and the same augmentation draws
     gen = torch.Generator().manual_seed(0)
@@ -146,8 +153,15 @@ def test_train_epoch_without_augmentation_uses_the_stored_images():
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    engine.train_epoch(model, d, batch_size=4, generator=torch.Generator().manual_seed(0), optimizer=opt,
-                       scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), loss_fn=loss_fn)
+    engine.train_epoch(
+        model,
+        d,
+        batch_size=4,
+        generator=torch.Generator().manual_seed(0),
+        optimizer=opt,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        loss_fn=loss_fn,
+    )
     assert len(given) == math.ceil(12 / 4)
     for idx, inputs in given:
         assert torch.equal(inputs, d.normalize(d.train.images[idx]))

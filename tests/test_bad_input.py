@@ -60,7 +60,10 @@ def test_bad_input_gives_one_line_and_exit_2(args, expected, tmp_path, monkeypat
 def test_bad_input_through_the_console_script(tmp_path):
     proc = kd_run("alpha=2", cwd=tmp_path, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "kd-run: error: alpha=2.0 is not allowed: expected a number in [0, 1] (weight of the hard-label loss)"
+    assert (
+        proc.stderr.strip()
+        == "kd-run: error: alpha=2.0 is not allowed: expected a number in [0, 1] (weight of the hard-label loss)"
+    )
     assert "Traceback" not in proc.stderr + proc.stdout
     assert list(tmp_path.iterdir()) == []
 
@@ -85,16 +88,34 @@ def write_checkpoints(folder: Path) -> None:
 # Mistakes that show once the run has started (a file's content, the dataset built): the same one line
 # and exit code 2; the run directory holds only Hydra's files, the log and result.json saying "failed".
 IN_RUN_CASES = [
-    (["teacher.checkpoint=truncated.pt"], ["teacher.checkpoint='truncated.pt'", "truncated, corrupted or not a PyTorch file"]),
+    (
+        ["teacher.checkpoint=truncated.pt"],
+        ["teacher.checkpoint='truncated.pt'", "truncated, corrupted or not a PyTorch file"],
+    ),
     (["teacher.checkpoint=notes.pt"], ["teacher.checkpoint='notes.pt'", "not a PyTorch file"]),
     (["teacher.checkpoint=code.pt"], ["teacher.checkpoint='code.pt'", "pickled code", "model.state_dict()"]),
     (["teacher.checkpoint=mlp.pt"], ["teacher.checkpoint='mlp.pt' does not match teacher cnn", "missing keys"]),
-    (["teacher.checkpoint=five.pt"], ["does not match teacher cnn (1 input channels, 10 classes)", "fc.weight is (5, 32) in the file, (10, 32) in the model"]),
+    (
+        ["teacher.checkpoint=five.pt"],
+        [
+            "does not match teacher cnn (1 input channels, 10 classes)",
+            "fc.weight is (5, 32) in the file, (10, 32) in the model",
+        ],
+    ),
     (["teacher.checkpoint=tensor.pt"], ["teacher.checkpoint='tensor.pt' holds a Tensor, not a state dict"]),
-    (["student.weights_path=five.pt", "student=cnn", "student.width=16", "student.depth=2"], ["weights_path='five.pt' is not a state dict of cnn", "num_classes=10"]),
+    (
+        ["student.weights_path=five.pt", "student=cnn", "student.width=16", "student.depth=2"],
+        ["weights_path='five.pt' is not a state dict of cnn", "num_classes=10"],
+    ),
     (["dataset.val_fraction=0.001"], ["dataset.val_fraction=0.001", "[0.0056, 0.9944]"]),
-    (["dataset=synthetic", "dataset.num_samples=2", "dataset.val_fraction=0.5"], ["dataset synthetic: the training split holds a single class", "at least 2 classes"]),
-    (["dataset=synthetic", "dataset.num_samples=4", "dataset.val_fraction=0.9"], ["dataset.val_fraction=0.9", "leaves training samples"]),
+    (
+        ["dataset=synthetic", "dataset.num_samples=2", "dataset.val_fraction=0.5"],
+        ["dataset synthetic: the training split holds a single class", "at least 2 classes"],
+    ),
+    (
+        ["dataset=synthetic", "dataset.num_samples=4", "dataset.val_fraction=0.9"],
+        ["dataset.val_fraction=0.9", "leaves training samples"],
+    ),
 ]
 
 
@@ -116,7 +137,9 @@ def test_a_directory_of_another_config_is_refused_before_anything_is_written(tmp
     monkeypatch.chdir(tmp_path)
     for run in ("run", "sweep/1"):
         (tmp_path / run).mkdir(parents=True)
-        (tmp_path / run / "result.json").write_text(json.dumps({"status": "completed", "config_digest": "0123456789abcdef"}))
+        (tmp_path / run / "result.json").write_text(
+            json.dumps({"status": "completed", "config_digest": "0123456789abcdef"})
+        )
     before = sorted(tmp_path.rglob("*"))
     for args in (["hydra.run.dir=run"], ["-m", "alpha=0,1", "hydra.sweep.dir=sweep"]):
         with pytest.raises(SystemExit) as exc:
@@ -190,5 +213,8 @@ def test_a_damaged_result_json_in_the_run_directory_is_reported(tmp_path, monkey
         cli.main(["hydra.run.dir=run"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2
-    assert err == "kd-run: error: run/result.json is not valid JSON: delete it (the run then starts over) or use another directory"
+    assert err == (
+        "kd-run: error: run/result.json is not valid JSON: delete it (the run then starts over) "
+        "or use another directory"
+    )
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["result.json"]

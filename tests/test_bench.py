@@ -11,12 +11,10 @@ import pytest
 import torch
 
 from kd_runner import bench
-
-from kd_runner.train import engine
-from kd_runner.runtime.compute import Compute
 from kd_runner.data import Split, build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model
+from kd_runner.runtime.compute import Compute
 from kd_runner.runtime.rng import seed_everything
 
 KD_BENCH = str(Path(sys.executable).with_name("kd-bench"))
@@ -64,7 +62,9 @@ def test_tutorial_dataset_is_per_sample_normalised_like_the_engine(digits):
 
 def kd_bench(tmp_path, *args: str) -> tuple[str, dict]:
     out = tmp_path / "bench.json"
-    proc = subprocess.run([KD_BENCH, *args, "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [KD_BENCH, *args, "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout, json.loads(out.read_text())
 
@@ -97,8 +97,9 @@ def test_with_workers_0_loop_a_is_already_the_main_process_loop(tmp_path):
 
 @pytest.mark.slow
 def test_kd_bench_times_a_sweep(tmp_path):
-    stdout, results = kd_bench(tmp_path, "--workloads", "digits", "--epochs", "1", "--sweep-workload", "digits",
-                               "--sweep-epochs", "1")
+    stdout, results = kd_bench(
+        tmp_path, "--workloads", "digits", "--epochs", "1", "--sweep-workload", "digits", "--sweep-epochs", "1"
+    )
     assert "sweep 3 alphas x 2 seeds" in stdout
     sweep = results["sweep"]
     assert sweep["kd_run_s"] > 0 and sweep["loop_a_s"] > 0
@@ -111,11 +112,15 @@ def test_unknown_workload_is_a_usage_error(tmp_path):
     assert "unknown workload(s) imagenet; known: digits, resnet32, resnet32-aug, resnet224" in proc.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--repeats", "0"], "--repeats=0 is not allowed: expected a whole number >= 1"),
-    (["--workers", "-1"], "--workers=-1 is not allowed: expected a whole number >= 0"),
-    (["--json", "afile/out.json"], "--json="),
-] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "device='cuda' is not available on this machine")]))
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--repeats", "0"], "--repeats=0 is not allowed: expected a whole number >= 1"),
+        (["--workers", "-1"], "--workers=-1 is not allowed: expected a whole number >= 0"),
+        (["--json", "afile/out.json"], "--json="),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "device='cuda' is not available on this machine")]),
+)
 def test_bad_arguments_are_one_line_before_any_work(tmp_path, args, message):
     (tmp_path / "afile").write_text("a file, not a folder")
     proc = subprocess.run([KD_BENCH, *args], cwd=tmp_path, capture_output=True, text=True)

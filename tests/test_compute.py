@@ -9,13 +9,12 @@ import torch
 from helpers import compose_config, kd_run
 
 from kd_runner import pipeline
-
-from kd_runner.train import engine
-from kd_runner.runtime.compute import Compute
 from kd_runner.data import build_dataset
-from kd_runner.errors import ConfigError
 from kd_runner.data.device import InMemoryData
+from kd_runner.errors import ConfigError
 from kd_runner.models import build_stage_model
+from kd_runner.runtime.compute import Compute
+from kd_runner.train import engine
 
 CPU = torch.device("cpu")
 
@@ -55,7 +54,9 @@ def fp32_run(tmp_path_factory):
 def test_reduced_precision_runs_end_to_end(tmp_path, fp32_run, precision):
     low = pipeline.run(compose_config(*SHORT, f"precision={precision}", f"cache_dir={tmp_path}"), tmp_path)
     assert low["compute"]["precision"] == precision and fp32_run["compute"]["precision"] == "fp32"
-    assert low["teacher"]["cache_key"] != fp32_run["teacher"]["cache_key"]  # a teacher trained in bf16/fp16 is another one
+    assert (
+        low["teacher"]["cache_key"] != fp32_run["teacher"]["cache_key"]
+    )  # a teacher trained in bf16/fp16 is another one
     for name, value in low["metrics"].items():
         reference = fp32_run["metrics"][name]
         assert math.isfinite(value) and abs(value - reference) < 0.1 * max(1.0, abs(reference)), name
@@ -66,7 +67,9 @@ def test_fp16_training_scales_the_loss():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-    data = InMemoryData(build_dataset(compose_config("dataset=synthetic", "dataset.image_size=4").dataset), Compute(CPU, "fp16"))
+    data = InMemoryData(
+        build_dataset(compose_config("dataset=synthetic", "dataset.image_size=4").dataset), Compute(CPU, "fp16")
+    )
     scaler = data.compute.grad_scaler()
     with data.compute.autocast():
         logits = model(x)
@@ -103,7 +106,9 @@ def test_bad_compute_settings_are_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "kd-run: error: precision='fp8' is not allowed: one of: auto, fp32, bf16, fp16"
     assert not (tmp_path / "outputs").exists()
-    with pytest.raises(ConfigError, match=r"memory_format='nhwc' is not allowed: one of: auto, channels_last, contiguous"):
+    with pytest.raises(
+        ConfigError, match=r"memory_format='nhwc' is not allowed: one of: auto, channels_last, contiguous"
+    ):
         compose_config("memory_format=nhwc")
 
 
@@ -113,12 +118,16 @@ def test_compile_gives_the_eager_results_and_compiles_once_per_process(tmp_path)
     from torch._dynamo.utils import counters
 
     eager = pipeline.run(compose_config("experiment=smoke", f"cache_dir={tmp_path / 'e'}"), tmp_path / "e")
-    compiled = pipeline.run(compose_config("experiment=smoke", "compile=true", f"cache_dir={tmp_path / 'c'}"), tmp_path / "c")
+    compiled = pipeline.run(
+        compose_config("experiment=smoke", "compile=true", f"cache_dir={tmp_path / 'c'}"), tmp_path / "c"
+    )
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0 and compiled["compute"]["compile"] is True
     for name, value in compiled["metrics"].items():
         assert value == pytest.approx(eager["metrics"][name], rel=1e-3, abs=1e-3), name
-    again = pipeline.run(compose_config("experiment=smoke", "compile=true", "seed=1", f"cache_dir={tmp_path / 'c'}"), tmp_path / "d")
+    again = pipeline.run(
+        compose_config("experiment=smoke", "compile=true", "seed=1", f"cache_dir={tmp_path / 'c'}"), tmp_path / "d"
+    )
     assert counters["stats"]["unique_graphs"] == graphs  # new networks of the same code: nothing recompiled
     assert again["metrics"]["student_acc"] > 0.5
 

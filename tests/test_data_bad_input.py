@@ -20,7 +20,10 @@ CASES = [
     (["transfer.exclude_classes=[3,3]"], ["transfer.exclude_classes=[3, 3]", "distinct"]),
     (["transfer.exclude_classes=3"], ["transfer.exclude_classes", "not a ListConfig, list or tuple"]),
     (["teacher.ensemble=0"], ["teacher.ensemble=0", ">= 1"]),
-    (["teacher.ensemble=2", "teacher.epochs=0", f"teacher.checkpoint={__file__}"], ["teacher.ensemble=2", "teacher.epochs=0"]),
+    (
+        ["teacher.ensemble=2", "teacher.epochs=0", f"teacher.checkpoint={__file__}"],
+        ["teacher.ensemble=2", "teacher.epochs=0"],
+    ),
     (["student.scheduler=multistep"], ["student.milestones=[]", "increasing epochs > 0"]),
     (["teacher.scheduler=multistep", "teacher.milestones=[5,3]"], ["teacher.milestones=[5, 3]", "increasing"]),
     (["teacher.scheduler=cyclic"], ["teacher.scheduler='cyclic'", "none, step, cosine, onecycle, multistep"]),
@@ -44,8 +47,16 @@ def test_an_image_folder_with_a_corrupt_image_stops_with_one_line_naming_it(tmp_
     (root / "train" / "ants" / "notes.txt").write_text("not an image, no image extension: ignored")
     bad = root / "train" / "bees" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is no png")
-    proc = kd_run("experiment=smoke", "dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=16",
-                  "hydra.run.dir=run", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path, check=False)
+    proc = kd_run(
+        "experiment=smoke",
+        "dataset=imagefolder",
+        f"dataset.root={root}",
+        "dataset.image_size=16",
+        "hydra.run.dir=run",
+        f"cache_dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
@@ -56,9 +67,17 @@ def test_an_image_folder_with_a_corrupt_image_stops_with_one_line_naming_it(tmp_
 def test_excluding_every_class_of_the_transfer_set_is_one_line(tmp_path, monkeypatch, capsys):
     """Found once the data is loaded (the class count is the data's), before the teacher is touched."""
     monkeypatch.chdir(tmp_path)
-    err = usage_error_line(["experiment=smoke", "transfer.exclude_classes=[0,1,2,3,4,5,6,7,8,9]",
-                            "hydra.run.dir=run", f"cache_dir={tmp_path / 'cache'}"], capsys)
-    assert err == ("kd-run: error: transfer.exclude_classes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] leaves no training "
-                   "samples in digits")
+    err = usage_error_line(
+        [
+            "experiment=smoke",
+            "transfer.exclude_classes=[0,1,2,3,4,5,6,7,8,9]",
+            "hydra.run.dir=run",
+            f"cache_dir={tmp_path / 'cache'}",
+        ],
+        capsys,
+    )
+    assert err == (
+        "kd-run: error: transfer.exclude_classes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] leaves no training samples in digits"
+    )
     assert not (tmp_path / "cache").exists()  # no teacher was trained or cached
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"

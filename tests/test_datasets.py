@@ -11,7 +11,15 @@ from dataset_files import write_cifar10, write_cifar100, write_image_folder, wri
 
 from kd_runner.config import DatasetConfig
 from kd_runner.data import build_dataset
-from kd_runner.data.vision import IMAGENET_MEAN, IMAGENET_STD, PAD_CROP, PAD_CROP_FLIP, RESIZED_CROP_FLIP, eval_transform, holdout
+from kd_runner.data.vision import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PAD_CROP,
+    PAD_CROP_FLIP,
+    RESIZED_CROP_FLIP,
+    eval_transform,
+    holdout,
+)
 from kd_runner.errors import UserError
 
 

@@ -7,13 +7,20 @@ import os
 import pytest
 import torch
 import torchvision
-from helpers import compose_config, kd_run, read_run
 from dataset_files import write_cifar10, write_cifar100, write_image_folder, write_mnist, write_svhn
+from helpers import compose_config, kd_run, read_run
 
 # small nets and tiny epochs: every run takes seconds
 TINY = [
-    "teacher=cnn", "teacher.width=8", "student=mlp", "student.width=32", "teacher.epochs=3", "student.epochs=3",
-    "teacher.batch_size=16", "student.batch_size=16", "progress=false",
+    "teacher=cnn",
+    "teacher.width=8",
+    "student=mlp",
+    "student.width=32",
+    "teacher.epochs=3",
+    "student.epochs=3",
+    "teacher.batch_size=16",
+    "student.batch_size=16",
+    "progress=false",
 ]
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # a closed local port
 
@@ -40,8 +47,12 @@ def test_cifar10_with_device_augmentation(files, tmp_path):
     result, metrics = read_run(tmp_path / "run")
     assert result["status"] == "completed"
     assert result["transfer"] == {
-        "dataset": "cifar10", "train_samples": 100, "val_samples": 40, "labeled": True,
-        "exclude_classes": [], "augmented": True,
+        "dataset": "cifar10",
+        "train_samples": 100,
+        "val_samples": 40,
+        "labeled": True,
+        "exclude_classes": [],
+        "augmented": True,
     }
     # colour-coded classes survive crops and flips: far above chance (0.1) after three tiny epochs
     assert result["metrics"]["teacher_acc"] > 0.3 and result["metrics"]["student_acc"] > 0.3
@@ -52,7 +63,14 @@ def test_cifar10_with_device_augmentation(files, tmp_path):
 
 def test_cifar100_runs_with_a_hundred_classes(files, tmp_path):
     args = [a for a in TINY if "epochs" not in a] + ["teacher.epochs=1", "student.epochs=1"]
-    kd_run("dataset=cifar100", f"dataset.root={files / 'data'}", "dataset.augment=false", *args, "hydra.run.dir=run", cwd=tmp_path)
+    kd_run(
+        "dataset=cifar100",
+        f"dataset.root={files / 'data'}",
+        "dataset.augment=false",
+        *args,
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
     result, _ = read_run(tmp_path / "run")
     assert result["transfer"]["train_samples"] == 200 and result["transfer"]["augmented"] is False
     assert result["models"]["student"]["params"] == (3 * 32 * 32 * 32 + 32) + (32 * 100 + 100)  # mlp, depth 1
@@ -62,8 +80,14 @@ def test_cifar100_runs_with_a_hundred_classes(files, tmp_path):
 def test_mnist_with_an_excluded_class(files, tmp_path):
     """Hinton's omitted-digit experiment: no 3 in the transfer set, per-class accuracy on all ten."""
     kd_run(
-        "dataset=mnist", f"dataset.root={files / 'data'}", "transfer.exclude_classes=[3]", "teacher=mlp",
-        "teacher.width=64", *TINY[2:], "hydra.run.dir=run", cwd=tmp_path,
+        "dataset=mnist",
+        f"dataset.root={files / 'data'}",
+        "transfer.exclude_classes=[3]",
+        "teacher=mlp",
+        "teacher.width=64",
+        *TINY[2:],
+        "hydra.run.dir=run",
+        cwd=tmp_path,
     )
     result, _ = read_run(tmp_path / "run")
     labels = torchvision.datasets.MNIST(files / "data", train=True).targets
@@ -78,8 +102,12 @@ def test_mnist_with_an_excluded_class(files, tmp_path):
 
 def test_image_folder_hymenoptera_layout(files, tmp_path):
     kd_run(
-        "dataset=imagefolder", f"dataset.root={files / 'hymenoptera_data'}", "dataset.image_size=32", *TINY,
-        "hydra.run.dir=run", cwd=tmp_path,
+        "dataset=imagefolder",
+        f"dataset.root={files / 'hymenoptera_data'}",
+        "dataset.image_size=32",
+        *TINY,
+        "hydra.run.dir=run",
+        cwd=tmp_path,
     )
     result, _ = read_run(tmp_path / "run")
     assert result["transfer"]["train_samples"] == 24 and result["transfer"]["val_samples"] == 12
@@ -91,8 +119,13 @@ def test_image_folder_hymenoptera_layout(files, tmp_path):
 def test_domain_transfer_cifar10_teacher_svhn_student(files, tmp_path):
     """Teacher fine-tuned on the source (CIFAR-10), student distilled and evaluated on the target (SVHN)."""
     kd_run(
-        "dataset=cifar10", f"dataset.root={files / 'data'}", "transfer=svhn", f"transfer.dataset.root={files / 'svhn'}",
-        *TINY, "hydra.run.dir=run", cwd=tmp_path,
+        "dataset=cifar10",
+        f"dataset.root={files / 'data'}",
+        "transfer=svhn",
+        f"transfer.dataset.root={files / 'svhn'}",
+        *TINY,
+        "hydra.run.dir=run",
+        cwd=tmp_path,
     )
     result, metrics = read_run(tmp_path / "run")
     assert result["transfer"]["dataset"] == "svhn"
@@ -164,8 +197,12 @@ def test_pretrained_offline_names_the_file_and_torch_home(files, tmp_path, monke
     for key, value in {**OFFLINE, "TORCH_HOME": str(tmp_path / "torch")}.items():
         monkeypatch.setenv(key, value)
     proc = kd_run(
-        "dataset=imagefolder", f"dataset.root={files / 'hymenoptera_data'}", "teacher=resnet18",
-        "teacher.pretrained=true", cwd=tmp_path, check=False,
+        "dataset=imagefolder",
+        f"dataset.root={files / 'hymenoptera_data'}",
+        "teacher=resnet18",
+        "teacher.pretrained=true",
+        cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()[-1]
@@ -179,10 +216,21 @@ def test_weights_path_torchvision_state_dict_with_frozen_backbone(files, tmp_pat
     saved = torchvision.models.resnet18().state_dict()
     torch.save(saved, tmp_path / "resnet18.pth")
     kd_run(
-        "dataset=imagefolder", f"dataset.root={files / 'hymenoptera_data'}", "dataset.image_size=64",
-        "teacher=cnn", "teacher.width=8", "teacher.epochs=1", "student=resnet18",
-        f"student.weights_path={tmp_path / 'resnet18.pth'}", "student.freeze=backbone", "student.epochs=2",
-        "student.batch_size=8", "student.lr=0.1", "progress=false", "hydra.run.dir=run", cwd=tmp_path,
+        "dataset=imagefolder",
+        f"dataset.root={files / 'hymenoptera_data'}",
+        "dataset.image_size=64",
+        "teacher=cnn",
+        "teacher.width=8",
+        "teacher.epochs=1",
+        "student=resnet18",
+        f"student.weights_path={tmp_path / 'resnet18.pth'}",
+        "student.freeze=backbone",
+        "student.epochs=2",
+        "student.batch_size=8",
+        "student.lr=0.1",
+        "progress=false",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
     )
     student = torch.load(tmp_path / "run" / "student.pt", weights_only=True)
     params = {name for name, _ in torchvision.models.resnet18().named_parameters()}
@@ -207,8 +255,14 @@ def test_hymenoptera_preset_with_cached_imagenet_weights(files, tmp_path, monkey
     for key, value in {**OFFLINE, "TORCH_HOME": str(torch_home)}.items():
         monkeypatch.setenv(key, value)
     kd_run(
-        "experiment=hymenoptera", f"dataset.root={files / 'hymenoptera_data'}", "dataset.image_size=64",
-        "teacher.epochs=1", "student.epochs=1", "progress=false", "hydra.run.dir=run", cwd=tmp_path,
+        "experiment=hymenoptera",
+        f"dataset.root={files / 'hymenoptera_data'}",
+        "dataset.image_size=64",
+        "teacher.epochs=1",
+        "student.epochs=1",
+        "progress=false",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
     )
     result, _ = read_run(tmp_path / "run")
     assert result["models"]["teacher"]["name"] == "resnet50" and result["models"]["student"]["name"] == "resnet18"
@@ -216,18 +270,22 @@ def test_hymenoptera_preset_with_cached_imagenet_weights(files, tmp_path, monkey
     _per_class(result, 2)
 
 
-@pytest.mark.parametrize("name,present,missing", [
-    ("cifar10", ["cifar-10-batches-py/data_batch_1"], "cifar-10-batches-py/data_batch_2' and 5 more"),
-    ("mnist", ["MNIST/raw/train-images-idx3-ubyte"], "MNIST/raw/train-labels-idx1-ubyte' and 2 more"),
-    ("svhn", ["train_32x32.mat"], "test_32x32.mat'"),
-])
+@pytest.mark.parametrize(
+    "name,present,missing",
+    [
+        ("cifar10", ["cifar-10-batches-py/data_batch_1"], "cifar-10-batches-py/data_batch_2' and 5 more"),
+        ("mnist", ["MNIST/raw/train-images-idx3-ubyte"], "MNIST/raw/train-labels-idx1-ubyte' and 2 more"),
+        ("svhn", ["train_32x32.mat"], "test_32x32.mat'"),
+    ],
+)
 def test_missing_files_in_an_existing_folder_are_caught_before_any_job(tmp_path, name, present, missing):
     root = tmp_path / "data"
     for relative in present:
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(b"")
-    proc = kd_run("-m", f"dataset={name}", f"dataset.root={root}", "alpha=0,1", "hydra.sweep.dir=sweep",
-                  cwd=tmp_path, check=False)
+    proc = kd_run(
+        "-m", f"dataset={name}", f"dataset.root={root}", "alpha=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path, check=False
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip()
     assert line.startswith(f"kd-run: error: dataset={name}: no file '{root}/") and missing in line, line

@@ -35,7 +35,9 @@ def test_each_process_augments_its_rows_with_the_draws_of_the_whole_batch():
     aug = Augmentation(crop_padding=2, flip=True)
     images = torch.randint(0, 256, (8, 3, 6, 6), dtype=torch.uint8)
     whole = aug(images, torch.Generator().manual_seed(3))
-    parts = [aug(images[Shard(r, 2).rows(8)], torch.Generator().manual_seed(3), Shard(r, 2).rows(8), 8) for r in range(2)]
+    parts = [
+        aug(images[Shard(r, 2).rows(8)], torch.Generator().manual_seed(3), Shard(r, 2).rows(8), 8) for r in range(2)
+    ]
     assert torch.equal(torch.cat(parts), whole)
 
 
@@ -64,8 +66,19 @@ def close(distributed: dict, single: dict) -> None:
 
 def test_two_process_sweep_matches_single_process_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--no-python",
-           KD_RUN, "-m", "experiment=smoke", "alpha=0.5,1", "hydra.sweep.dir=sweep"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--no-python",
+        KD_RUN,
+        "-m",
+        "experiment=smoke",
+        "alpha=0.5,1",
+        "hydra.sweep.dir=sweep",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -83,7 +96,10 @@ def test_two_process_sweep_matches_single_process_runs(tmp_path):
         assert result["config"]["alpha"] == alpha
         assert result["compute"]["processes"] == 2
         assert result["teacher"]["source"] == ("trained" if job == 0 else "cache")
-        single = pipeline.run(compose_config("experiment=smoke", f"alpha={alpha}", f"cache_dir={tmp_path / 'single'}"), tmp_path / f"single{job}")
+        single = pipeline.run(
+            compose_config("experiment=smoke", f"alpha={alpha}", f"cache_dir={tmp_path / 'single'}"),
+            tmp_path / f"single{job}",
+        )
         assert single["compute"]["processes"] == 1
         assert result["metrics"]["teacher_acc"] == single["metrics"]["teacher_acc"]  # the same teacher, trained once
         close(result["metrics"], single["metrics"])

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from kd_runner import cli
-
 from kd_runner.store import rundir
 
 

@@ -11,17 +11,14 @@ import torch
 from helpers import compose_config
 
 from kd_runner import pipeline
-
-from kd_runner.train import engine
-from kd_runner.runtime.compute import Compute
 from kd_runner.data import Dataset, Split, build_dataset
 from kd_runner.data.augment import Augmentation
+from kd_runner.data.device import InMemoryData, index_batches, steps_per_epoch
 from kd_runner.data.loader import StreamedData
-from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model
+from kd_runner.runtime.compute import Compute
 from kd_runner.runtime.rng import seed_everything
-from kd_runner.data.device import index_batches
-from kd_runner.data.device import steps_per_epoch
+from kd_runner.train import engine
 
 CPU = torch.device("cpu")
 
@@ -38,7 +35,9 @@ def test_dataloader_run_equals_in_memory_run(tmp_path, workers):
     assert streamed["compute"]["loader"] == "dataloader" and memory["compute"]["loader"] == "memory"
     assert streamed["teacher"]["source"] == memory["teacher"]["source"] == "trained"
     assert streamed["metrics"] == memory["metrics"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "s" / "metrics.csv"), pd.read_csv(tmp_path / "m" / "metrics.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "s" / "metrics.csv"), pd.read_csv(tmp_path / "m" / "metrics.csv")
+    )
     a, b = torch.load(tmp_path / "m" / "student.pt"), torch.load(tmp_path / "s" / "student.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -62,8 +61,14 @@ class NpyImages(torch.utils.data.Dataset):
 def test_images_read_from_disk_train_like_images_in_memory(tmp_path, augmentation):
     """A split whose images are a map-style dataset on disk: same batches, same augmentation draws, same
     training, same predictions."""
-    cfg = compose_config("experiment=smoke", "dataset=synthetic", "dataset.image_size=8", "dataset.num_samples=120",
-                         "student=cnn", "student.width=8")
+    cfg = compose_config(
+        "experiment=smoke",
+        "dataset=synthetic",
+        "dataset.image_size=8",
+        "dataset.num_samples=120",
+        "student=cnn",
+        "student.width=8",
+    )
     data = dataclasses.replace(build_dataset(cfg.dataset), augmentation=augmentation)
     assert data.train.images.dtype == torch.uint8
     np.save(tmp_path / "train.npy", data.train.images.numpy())
@@ -77,8 +82,16 @@ def test_images_read_from_disk_train_like_images_in_memory(tmp_path, augmentatio
     def train(d, seed=3):
         seed_everything(seed)
         model = build_stage_model(cfg.student, data)
-        history = engine.fit(model, d, stage="student", recipe=cfg.student, seed=seed,
-                             loss_fn=engine.cross_entropy_loss, evaluate=lambda: {}, progress=False)
+        history = engine.fit(
+            model,
+            d,
+            stage="student",
+            recipe=cfg.student,
+            seed=seed,
+            loss_fn=engine.cross_entropy_loss,
+            evaluate=lambda: {},
+            progress=False,
+        )
         return model, [row["train_loss"] for row in history], engine.predict(model, d, d.val.images, batch_size=7)
 
     model_m, losses_m, logits_m = train(InMemoryData(data, Compute(CPU)))

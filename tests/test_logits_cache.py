@@ -11,14 +11,12 @@ import torch
 from helpers import compose_config, kd_run, read_run
 
 from kd_runner import pipeline
-
-from kd_runner.train import engine
-
-from kd_runner.teacher import logits_cache
-from kd_runner.runtime.compute import Compute
 from kd_runner.data import Split, build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model
+from kd_runner.runtime.compute import Compute
+from kd_runner.teacher import logits_cache
+from kd_runner.train import engine
 
 CPU = torch.device("cpu")
 SPLITS = ("train", "val")

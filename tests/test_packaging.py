@@ -14,8 +14,21 @@ REPO = Path(__file__).resolve().parents[1]
 def test_wheel_contains_configs_and_runs_from_another_directory(tmp_path):
     wheel_dir = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
-        check=True, capture_output=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     (wheel,) = wheel_dir.glob("kd_runner-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -26,15 +39,26 @@ def test_wheel_contains_configs_and_runs_from_another_directory(tmp_path):
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-        check=True, capture_output=True, cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys, kd_runner.cli as c; print(c.__file__, file=sys.stderr); c.main()",
-         "experiment=smoke", "hydra.run.dir=run"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            "import sys, kd_runner.cli as c; print(c.__file__, file=sys.stderr); c.main()",
+            "experiment=smoke",
+            "hydra.run.dir=run",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert str(site) in proc.stderr  # the installed copy ran, not the checkout

@@ -6,13 +6,10 @@ import pytest
 import torch
 from helpers import compose_config
 
-from kd_runner import cli
-
-from kd_runner.train import engine  # noqa: F401  (cli registers the config schema with Hydra)
 from kd_runner.config import StageConfig
 from kd_runner.models import MODEL_NAMES
-from kd_runner.train.optim import make_optimizer
-from kd_runner.train.optim import make_scheduler
+from kd_runner.train import engine  # noqa: F401  (cli registers the config schema with Hydra)
+from kd_runner.train.optim import make_optimizer, make_scheduler
 
 CIFAR_NETS = ("resnet8x4", "resnet32x4", "resnet20", "resnet56", "resnet110", "wrn_40_2", "wrn_16_2", "vgg8", "vgg13")
 
@@ -24,7 +21,13 @@ def test_hymenoptera_preset_is_the_reference_recipe():
     assert (cfg.teacher.name, cfg.student.name) == ("resnet50", "resnet18")
     for stage in (cfg.teacher, cfg.student):
         assert stage.pretrained and stage.weights_path is None
-        assert (stage.epochs, stage.batch_size, stage.optimizer, stage.lr, stage.momentum) == (25, 32, "sgd", 0.001, 0.9)
+        assert (stage.epochs, stage.batch_size, stage.optimizer, stage.lr, stage.momentum) == (
+            25,
+            32,
+            "sgd",
+            0.001,
+            0.9,
+        )
         assert (stage.scheduler, stage.step_size, stage.gamma, stage.weight_decay) == ("step", 7, 0.1, 0.0)
     assert (cfg.teacher.freeze, cfg.student.freeze) == ("none", "backbone")
     assert cfg.soft_loss == "mse"
@@ -55,7 +58,11 @@ def test_cifar_nets_have_config_files(name):
 
 def test_transfer_group_picks_a_dataset_config():
     cfg = compose_config("transfer=svhn", "transfer.dataset.root=/d", "transfer.exclude_classes=[3,5]")
-    assert (cfg.transfer.dataset.name, cfg.transfer.dataset.root, cfg.transfer.dataset.val_split) == ("svhn", "/d", "test")
+    assert (cfg.transfer.dataset.name, cfg.transfer.dataset.root, cfg.transfer.dataset.val_split) == (
+        "svhn",
+        "/d",
+        "test",
+    )
     assert cfg.transfer.exclude_classes == [3, 5] and cfg.dataset.name == "digits"
     assert compose_config().transfer.dataset is None
 

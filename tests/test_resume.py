@@ -17,13 +17,11 @@ import torch
 from helpers import compose_config, kd_run, read_run, start_kd_run, wait_for_file
 
 from kd_runner import cli, pipeline
-
-from kd_runner.runtime import interrupt
-
-from kd_runner.store import rundir
-from kd_runner.train.checkpoint import rng_states, set_rng_states
 from kd_runner.errors import RunInterrupted, UserError
+from kd_runner.runtime import interrupt
+from kd_runner.store import rundir
 from kd_runner.store.files import directory_lock
+from kd_runner.train.checkpoint import rng_states, set_rng_states
 
 STUDENT_EPOCHS = 5
 ARGS = ("experiment=smoke", f"student.epochs={STUDENT_EPOCHS}", "student.optimizer=adam", "student.scheduler=onecycle")
@@ -195,7 +193,6 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True))
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expected[0]) and (got[1] == expected[1]).all() and got[2] == expected[2]
-
 
 
 def test_the_first_signal_asks_for_a_stop_the_second_stops_at_once():

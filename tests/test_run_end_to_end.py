@@ -39,7 +39,9 @@ def test_smoke_run_writes_result_and_metrics(smoke_run):
 
     models = result["models"]
     assert models["teacher"]["params"] > models["student"]["params"] > 0
-    assert math.isclose(models["compression_ratio"], models["teacher"]["params"] / models["student"]["params"], rel_tol=1e-3)
+    assert math.isclose(
+        models["compression_ratio"], models["teacher"]["params"] / models["student"]["params"], rel_tol=1e-3
+    )
     assert result["device"] == "cpu"
     assert len(result["config_digest"]) == 16
     assert set(result["versions"]) == {"python", "torch", "torchvision", "kd_runner"}
@@ -74,7 +76,9 @@ def test_compose_api_run_is_deterministic(tmp_path):
     """Two runs with the same config and seed, each training its own teacher, give identical metrics."""
     records = []
     for name in ("a", "b"):
-        cfg = compose_config("experiment=smoke", f"cache_dir={tmp_path / name / 'cache'}", "alpha=0.3", "soft_loss=soft_ce")
+        cfg = compose_config(
+            "experiment=smoke", f"cache_dir={tmp_path / name / 'cache'}", "alpha=0.3", "soft_loss=soft_ce"
+        )
         records.append(pipeline.run(cfg, tmp_path / name))
     assert records[0]["teacher"]["source"] == records[1]["teacher"]["source"] == "trained"
     assert records[0]["metrics"] == records[1]["metrics"]
@@ -89,8 +93,19 @@ def test_config_groups_compose(group, option):
 
 def test_help_lists_groups_and_main_keys(tmp_path):
     out = kd_run("--help", cwd=tmp_path).stdout
-    for text in ("teacher: ", "student: ", "dataset: ", "experiment: ", "alpha", "temperature", "soft_loss",
-                 "STAGE.optimizer", "STAGE.scheduler", "resnet50", "smoke"):
+    for text in (
+        "teacher: ",
+        "student: ",
+        "dataset: ",
+        "experiment: ",
+        "alpha",
+        "temperature",
+        "soft_loss",
+        "STAGE.optimizer",
+        "STAGE.scheduler",
+        "resnet50",
+        "smoke",
+    ):
         assert text in out
     assert not (tmp_path / "outputs").exists()
 

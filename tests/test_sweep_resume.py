@@ -9,7 +9,6 @@ import pytest
 from helpers import kd_run, start_kd_run, wait_for_file
 
 from kd_runner import cli
-
 from kd_runner.store import rundir
 
 SWEEP = ("-m", "experiment=smoke", "student.epochs=4", "alpha=0,0.5,1", "hydra.sweep.dir=sweep")
@@ -18,7 +17,8 @@ SWEEP = ("-m", "experiment=smoke", "student.epochs=4", "alpha=0,0.5,1", "hydra.s
 def statuses(sweep_dir, jobs=3) -> list:
     return [
         json.loads((sweep_dir / str(i) / "result.json").read_text())["status"]
-        if (sweep_dir / str(i) / "result.json").exists() else None
+        if (sweep_dir / str(i) / "result.json").exists()
+        else None
         for i in range(jobs)
     ]
 
@@ -38,7 +38,9 @@ def test_a_sweep_interrupted_by_sigint_finishes_on_a_rerun(tmp_path):
     assert (tmp_path / "sweep" / "0" / "result.json").read_bytes() == finished  # skipped, not redone
     assert out.count("skipped") == 1
     assert "student: resuming from" in (tmp_path / "sweep" / "1" / "kd-run.log").read_text()
-    assert [json.loads((tmp_path / "sweep" / str(i) / "result.json").read_text())["config"]["alpha"] for i in range(3)] == [0, 0.5, 1]
+    assert [
+        json.loads((tmp_path / "sweep" / str(i) / "result.json").read_text())["config"]["alpha"] for i in range(3)
+    ] == [0, 0.5, 1]
 
 
 def test_a_finished_sweep_is_skipped_and_another_sweep_into_its_directory_is_refused(tmp_path, monkeypatch, capsys):

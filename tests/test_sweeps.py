@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import statistics
 import subprocess
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,7 +19,6 @@ from helpers import kd_run
 from PIL import Image
 
 from kd_runner import cli
-
 from kd_runner.sweep import cli as sweep_cli
 from kd_runner.sweep.aggregate import FINAL_METRICS
 from kd_runner.train.metrics import METRIC_NAMES
@@ -33,7 +32,9 @@ def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def job_results(sweep_dir: Path) -> list[dict]:
-    return [json.loads((d / "result.json").read_text()) for d in sorted(sweep_dir.glob("[0-9]*"), key=lambda p: int(p.name))]
+    return [
+        json.loads((d / "result.json").read_text()) for d in sorted(sweep_dir.glob("[0-9]*"), key=lambda p: int(p.name))
+    ]
 
 
 def assert_valid_png(path: Path) -> None:
@@ -72,8 +73,10 @@ def test_summary_is_the_mean_and_sample_std_of_the_jobs(alpha_sweep):
             assert_close(row[f"{name}_mean"], statistics.mean(values))
             assert_close(row[f"{name}_std"], statistics.stdev(values))
     baseline = summary.loc[summary.alpha == 1, "student_acc_mean"].item()
-    assert_close(summary.loc[summary.alpha == 0, "student_acc_gain"].item(),
-                 summary.loc[summary.alpha == 0, "student_acc_mean"].item() - baseline)
+    assert_close(
+        summary.loc[summary.alpha == 0, "student_acc_gain"].item(),
+        summary.loc[summary.alpha == 0, "student_acc_mean"].item() - baseline,
+    )
     assert summary.loc[summary.alpha == 1, "student_acc_gain"].item() == 0.0
 
     markdown = (sweep / "summary.md").read_text()
@@ -167,8 +170,9 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
 
 def test_an_interrupted_sweep_is_still_aggregated(tmp_path):
     """Ctrl-C stops Hydra before its end-of-multirun hook; kd-run aggregates what the jobs left anyway."""
-    proc = subprocess.Popen([str(BIN / "kd-run"), *SWEEP], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "kd-run"), *SWEEP], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     started = tmp_path / "sweep" / "1" / ".hydra" / "overrides.yaml"
     deadline = time.monotonic() + 120
     while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -228,12 +232,15 @@ def test_kd_report_redraws_the_plots(alpha_sweep, tmp_path):
         assert_valid_png(copy / name)
 
 
-@pytest.mark.parametrize("tool,args,message", [
-    ("aggregate_main", ["nowhere"], "kd-aggregate: error: 'nowhere': no such directory"),
-    ("aggregate_main", ["."], "kd-aggregate: error: '.' holds no job directories"),
-    ("aggregate_main", ["a", "b"], "kd-aggregate: error: several sweep directories need --out DIR"),
-    ("report_main", ["."], "kd-report: error: 'summary.csv': no such file; run kd-aggregate . first"),
-])
+@pytest.mark.parametrize(
+    "tool,args,message",
+    [
+        ("aggregate_main", ["nowhere"], "kd-aggregate: error: 'nowhere': no such directory"),
+        ("aggregate_main", ["."], "kd-aggregate: error: '.' holds no job directories"),
+        ("aggregate_main", ["a", "b"], "kd-aggregate: error: several sweep directories need --out DIR"),
+        ("report_main", ["."], "kd-report: error: 'summary.csv': no such file; run kd-aggregate . first"),
+    ],
+)
 def test_sweep_tools_report_bad_input_in_one_line(tool, args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
@@ -252,10 +259,13 @@ def test_alpha_preset_runs_as_a_sweep_and_the_command_line_overrides_it(tmp_path
     assert "# Sweep over no key (seeds only)" in proc.stdout
 
 
-@pytest.mark.parametrize("preset,key,values", [
-    ("alpha", "alpha", {0.0, 0.25, 0.5, 0.75, 1.0}),
-    ("temperature", "temperature", {1.0, 2.0, 4.0, 8.0, 16.0}),
-])
+@pytest.mark.parametrize(
+    "preset,key,values",
+    [
+        ("alpha", "alpha", {0.0, 0.25, 0.5, 0.75, 1.0}),
+        ("temperature", "temperature", {1.0, 2.0, 4.0, 8.0, 16.0}),
+    ],
+)
 def test_presets_expand_to_five_values_times_five_seeds_in_preflight(preset, key, values):
     plan = cli.preflight([f"sweep={preset}"], multirun=False)
     assert plan.multirun is True
@@ -269,13 +279,15 @@ def test_preflight_checks_every_job_of_a_preset(tmp_path, monkeypatch, capsys):
         cli.main(["sweep=alpha", "alpha=0,1.5"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "kd-run: error: alpha=1.5 is not allowed: expected a number in [0, 1] (weight of the hard-label loss)")
+        "kd-run: error: alpha=1.5 is not allowed: expected a number in [0, 1] (weight of the hard-label loss)"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_submitit_local_launcher(tmp_path):
-    proc = kd_run("-m", "experiment=smoke", "alpha=0,1", "hydra/launcher=submitit_local", "hydra.sweep.dir=sweep",
-                  cwd=tmp_path)
+    proc = kd_run(
+        "-m", "experiment=smoke", "alpha=0,1", "hydra/launcher=submitit_local", "hydra.sweep.dir=sweep", cwd=tmp_path
+    )
     runs = pd.read_csv(tmp_path / "sweep" / "runs.csv")
     assert list(runs["status"]) == ["completed"] * 2
     assert sorted(runs["teacher_source"]) == ["cache", "trained"]

@@ -6,13 +6,12 @@ import torch
 from helpers import compose_config, kd_run
 
 from kd_runner import pipeline
-
-from kd_runner.train import engine
 from kd_runner.data import build_dataset
-from kd_runner.train.metrics import accuracy
 from kd_runner.data.device import InMemoryData
-from kd_runner.runtime.compute import Compute
 from kd_runner.models import build_stage_model
+from kd_runner.runtime.compute import Compute
+from kd_runner.train import engine
+from kd_runner.train.metrics import accuracy
 
 
 def saved_teacher(tmp_path, **stage):
@@ -27,7 +26,9 @@ def saved_teacher(tmp_path, **stage):
 
 def test_checkpoint_with_zero_epochs_is_used_as_is(tmp_path):
     model, data, path = saved_teacher(tmp_path)
-    cfg = compose_config("experiment=smoke", "teacher.epochs=0", f"teacher.checkpoint={path}", f"cache_dir={tmp_path / 'cache'}")
+    cfg = compose_config(
+        "experiment=smoke", "teacher.epochs=0", f"teacher.checkpoint={path}", f"cache_dir={tmp_path / 'cache'}"
+    )
     record = pipeline.run(cfg, tmp_path / "run")
     assert record["teacher"]["source"] == "checkpoint"
     device_data = InMemoryData(data, Compute(torch.device("cpu")))
@@ -48,7 +49,14 @@ def test_checkpoint_with_epochs_is_fine_tuned_and_cached_under_its_own_key(tmp_p
 def test_checkpoint_of_another_architecture_is_one_line(tmp_path):
     path = tmp_path / "other.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), path)
-    proc = kd_run("experiment=smoke", "teacher.epochs=0", f"teacher.checkpoint={path}", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    proc = kd_run(
+        "experiment=smoke",
+        "teacher.epochs=0",
+        f"teacher.checkpoint={path}",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()[-1:]

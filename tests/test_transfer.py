@@ -9,17 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_runner.train import engine
 from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TransferConfig
 from kd_runner.data import Dataset, Split
 from kd_runner.data.augment import Augmentation
-from kd_runner.teacher.ensemble import TeacherEnsemble, combine_logits
-from kd_runner.errors import UserError
-from kd_runner.train.losses import distillation_loss
-from kd_runner.teacher.soft_targets import SoftTargets
-from kd_runner.data.transfer import transfer_data
 from kd_runner.data.device import InMemoryData
+from kd_runner.data.transfer import transfer_data
+from kd_runner.errors import UserError
 from kd_runner.runtime.compute import Compute
+from kd_runner.teacher.ensemble import TeacherEnsemble, combine_logits
+from kd_runner.teacher.soft_targets import SoftTargets
+from kd_runner.train import engine
+from kd_runner.train.losses import distillation_loss
 
 
 def _dataset(n=40, classes=4, augmentation=None, seed=0, size=8):
@@ -33,7 +33,11 @@ def _dataset(n=40, classes=4, augmentation=None, seed=0, size=8):
 def _teacher(classes=4, size=8):
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
         nn.Linear(4 * size * size, classes),
     )
 
@@ -107,8 +111,9 @@ def test_excluded_classes_never_reach_the_student_batches():
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 5))
     stage = StageConfig(epochs=3, batch_size=8)
-    engine.fit(model, student_data, stage="student", recipe=stage, seed=0, loss_fn=loss_fn, evaluate=lambda: {},
-               progress=False)
+    engine.fit(
+        model, student_data, stage="student", recipe=stage, seed=0, loss_fn=loss_fn, evaluate=lambda: {}, progress=False
+    )
     labels = torch.cat(seen)
     assert len(labels) == 3 * 36 and not bool(torch.isin(labels, torch.tensor([1, 3])).any())
 
@@ -131,8 +136,14 @@ def test_transfer_dataset_is_the_students_data_with_the_teachers_normalisation()
 @pytest.mark.parametrize(
     "transfer,message",
     [
-        ({"dataset": DatasetConfig(name="synthetic", image_size=16, channels=3, num_classes=4)}, "3x16x16 images, 4 classes"),
-        ({"dataset": DatasetConfig(name="synthetic", image_size=8, channels=3, num_classes=10)}, "3x8x8 images, 10 classes"),
+        (
+            {"dataset": DatasetConfig(name="synthetic", image_size=16, channels=3, num_classes=4)},
+            "3x16x16 images, 4 classes",
+        ),
+        (
+            {"dataset": DatasetConfig(name="synthetic", image_size=8, channels=3, num_classes=10)},
+            "3x8x8 images, 10 classes",
+        ),
         ({"exclude_classes": [4]}, "has classes 0..3"),
         ({"exclude_classes": [0, 1, 2, 3]}, "leaves no training samples"),
     ],
@@ -159,7 +170,9 @@ def test_ensemble_members_are_separate_cached_teachers(tmp_path):
     assert [r["stage"] for r in ens.history] == ["teacher_0", "teacher_1"]
     m0, m1 = ens.model.members
     assert not torch.equal(m0.fc.weight, m1.fc.weight)  # different seeds
-    single = prepare_teachers(dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, ensemble=1)), data, d, False)
+    single = prepare_teachers(
+        dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, ensemble=1)), data, d, False
+    )
     assert single.source == "cache" and single.key == ens.key.split(",")[0]
     assert torch.equal(single.model.fc.weight, m0.fc.weight)
     again = prepare_teachers(cfg, data, d, progress=False)

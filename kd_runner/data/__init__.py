@@ -8,8 +8,8 @@ with no per-sample Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -80,5 +80,5 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 from kd_runner.data import builtin  # noqa: E402,F401  (registers digits and synthetic)
-from kd_runner.data.vision import DOWNLOADABLE, WITH_TEST_SPLIT  # noqa: E402,F401  (registers the file datasets)
 from kd_runner.data.checks import check_dataset  # noqa: E402
+from kd_runner.data.vision import DOWNLOADABLE, WITH_TEST_SPLIT  # noqa: E402,F401  (registers the file datasets)

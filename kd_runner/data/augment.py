@@ -30,7 +30,9 @@ class Augmentation:
     resized_crop: bool = False  # random-resized crop back to the original size
     flip: bool = False  # horizontal flip with probability 1/2
 
-    def __call__(self, images: Tensor, generator: torch.Generator, rows: slice | None = None, total: int | None = None) -> Tensor:
+    def __call__(
+        self, images: Tensor, generator: torch.Generator, rows: slice | None = None, total: int | None = None
+    ) -> Tensor:
         """Augment `images`, rows `rows` of a batch of `total` (default: the whole batch).
 
         The random choices are drawn for all `total` images, so the processes of a multi-process run,

@@ -23,8 +23,11 @@ def build_digits(cfg) -> Dataset:
     n_val = math.ceil(cfg.val_fraction * len(labels))  # as train_test_split rounds it
     if not 10 <= n_val <= len(labels) - 10:  # a stratified split needs every class on both sides
         lo, hi = 10 / len(labels), 1 - 10 / len(labels)
-        raise ConfigError("dataset.val_fraction", cfg.val_fraction,
-                          f"expected a share in [{lo:.4f}, {hi:.4f}]: each split of digits needs a sample of every class")
+        raise ConfigError(
+            "dataset.val_fraction",
+            cfg.val_fraction,
+            f"expected a share in [{lo:.4f}, {hi:.4f}]: each split of digits needs a sample of every class",
+        )
     idx_train, idx_val = train_test_split(
         np.arange(len(labels)), test_size=cfg.val_fraction, stratify=labels, random_state=cfg.split_seed
     )
@@ -39,8 +42,11 @@ def build_synthetic(cfg) -> Dataset:
     """Noisy copies of one random prototype image per class: learnable, any size, for tests and benchmarks."""
     n_val = max(1, int(round(cfg.num_samples * cfg.val_fraction)))
     if n_val >= cfg.num_samples:
-        raise ConfigError("dataset.val_fraction", cfg.val_fraction,
-                          f"expected a share that leaves training samples of dataset.num_samples={cfg.num_samples}")
+        raise ConfigError(
+            "dataset.val_fraction",
+            cfg.val_fraction,
+            f"expected a share that leaves training samples of dataset.num_samples={cfg.num_samples}",
+        )
     gen = torch.Generator().manual_seed(cfg.split_seed)
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     prototypes = torch.rand((cfg.num_classes, *shape), generator=gen)

@@ -9,7 +9,8 @@ device the same way and take the very same index batches, so they compute the sa
 from __future__ import annotations
 
 import copy
-from typing import Iterator, Protocol, TypeVar
+from collections.abc import Iterator
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -39,7 +40,7 @@ class SplitData(Protocol):
 
     def eval_batches(self, images, batch_size: int) -> Iterator[torch.Tensor]: ...
 
-    def like(self, data: Dataset) -> "SplitData": ...
+    def like(self, data: Dataset) -> SplitData: ...
 
 
 class Normalize:
@@ -75,7 +76,7 @@ class InMemoryData:
         self.normalize = Normalize(data, compute)
         self.augmentation = data.augmentation
 
-    def like(self, data: Dataset) -> "InMemoryData":
+    def like(self, data: Dataset) -> InMemoryData:
         """Another dataset (a transfer set) placed the same way, with the same compute settings."""
         return InMemoryData(data, self.compute)
 

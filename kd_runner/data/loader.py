@@ -61,7 +61,7 @@ class StreamedData:
         self._sampler = ListedBatches()
         self._loaders: dict = {}  # kept for the run: persistent workers live as long as their loader
 
-    def like(self, data: Dataset) -> "StreamedData":
+    def like(self, data: Dataset) -> StreamedData:
         return StreamedData(data, self.compute, self.num_workers)
 
     def _loader(self, key: tuple, dataset, **kwargs) -> DataLoader:

@@ -33,7 +33,9 @@ def transfer_data(cfg: RunConfig, data: Dataset, device_data: SplitData) -> Spli
     if t.dataset is not None:
         source = build_dataset(t.dataset)
         if (source.in_channels, source.image_size, source.num_classes) != (
-            data.in_channels, data.image_size, data.num_classes
+            data.in_channels,
+            data.image_size,
+            data.num_classes,
         ):
             raise UserError(
                 f"transfer.dataset={source.name} has {_shape(source)}, the teacher's dataset={data.name} "

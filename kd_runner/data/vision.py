@@ -13,8 +13,8 @@ stratified share of train fixed by `split_seed` (`val_split=holdout`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torchvision
@@ -82,7 +82,10 @@ FILE_DATASETS = {
         torchvision.datasets.MNIST, _mnist_layout("MNIST"), 10, None, tuple(f"MNIST/raw/{f}" for f in MNIST_FILES)
     ),
     "fashion_mnist": FileDataset(
-        torchvision.datasets.FashionMNIST, _mnist_layout("FashionMNIST"), 10, None,
+        torchvision.datasets.FashionMNIST,
+        _mnist_layout("FashionMNIST"),
+        10,
+        None,
         tuple(f"FashionMNIST/raw/{f}" for f in MNIST_FILES),
     ),
     "cifar10": FileDataset(
@@ -90,15 +93,26 @@ FILE_DATASETS = {
         "{root}/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python version, extracted)",
         10,
         PAD_CROP_FLIP,
-        tuple(f"cifar-10-batches-py/{f}" for f in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")),
+        tuple(
+            f"cifar-10-batches-py/{f}"
+            for f in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+        ),
     ),
     "cifar100": FileDataset(
-        _CIFAR100, "{root}/cifar-100-python/{train, test, meta} (the python version, extracted)", 100, PAD_CROP_FLIP,
+        _CIFAR100,
+        "{root}/cifar-100-python/{train, test, meta} (the python version, extracted)",
+        100,
+        PAD_CROP_FLIP,
         ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
     ),
     "svhn": FileDataset(
-        _SVHN, "{root}/{train_32x32.mat, test_32x32.mat} (the cropped-digits format)", 10, PAD_CROP,
-        ("train_32x32.mat",), ("test_32x32.mat",), by_split=True,
+        _SVHN,
+        "{root}/{train_32x32.mat, test_32x32.mat} (the cropped-digits format)",
+        10,
+        PAD_CROP,
+        ("train_32x32.mat",),
+        ("test_32x32.mat",),
+        by_split=True,
     ),
 }
 DOWNLOADABLE = tuple(FILE_DATASETS)
@@ -128,8 +142,10 @@ def check_root(cfg) -> None:
         for split in ("train", "val") if cfg.val_split == "test" else ("train",):
             if not os.path.isdir(os.path.join(cfg.root, split)):
                 expected = IMAGEFOLDER_LAYOUT.replace("{root}", cfg.root.rstrip("/") or "/")
-                raise UserError(f"dataset=imagefolder: no folder {os.path.join(cfg.root, split)!r}; expected {expected}: "
-                                "put the images there or set dataset.root to their folder")
+                raise UserError(
+                    f"dataset=imagefolder: no folder {os.path.join(cfg.root, split)!r}; expected {expected}: "
+                    "put the images there or set dataset.root to their folder"
+                )
 
 
 def _files_error(cfg, problem: str) -> UserError:

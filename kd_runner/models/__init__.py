@@ -6,10 +6,8 @@ Each module below registers its builders with ``@register("name")``. A builder t
 in one place.
 """
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from kd_runner.errors import ConfigError, UserError
@@ -75,8 +73,14 @@ def build_model(
 def build_stage_model(stage, data) -> nn.Module:
     """A stage's network (`stage`: a StageConfig) shaped for the dataset, its backbone frozen with `freeze=backbone`."""
     model = build_model(
-        stage.name, in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
-        width=stage.width, depth=stage.depth, pretrained=stage.pretrained, weights_path=stage.weights_path,
+        stage.name,
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
+        width=stage.width,
+        depth=stage.depth,
+        pretrained=stage.pretrained,
+        weights_path=stage.weights_path,
     )
     if stage.freeze == "backbone":
         freeze_backbone(model)

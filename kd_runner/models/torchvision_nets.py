@@ -16,8 +16,8 @@ import torchvision
 from torch import nn
 
 from kd_runner.errors import UserError
-from kd_runner.store.files import state_dict_mismatch
 from kd_runner.models import register
+from kd_runner.store.files import state_dict_mismatch
 
 SMALL_INPUT = 64
 

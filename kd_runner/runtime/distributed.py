@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -82,7 +83,9 @@ class Shard:
         """The mean over all processes of values whose local sum is `total` over `count` samples."""
         if self.world == 1:
             return float(total) / max(count, 1)
-        both = torch.stack([total.detach().double(), torch.tensor(float(count), dtype=torch.float64, device=total.device)])
+        both = torch.stack(
+            [total.detach().double(), torch.tensor(float(count), dtype=torch.float64, device=total.device)]
+        )
         dist.all_reduce(both)
         return float(both[0]) / max(float(both[1]), 1.0)
 

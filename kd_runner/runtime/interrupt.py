@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 _received: list[str] = []

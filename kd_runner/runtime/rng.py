@@ -22,7 +22,9 @@ def rng_states() -> dict:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": {
             "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"],
+            "pos": np_state["state"]["pos"],
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
         },
         "python": random.getstate(),
     }

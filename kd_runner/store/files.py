@@ -13,9 +13,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import torch
 
@@ -138,7 +138,10 @@ def check_writable(path: Path | str, key: str) -> None:
     if not existing.is_dir():
         raise UserError(f"{key}={str(path)!r} cannot be created: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{key}={str(path)!r} cannot be written: {existing} is not writable (permissions or a read-only file system)")
+        raise UserError(
+            f"{key}={str(path)!r} cannot be written: {existing} is not writable "
+            "(permissions or a read-only file system)"
+        )
 
 
 def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
@@ -163,8 +166,10 @@ def load_failure_reason(exc: Exception) -> str:
     """Why `torch.load(..., weights_only=True)` failed, in a few words instead of torch's long advice."""
     code = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
     if code:
-        return (f"it holds pickled code or objects ({code.group(1)}), which weights-only loading refuses; "
-                "save a plain state dict (model.state_dict()) instead")
+        return (
+            f"it holds pickled code or objects ({code.group(1)}), which weights-only loading refuses; "
+            "save a plain state dict (model.state_dict()) instead"
+        )
     return f"the file is truncated, corrupted or not a PyTorch file ({type(exc).__name__})"
 
 
@@ -178,7 +183,8 @@ def state_dict_mismatch(model: torch.nn.Module, state: Mapping) -> str | None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [
-        k for k in expected
+        k
+        for k in expected
         if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
     ]
     problems = []

@@ -14,10 +14,10 @@ import torchvision
 import kd_runner
 from kd_runner.config import config_digest
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
+from kd_runner.models import count_parameters, model_size_mb
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv
 from kd_runner.train.metrics import METRIC_NAMES
-from kd_runner.models import count_parameters, model_size_mb
 
 CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES)
 
@@ -78,8 +78,11 @@ def failure_record(cfg, device, exc: BaseException, signal: str | None = None) -
     status = exc.status if ours else Status.FAILED
     details = {**exc.details, "signal": signal} if isinstance(exc, RunInterrupted) else getattr(exc, "details", {})
     return {
-        "status": status, **details, "message": str(exc) if ours else one_line(exc),
-        "exit_code": exc.exit_code if ours else 1, **_identity(cfg, device),
+        "status": status,
+        **details,
+        "message": str(exc) if ours else one_line(exc),
+        "exit_code": exc.exit_code if ours else 1,
+        **_identity(cfg, device),
     }
 
 
@@ -107,7 +110,8 @@ def summary(record: dict, run_dir: Path) -> str:
         f"compression x{models['compression_ratio']:.1f}",
         f"  student_acc {m['student_acc']:.4f} (best {m['best_student_acc']:.4f})  student_loss {m['student_loss']:.4f}"
         f"  objective {m['objective']:.4f}",
-        f"  agreement {m['agreement']:.4f}  logit_gap {m['logit_gap']:.4f}  kl_teacher_student {m['kl_teacher_student']:.4f}",
+        f"  agreement {m['agreement']:.4f}  logit_gap {m['logit_gap']:.4f}"
+        f"  kl_teacher_student {m['kl_teacher_student']:.4f}",
         "  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in record["timings_s"].items()),
         f"  outputs: {run_dir}",
     ]

@@ -9,9 +9,9 @@ A sweep re-run into the same `hydra.sweep.dir` therefore skips its finished jobs
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from kd_runner.errors import UserError
 from kd_runner.status import Status
@@ -29,7 +29,9 @@ def previous_record(run_dir: Path | str) -> dict | None:
     try:
         return json.loads(path.read_text())
     except ValueError:  # written atomically, so only damage from outside can cause this
-        raise UserError(f"{path} is not valid JSON: delete it (the run then starts over) or use another directory") from None
+        raise UserError(
+            f"{path} is not valid JSON: delete it (the run then starts over) or use another directory"
+        ) from None
 
 
 def finished_record(run_dir: Path | str, digest: str) -> dict | None:
@@ -66,6 +68,8 @@ def claim(run_dir: Path | str) -> Iterator[Path]:
         try:
             held.enter_context(directory_lock(run_dir))
         except BlockingIOError:
-            raise UserError(f"{run_dir} is in use by another kd-run process: wait for it, or use another directory") from None
+            raise UserError(
+                f"{run_dir} is in use by another kd-run process: wait for it, or use another directory"
+            ) from None
         remove_stale_temps(run_dir)
         yield run_dir

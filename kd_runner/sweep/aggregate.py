@@ -67,8 +67,17 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
     override_keys = []
     for overrides, _, _ in entries:
         override_keys += [k for k in overrides if k not in override_keys and k != "seed"]
-    columns = ["job", *override_keys, "seed", "status", "error", "teacher_source", "teacher_cache_key",
-               *FINAL_METRICS, "run_dir"]
+    columns = [
+        "job",
+        *override_keys,
+        "seed",
+        "status",
+        "error",
+        "teacher_source",
+        "teacher_cache_key",
+        *FINAL_METRICS,
+        "run_dir",
+    ]
     runs = pd.DataFrame([{**overrides, **row} for overrides, row, _ in entries], columns=columns)
     for key in (*override_keys, "seed"):
         runs[key] = _as_numbers_if_all_are(runs[key])
@@ -133,8 +142,16 @@ def _never_started(sweep_dir: Path, started: list[dict]) -> list[dict]:
 
 
 def _not_started_row(overrides: dict) -> dict:
-    return {"job": "", "seed": overrides.get("seed"), "status": Status.NOT_STARTED.value, "error": "", "teacher_source": "",
-            "teacher_cache_key": "", **{name: math.nan for name in FINAL_METRICS}, "run_dir": ""}
+    return {
+        "job": "",
+        "seed": overrides.get("seed"),
+        "status": Status.NOT_STARTED.value,
+        "error": "",
+        "teacher_source": "",
+        "teacher_cache_key": "",
+        **{name: math.nan for name in FINAL_METRICS},
+        "run_dir": "",
+    }
 
 
 def _as_numbers_if_all_are(values: pd.Series) -> pd.Series:

@@ -32,8 +32,10 @@ def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
         print(f"  {job['status']}: {job['run_dir']}" + (f": {job['error']}" if job["error"] else ""))
     sources = runs["teacher_source"].value_counts()
     if sources.get("trained", 0) or sources.get("cache", 0):
-        print(f"teacher: fine-tuned in {sources.get('trained', 0)} job(s), loaded from the cache in "
-              f"{sources.get('cache', 0)}")
+        print(
+            f"teacher: fine-tuned in {sources.get('trained', 0)} job(s), loaded from the cache in "
+            f"{sources.get('cache', 0)}"
+        )
     print(f"written to {out_dir}: " + ", ".join((*TABLES, *plots)))
     return bool((runs["status"] == Status.COMPLETED).all())
 
@@ -57,7 +59,9 @@ def aggregate_main(argv: list[str] | None = None) -> None:
         description="Re-aggregate sweep directories into runs.csv, summary.csv, curves.csv, summary.md and plots.",
     )
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="a sweep directory (outputs/sweeps/...)")
-    parser.add_argument("-o", "--out", type=Path, help="where to write (default: DIR itself; required for several DIRs)")
+    parser.add_argument(
+        "-o", "--out", type=Path, help="where to write (default: DIR itself; required for several DIRs)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.out is None and len(args.dirs) > 1:

@@ -18,9 +18,9 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from kd_runner.sweep.aggregate import format_value, points
 from kd_runner.errors import UserError
 from kd_runner.store.files import atomic_path
+from kd_runner.sweep.aggregate import format_value, points
 
 CURVE_PANELS = (
     ("student_acc", "student accuracy"),
@@ -98,8 +98,10 @@ def _curves_figure(curves: pd.DataFrame, keys: list[str]) -> Figure:
         ax.set_ylabel(metric)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Per-epoch validation metrics of the student, sweep over {_swept(keys)} "
-                 f"({_seeds_note(curves['n'])})", fontsize=13)
+    fig.suptitle(
+        f"Per-epoch validation metrics of the student, sweep over {_swept(keys)} ({_seeds_note(curves['n'])})",
+        fontsize=13,
+    )
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", title=_swept(keys), fontsize=9)
     return fig
@@ -132,11 +134,24 @@ def _final_accuracy_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
     one_teacher = math.isclose(teacher.min(), teacher.max(), abs_tol=1e-9)
     for (point, rows), color in zip(series, colors):
         rows = rows.sort_values(x_key) if x_key else rows
-        ax.errorbar(x_of(rows), rows["student_acc_mean"], yerr=rows["student_acc_std"].fillna(0.0), color=color,
-                    marker="o", capsize=4, label=f"student ({_label(point)})" if point else "student")
+        ax.errorbar(
+            x_of(rows),
+            rows["student_acc_mean"],
+            yerr=rows["student_acc_std"].fillna(0.0),
+            color=color,
+            marker="o",
+            capsize=4,
+            label=f"student ({_label(point)})" if point else "student",
+        )
         if not one_teacher:
-            ax.plot(x_of(rows), rows["teacher_acc_mean"], color=color, linestyle="--", marker="x",
-                    label=f"teacher ({_label(point)})" if point else "teacher")
+            ax.plot(
+                x_of(rows),
+                rows["teacher_acc_mean"],
+                color=color,
+                linestyle="--",
+                marker="x",
+                label=f"teacher ({_label(point)})" if point else "teacher",
+            )
     if one_teacher:
         ax.axhline(teacher.iloc[0], color="0.35", linestyle="--", label=f"teacher accuracy ({teacher.iloc[0]:.4f})")
     if categories:

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd_runner.train import engine
 from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
 from kd_runner.store.files import digest, file_lock, load_checked, publish_checked
+from kd_runner.train import engine
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -46,7 +46,12 @@ def data_digest(data: Dataset) -> str:
 
 
 def entry_key(teacher_key: str, d: SplitData) -> str:
-    parts = {"format": CACHE_FORMAT, "teacher": teacher_key, "data": data_digest(d.source), "compute": d.compute.describe()}
+    parts = {
+        "format": CACHE_FORMAT,
+        "teacher": teacher_key,
+        "data": data_digest(d.source),
+        "compute": d.compute.describe(),
+    }
     return digest(parts)
 
 

@@ -20,18 +20,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kd_runner.train.checkpoint import StageCheckpoint
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
+from kd_runner.errors import UserError
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.rng import seed_everything
-from kd_runner.train import engine
-from kd_runner.errors import UserError
 from kd_runner.store.files import (
-    digest, file_lock, load_checked, publish_checked, read_state_dict, remove_stale_temps, sha256_file,
+    digest,
+    file_lock,
+    load_checked,
+    publish_checked,
+    read_state_dict,
+    remove_stale_temps,
+    sha256_file,
     state_dict_mismatch,
 )
+from kd_runner.train import engine
+from kd_runner.train.checkpoint import StageCheckpoint
 from kd_runner.train.metrics import accuracy
 
 log = logging.getLogger(__name__)
@@ -76,7 +82,9 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: SplitData, progr
     device_data.compute.prepare(model)
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
-        return Teacher(model.eval(), "checkpoint", [], teacher_key(cfg, device_data.compute.precision), time.perf_counter() - start)
+        return Teacher(
+            model.eval(), "checkpoint", [], teacher_key(cfg, device_data.compute.precision), time.perf_counter() - start
+        )
 
     key = teacher_key(cfg, device_data.compute.precision)
     entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{key}"
@@ -99,11 +107,22 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: SplitData, progr
 def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, stop) -> list[dict]:
     def evaluate() -> dict:
         logits = engine.predict(model, d, d.val.images)
-        return {"teacher_acc": accuracy(logits, d.val.labels), "teacher_loss": float(F.cross_entropy(logits, d.val.labels))}
+        return {
+            "teacher_acc": accuracy(logits, d.val.labels),
+            "teacher_loss": float(F.cross_entropy(logits, d.val.labels)),
+        }
 
     return engine.fit(
-        model, d, stage="teacher", recipe=cfg.teacher, seed=cfg.teacher.seed, loss_fn=engine.cross_entropy_loss,
-        evaluate=evaluate, progress=progress, checkpoint=checkpoint, stop=stop,
+        model,
+        d,
+        stage="teacher",
+        recipe=cfg.teacher,
+        seed=cfg.teacher.seed,
+        loss_fn=engine.cross_entropy_loss,
+        evaluate=evaluate,
+        progress=progress,
+        checkpoint=checkpoint,
+        stop=stop,
     )
 
 

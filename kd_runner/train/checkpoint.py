@@ -1,8 +1,8 @@
 """Training checkpoints: everything a stage needs to continue exactly where it stopped.
 
 A stage writes its checkpoint atomically after every epoch, and at the safe point between two batches
-where a SIGTERM/SIGINT stops it. The file holds the model, optimizer, scheduler (and fp16 loss scaler) states, the global
-RNG states (torch, CUDA, numpy, python), the position in training (`EpochPosition`: the epoch in
+where a SIGTERM/SIGINT stops it. The file holds the model, optimizer, scheduler (and fp16 loss scaler)
+states, the global RNG states (torch, CUDA, numpy, python), the position in training (`EpochPosition`: the epoch in
 progress, the shuffling generator's state before its permutation, the batches already done and their
 loss tally) and the per-epoch rows so far. It is tied to the digest of what the stage trains, and is
 read with `weights_only=True` like every other file the runner loads.
@@ -42,7 +42,7 @@ class EpochPosition:
     draw_state: torch.Tensor | None = None  # the generator after the last batch done (augmentation draws)
 
     @classmethod
-    def start(cls, epoch: int, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> "EpochPosition":
+    def start(cls, epoch: int, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> EpochPosition:
         return cls(epoch, optimizer.param_groups[0]["lr"], generator.get_state())
 
     def count_batch(self, loss_sum: torch.Tensor, samples: int, generator: torch.Generator | None) -> None:
@@ -55,8 +55,12 @@ class EpochPosition:
 
     def to_dict(self) -> dict:
         return {
-            "epoch": self.epoch, "lr": self.lr, "generator_state": self.generator_state,
-            "batches": self.batches, "loss_sum": self.loss_sum.detach().cpu(), "samples": self.samples,
+            "epoch": self.epoch,
+            "lr": self.lr,
+            "generator_state": self.generator_state,
+            "batches": self.batches,
+            "loss_sum": self.loss_sum.detach().cpu(),
+            "samples": self.samples,
             "draw_state": self.draw_state,
         }
 
@@ -83,7 +87,9 @@ class StageCheckpoint:
             self.path,
         )
 
-    def restore(self, model, optimizer, scheduler, device: torch.device, scaler=None) -> tuple[EpochPosition, list[dict]] | None:
+    def restore(
+        self, model, optimizer, scheduler, device: torch.device, scaler=None
+    ) -> tuple[EpochPosition, list[dict]] | None:
         """Load the saved state into the given objects; None when there is no usable checkpoint.
 
         A checkpoint that cannot be read is reported in one line and removed (the stage starts over);
@@ -96,8 +102,12 @@ class StageCheckpoint:
             if state.get("format") != FORMAT:
                 raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
         except Exception as exc:  # damaged on disk: the epochs it held are lost, not the run
-            log.warning("%s checkpoint %s is unreadable (%s): removed, the stage starts over",
-                        self.name, self.path, load_failure_reason(exc))
+            log.warning(
+                "%s checkpoint %s is unreadable (%s): removed, the stage starts over",
+                self.name,
+                self.path,
+                load_failure_reason(exc),
+            )
             self.remove()
             return None
         if state["digest"] != self.digest:
@@ -116,9 +126,21 @@ class StageCheckpoint:
         set_rng_states(state["rng"])
         p = state["position"]
         position = EpochPosition(
-            p["epoch"], p["lr"], p["generator_state"], p["batches"], p["loss_sum"].to(device), p["samples"], p["draw_state"]
+            p["epoch"],
+            p["lr"],
+            p["generator_state"],
+            p["batches"],
+            p["loss_sum"].to(device),
+            p["samples"],
+            p["draw_state"],
         )
-        log.info("%s: resuming from %s at epoch %d (after %d batches)", self.name, self.path, position.epoch, position.batches)
+        log.info(
+            "%s: resuming from %s at epoch %d (after %d batches)",
+            self.name,
+            self.path,
+            position.epoch,
+            position.batches,
+        )
         return position, state["rows"]
 
     def remove(self) -> None:

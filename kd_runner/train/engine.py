@@ -9,7 +9,7 @@ teacher can be run on exactly that batch. Batches are index tensors into the dat
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,7 @@ def _batches_left(data: SplitData, batch_size: int, generator: torch.Generator, 
     if position.draw_state is not None:
         generator.set_state(position.draw_state)  # augmentation draws continue where the pass stopped
     position.loss_sum = position.loss_sum.to(data.device)
-    parts = [(batch, data.shard.rows(len(batch))) for batch in batches[position.batches:]]
+    parts = [(batch, data.shard.rows(len(batch))) for batch in batches[position.batches :]]
     return [(batch, rows) for batch, rows in parts if rows is not None]
 
 
@@ -139,13 +139,32 @@ def fit(
     position, rows = EpochPosition.start(1, optimizer, generator), []
     if checkpoint is not None:
         position, rows = checkpoint.restore(model, optimizer, scheduler, data.device, scaler) or (position, rows)
-    save = (lambda: None) if checkpoint is None else (
-        lambda: checkpoint.save(model, optimizer, scheduler, position, rows, scaler))
-    bar = tqdm(total=recipe.epochs, initial=position.epoch - 1, desc=stage, unit="epoch",
-               disable=None if progress else True, leave=False)
+    save = (
+        (lambda: None)
+        if checkpoint is None
+        else (lambda: checkpoint.save(model, optimizer, scheduler, position, rows, scaler))
+    )
+    bar = tqdm(
+        total=recipe.epochs,
+        initial=position.epoch - 1,
+        desc=stage,
+        unit="epoch",
+        disable=None if progress else True,
+        leave=False,
+    )
     while position.epoch <= recipe.epochs:
-        train_loss = train_epoch(model, data, batch_size=recipe.batch_size, generator=generator, optimizer=optimizer,
-                                 scheduler=scheduler, loss_fn=loss_fn, position=position, stop=stop, scaler=scaler)
+        train_loss = train_epoch(
+            model,
+            data,
+            batch_size=recipe.batch_size,
+            generator=generator,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=loss_fn,
+            position=position,
+            stop=stop,
+            scaler=scaler,
+        )
         if train_loss is None:
             save()
             raise RunInterrupted(stage, position.epoch, position.batches)
@@ -165,7 +184,8 @@ def check_finite(row: dict, stage: str, recipe: StageConfig) -> None:
     bad = [f"{k}={v}" for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise Diverged(
-            stage, row["epoch"],
+            stage,
+            row["epoch"],
             f"the {stage} stage diverged in epoch {row['epoch']} ({', '.join(bad)}): "
             f"lower the learning rate ({stage}.lr={recipe.lr}) or check the data",
         )
