@@ -11,7 +11,7 @@ import torch
 from helpers import compose_config
 
 from kd_runner import pipeline
-from kd_runner.data import Dataset, Split, build_dataset
+from kd_runner.data import Split, build_dataset
 from kd_runner.data.augment import Augmentation
 from kd_runner.data.device import InMemoryData, index_batches, steps_per_epoch
 from kd_runner.data.loader import StreamedData
@@ -120,11 +120,3 @@ def test_bad_loader_settings_are_config_errors():
         compose_config("loader=disk")
     with pytest.raises(ConfigError, match=r"num_workers=-1 is not allowed"):
         compose_config("num_workers=-1")
-
-
-def test_dataset_type_is_unchanged_for_in_memory_data():
-    """The in-memory path still holds plain Splits of device tensors (the fast path)."""
-    data = build_dataset(compose_config("experiment=smoke").dataset)
-    d = InMemoryData(data, Compute(CPU))
-    assert isinstance(d.train, Split) and isinstance(d.train.images, torch.Tensor)
-    assert isinstance(data, Dataset)

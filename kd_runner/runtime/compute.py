@@ -7,14 +7,12 @@ One `Compute` per run, resolved from the config and the device:
   `auto` is bf16 on CUDA (fp16 on GPUs without bf16) and fp32 elsewhere.
 - `memory_format`: `channels_last` stores conv nets' weights and input batches as NHWC, the layout
   tensor cores, cuDNN and oneDNN (CPU) are fastest with. `auto` is channels_last on CUDA and CPU
-  (resnet training and inference 5-45% faster on the benchmark's CPU, see docs/benchmarks.md) and
-  contiguous on MPS.
+  (measured faster for resnets on CPU too: docs/benchmarks.md) and contiguous on MPS.
 - `compile`: `torch.compile` each network in place. Compiled code is cached per process by the network's
   code, so the networks of later epochs and of later jobs of a sweep reuse it (no recompilation).
 - on CUDA, `cudnn.benchmark` picks the fastest convolution algorithms for the fixed batch shapes.
 - evaluation batches: large on accelerators (1024 images); on a CPU small enough that a conv net's
-  activations stay in cache (about 32K input values per batch): for resnet50 at 32 px on the
-  benchmark's CPU, 16 images per batch ran 1.75x faster than 1024 in NCHW, 1.2x in channels_last.
+  activations stay in cache (about 32K input values per batch; measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations

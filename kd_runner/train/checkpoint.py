@@ -95,20 +95,8 @@ class StageCheckpoint:
         A checkpoint that cannot be read is reported in one line and removed (the stage starts over);
         one of another config or another model is refused with a UserError.
         """
-        if not self.path.is_file():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-            if state.get("format") != FORMAT:
-                raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
-        except Exception as exc:  # damaged on disk: the epochs it held are lost, not the run
-            log.warning(
-                "%s checkpoint %s is unreadable (%s): removed, the stage starts over",
-                self.name,
-                self.path,
-                load_failure_reason(exc),
-            )
-            self.remove()
+        state = self._read()
+        if state is None:
             return None
         if state["digest"] != self.digest:
             raise UserError(
@@ -125,23 +113,29 @@ class StageCheckpoint:
             scaler.load_state_dict(state["scaler"])
         set_rng_states(state["rng"])
         p = state["position"]
-        position = EpochPosition(
-            p["epoch"],
-            p["lr"],
-            p["generator_state"],
-            p["batches"],
-            p["loss_sum"].to(device),
-            p["samples"],
-            p["draw_state"],
-        )
-        log.info(
-            "%s: resuming from %s at epoch %d (after %d batches)",
-            self.name,
-            self.path,
-            position.epoch,
-            position.batches,
-        )
+        keys = ("epoch", "lr", "generator_state", "batches", "loss_sum", "samples", "draw_state")
+        position = EpochPosition(**{k: p[k] for k in keys})
+        position.loss_sum = position.loss_sum.to(device)
+        where = f"epoch {position.epoch} (after {position.batches} batches)"
+        log.info("%s: resuming from %s at %s", self.name, self.path, where)
         return position, state["rows"]
+
+    def _read(self) -> dict | None:
+        """The saved state, or None when there is none or it is unreadable (then it is reported and removed)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if state.get("format") != FORMAT:
+                raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
+            return state
+        except Exception as exc:  # damaged on disk: the epochs it held are lost, not the run
+            reason = load_failure_reason(exc)
+            log.warning(
+                "%s checkpoint %s is unreadable (%s): removed, the stage starts over", self.name, self.path, reason
+            )
+            self.remove()
+            return None
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""The distillation objective (one convention, see docs and DESIGN.md):
+"""The distillation objective (one convention, documented in the README):
 
     loss = alpha * CE(student_logits, y) + (1 - alpha) * soft_loss(student_logits, teacher_logits, T)
 
