@@ -134,13 +134,14 @@ def groups() -> dict[str, list[Path]]:
 
 def groups_md() -> str:
     """A table of options per group; groups with the same options (teacher and student) share one."""
+    files = groups()
     merged: dict[tuple[str, ...], list[str]] = {}
-    for group, files in groups().items():
-        merged.setdefault(tuple(f.stem for f in files), []).append(group)
+    for group, paths in files.items():
+        merged.setdefault(tuple(f.stem for f in paths), []).append(group)
     parts = []
     for names in merged.values():
         use = "; ".join(GROUP_USE.get(g, f"`{g}=NAME`") for g in names)
-        lines = [(f"`{f.stem}`", md(description(f))) for f in groups()[names[0]]]
+        lines = [(f"`{f.stem}`", md(description(f))) for f in files[names[0]]]
         parts += [f"### {', '.join(f'`{g}`' for g in names)}", f"Use: {use}.", table(("NAME", "what it is"), lines)]
     return "\n\n".join(parts)
 
