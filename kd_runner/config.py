@@ -28,76 +28,147 @@ VAL_SPLITS = ("test", "holdout")
 
 @dataclass
 class DatasetConfig:
-    name: str = "digits"
-    root: str = "data"  # where file-based datasets live
-    download: bool = False  # fetch missing files with torchvision (mnist, fashion_mnist, cifar10/100, svhn)
-    val_split: str = "holdout"  # test: the dataset's own test/val split; holdout: val_fraction of train
-    val_fraction: float = 0.2  # held-out share of train with val_split=holdout
-    split_seed: int = 0  # fixes the train/val split independently of the run seed
-    augment: bool = True  # the dataset's standard training augmentation (datasets without one ignore it)
-    # synthetic and fake: the generated images; imagefolder: image_size is the side after resize + crop
-    num_samples: int = 600
-    image_size: int = 8
-    channels: int = 1
-    num_classes: int = 10
+    name: str = field(default="digits", metadata={"doc": "the dataset; dataset=NAME picks its file in conf/dataset/"})
+    root: str = field(default="data", metadata={"doc": "folder of the dataset's files (file-based datasets)"})
+    download: bool = field(
+        default=False,
+        metadata={"doc": "fetch missing files with torchvision (mnist, fashion_mnist, cifar10, cifar100, svhn)"},
+    )
+    val_split: str = field(
+        default="holdout", metadata={"doc": "test: the dataset's own test/val split | holdout: val_fraction of train"}
+    )
+    val_fraction: float = field(
+        default=0.2, metadata={"doc": "held-out share of train with val_split=holdout (fake: size of its test split)"}
+    )
+    split_seed: int = field(default=0, metadata={"doc": "fixes the train/val split independently of the run seed"})
+    augment: bool = field(
+        default=True, metadata={"doc": "the dataset's standard training augmentation (datasets without one ignore it)"}
+    )
+    num_samples: int = field(default=600, metadata={"doc": "number of generated training images (synthetic, fake)"})
+    image_size: int = field(
+        default=8,
+        metadata={"doc": "side of the generated images (synthetic, fake); imagefolder: side after resize + crop"},
+    )
+    channels: int = field(default=1, metadata={"doc": "channels of the generated images (synthetic; fake: 1 or 3)"})
+    num_classes: int = field(
+        default=10, metadata={"doc": "number of classes of the generated images (synthetic, fake)"}
+    )
 
 
 @dataclass
 class StageConfig:
     """A network and the recipe that trains it (one for the teacher, one for the student)."""
 
-    name: str = "cnn"
-    width: int = 32  # small native nets only
-    depth: int = 2  # small native nets only
-    pretrained: bool = False
-    weights_path: typing.Optional[str] = None
-    freeze: str = "none"
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    scheduler: str = "cosine"
-    step_size: int = 7  # epochs between decays, scheduler=step
-    gamma: float = 0.1  # decay factor, scheduler=step and multistep
-    milestones: typing.List[int] = field(default_factory=list)  # epochs of the decays, scheduler=multistep
+    name: str = field(
+        default="cnn",
+        metadata={"doc": "the network; teacher=NAME / student=NAME pick its file in conf/teacher/, conf/student/"},
+    )
+    width: int = field(
+        default=32, metadata={"doc": "size of the small native nets: cnn channels of the first block, mlp hidden units"}
+    )
+    depth: int = field(default=2, metadata={"doc": "size of the small native nets: cnn conv blocks, mlp hidden layers"})
+    pretrained: bool = field(
+        default=False,
+        metadata={"doc": "start from ImageNet weights through torchvision's weights API (torchvision families)"},
+    )
+    weights_path: typing.Optional[str] = field(
+        default=None,
+        metadata={"doc": "a local state dict to start from (torchvision format or kd-runner's); the head is replaced"},
+    )
+    freeze: str = field(default="none", metadata={"doc": "none | backbone (train only the classifier head)"})
+    epochs: int = field(
+        default=10, metadata={"doc": "training epochs (>= 0; teacher.epochs=0 needs teacher.checkpoint)"}
+    )
+    batch_size: int = field(default=64, metadata={"doc": "batch size (> 0)"})
+    optimizer: str = field(default="sgd", metadata={"doc": "sgd | adam | adamw"})
+    lr: float = field(default=0.05, metadata={"doc": "learning rate (> 0)"})
+    momentum: float = field(default=0.9, metadata={"doc": "momentum of optimizer=sgd (>= 0)"})
+    weight_decay: float = field(default=5e-4, metadata={"doc": "weight decay (>= 0)"})
+    scheduler: str = field(
+        default="cosine", metadata={"doc": "learning-rate schedule: none | step | cosine | onecycle | multistep"}
+    )
+    step_size: int = field(default=7, metadata={"doc": "epochs between decays, scheduler=step"})
+    gamma: float = field(default=0.1, metadata={"doc": "decay factor, scheduler=step and multistep"})
+    milestones: typing.List[int] = field(
+        default_factory=list, metadata={"doc": "epochs of the decays, scheduler=multistep, e.g. [150,180,210]"}
+    )
 
 
 @dataclass
 class TeacherConfig(StageConfig):
-    seed: int = 0  # the teacher's own seed: a sweep over the run seed reuses one teacher
-    checkpoint: typing.Optional[str] = None  # a state dict to start from (required when epochs=0)
-    ensemble: int = 1  # number of teachers (seeds seed, seed+1, ...) whose averaged soft targets teach
+    seed: int = field(
+        default=0, metadata={"doc": "the teacher's own seed: a sweep over the run seed reuses one teacher"}
+    )
+    checkpoint: typing.Optional[str] = field(
+        default=None,
+        metadata={"doc": "a teacher state dict to start from (required when teacher.epochs=0: used as is)"},
+    )
+    ensemble: int = field(
+        default=1, metadata={"doc": "number of teachers (seeds seed, seed+1, ...) whose averaged soft targets teach"}
+    )
 
 
 @dataclass
 class TransferConfig:
     """The data the student is distilled on, when it is not the teacher's training set."""
 
-    dataset: typing.Optional[DatasetConfig] = None  # another dataset (None: the run's dataset)
-    labeled: bool = True  # false: the transfer set's labels are not used (only alpha=0 is valid)
-    exclude_classes: typing.List[int] = field(default_factory=list)  # classes left out of the transfer set
+    dataset: typing.Optional[DatasetConfig] = field(
+        default=None,
+        metadata={"doc": "another dataset to distil on, with the keys of dataset (transfer=NAME); null: the run's"},
+    )
+    labeled: bool = field(
+        default=True, metadata={"doc": "false: the transfer set's labels are not used (only alpha=0 is valid)"}
+    )
+    exclude_classes: typing.List[int] = field(
+        default_factory=list, metadata={"doc": "classes left out of the transfer set, e.g. [3]"}
+    )
 
 
 @dataclass
 class RunConfig:
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StageConfig = field(default_factory=StageConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    alpha: float = 0.5  # weight of the hard-label loss: 1 = no distillation, 0 = pure distillation
-    temperature: float = 4.0
-    soft_loss: str = "kl"
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
-    cache_dir: str = "outputs/cache"  # fine-tuned teachers and teacher logits, shared by every job of a sweep
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16: autocast of the forward passes
-    memory_format: str = "auto"  # auto (channels_last on CUDA and CPU) | channels_last | contiguous, for conv nets
-    compile: bool = False  # torch.compile the networks (once per process, reused by every job of a sweep)
-    loader: str = "memory"  # memory: whole splits on the device | dataloader: DataLoader workers stream batches
-    num_workers: int = 2  # DataLoader worker processes (loader=dataloader)
+    teacher: TeacherConfig = field(
+        default_factory=TeacherConfig, metadata={"doc": "the teacher stage: its network and training recipe"}
+    )
+    student: StageConfig = field(
+        default_factory=StageConfig, metadata={"doc": "the student stage: its network and training recipe"}
+    )
+    dataset: DatasetConfig = field(
+        default_factory=DatasetConfig, metadata={"doc": "the data both stages train and are evaluated on"}
+    )
+    transfer: TransferConfig = field(
+        default_factory=TransferConfig, metadata={"doc": "the data the student is distilled on, when not the dataset's"}
+    )
+    alpha: float = field(
+        default=0.5,
+        metadata={"doc": "weight of the hard-label loss in [0, 1]: 1 = no distillation, 0 = pure distillation"},
+    )
+    temperature: float = field(default=4.0, metadata={"doc": "softening temperature T > 0 of the soft targets"})
+    soft_loss: str = field(
+        default="kl", metadata={"doc": "kl (Hinton, T^2-scaled) | soft_ce (T^2-scaled) | mse (raw logits, ignores T)"}
+    )
+    seed: int = field(default=0, metadata={"doc": "seed of the student stage (initialisation, shuffling)"})
+    device: str = field(default="auto", metadata={"doc": "auto (cuda > mps > cpu) | cpu | cuda | mps"})
+    progress: bool = field(default=True, metadata={"doc": "tqdm progress bars (shown only on a terminal)"})
+    cache_dir: str = field(
+        default="outputs/cache",
+        metadata={"doc": "fine-tuned teachers and teacher logits, shared by every job of a sweep"},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"doc": "auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16: autocast of the forward passes"},
+    )
+    memory_format: str = field(
+        default="auto",
+        metadata={"doc": "auto (channels_last on CUDA and CPU) | channels_last | contiguous, for conv nets"},
+    )
+    compile: bool = field(
+        default=False, metadata={"doc": "torch.compile the networks (once per process, reused by every job of a sweep)"}
+    )
+    loader: str = field(
+        default="memory",
+        metadata={"doc": "memory: whole splits on the device | dataloader: DataLoader workers stream batches"},
+    )
+    num_workers: int = field(default=2, metadata={"doc": "DataLoader worker processes (loader=dataloader)"})
 
 
 def load_config(raw: typing.Mapping) -> RunConfig:
@@ -268,3 +339,15 @@ def _validate_transfer(cfg: RunConfig) -> None:
         cfg.alpha,
         "0 with transfer.labeled=false (unlabeled transfer data: the hard-label term has no labels)",
     )
+
+
+def key_docs(cls: type = RunConfig, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any, str]]:
+    """Every key of the schema as (dotted key, default, doc), depth first in declaration order; the key
+    lists of `kd-run --help` and docs/configuration.md are generated from it (scripts/config_docs.py)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from key_docs(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            yield prefix + f.name, default, f.metadata["doc"]
