@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd_runner.runtime.compute import MEMORY_FORMATS, PRECISIONS
 from kd_runner.errors import ConfigError
+from kd_runner.runtime.compute import MEMORY_FORMATS, PRECISIONS
 from kd_runner.store.files import digest
 from kd_runner.train.losses import SOFT_LOSSES
 
@@ -71,7 +72,7 @@ class StageConfig:
         default=False,
         metadata={"doc": "start from ImageNet weights through torchvision's weights API (torchvision families)"},
     )
-    weights_path: typing.Optional[str] = field(
+    weights_path: str | None = field(
         default=None,
         metadata={"doc": "a local state dict to start from (torchvision format or kd-runner's); the head is replaced"},
     )
@@ -89,7 +90,7 @@ class StageConfig:
     )
     step_size: int = field(default=7, metadata={"doc": "epochs between decays, scheduler=step"})
     gamma: float = field(default=0.1, metadata={"doc": "decay factor, scheduler=step and multistep"})
-    milestones: typing.List[int] = field(
+    milestones: list[int] = field(
         default_factory=list, metadata={"doc": "epochs of the decays, scheduler=multistep, e.g. [150,180,210]"}
     )
 
@@ -99,7 +100,7 @@ class TeacherConfig(StageConfig):
     seed: int = field(
         default=0, metadata={"doc": "the teacher's own seed: a sweep over the run seed reuses one teacher"}
     )
-    checkpoint: typing.Optional[str] = field(
+    checkpoint: str | None = field(
         default=None,
         metadata={"doc": "a teacher state dict to start from (required when teacher.epochs=0: used as is)"},
     )
@@ -112,14 +113,14 @@ class TeacherConfig(StageConfig):
 class TransferConfig:
     """The data the student is distilled on, when it is not the teacher's training set."""
 
-    dataset: typing.Optional[DatasetConfig] = field(
+    dataset: DatasetConfig | None = field(
         default=None,
         metadata={"doc": "another dataset to distil on, with the keys of dataset (transfer=NAME); null: the run's"},
     )
     labeled: bool = field(
         default=True, metadata={"doc": "false: the transfer set's labels are not used (only alpha=0 is valid)"}
     )
-    exclude_classes: typing.List[int] = field(
+    exclude_classes: list[int] = field(
         default_factory=list, metadata={"doc": "classes left out of the transfer set, e.g. [3]"}
     )
 
@@ -202,7 +203,7 @@ def _build(cls, raw, prefix: str):
 
 
 def _coerce(key: str, value, kind):
-    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
     if optional:
         if value is None:
             return None
@@ -268,7 +269,6 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
 
 
 def _validate(cfg: RunConfig) -> None:
-    from kd_runner.data import dataset_names
 
     _check(0 <= cfg.alpha <= 1, "alpha", cfg.alpha, "expected a number in [0, 1] (weight of the hard-label loss)")
     _check(cfg.temperature > 0, "temperature", cfg.temperature, "expected a number > 0")

@@ -54,5 +54,6 @@ def test_group_files_state_only_what_differs_from_the_schema(group):
     for name in options(group):
         settings = yaml.safe_load((CONF / group / f"{name}.yaml").read_text()) or {}
         assert settings.get("name") == name, f"{group}/{name}.yaml must name its {group}"
-        same = [key for key, value in settings.items() if key != "name" and value == getattr(SCHEMA_DEFAULTS[group], key)]
+        default = SCHEMA_DEFAULTS[group]
+        same = [key for key, value in settings.items() if key != "name" and value == getattr(default, key)]
         assert not same, f"{group}/{name}.yaml restates the schema's defaults of {same}"
