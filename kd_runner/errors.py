@@ -60,7 +60,8 @@ class Diverged(Exception):
         return {"stage": self.stage, "epoch": self.epoch}
 
 
-def one_line(exc: BaseException) -> str:
-    """An error as one line: its type and the first line of its message."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+def one_line(exc: BaseException, limit: int = 240) -> str:
+    """An error as one short line: its type and its message with the line breaks folded (torchvision's
+    download errors, for one, span several lines), cut at `limit` characters."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__

@@ -22,7 +22,7 @@ from torchvision import transforms
 
 from kd_runner.data import Dataset, Split, channel_stats, register
 from kd_runner.data.augment import Augmentation
-from kd_runner.errors import UserError
+from kd_runner.errors import UserError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -120,12 +120,6 @@ WITH_TEST_SPLIT = (*FILE_DATASETS, "imagefolder", "fake")
 IMAGEFOLDER_LAYOUT = "{root}/train/<class>/<image> and {root}/val/<class>/<image> (e.g. hymenoptera_data)"
 
 
-def _one_line(exc: BaseException) -> str:
-    """The exception as one short line (torchvision's download errors span several)."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
-
-
 def check_root(cfg) -> None:
     """A data folder, or a file in it, that is not there (and will not be downloaded): the same one line
     as when the files are read, but before any work, so the preflight catches it for every job of a sweep."""
@@ -164,11 +158,11 @@ def _open_file_dataset(cfg, train: bool):
         return spec.cls(cfg.root, download=cfg.download, **split)
     except Exception as exc:  # missing files, a failed download (offline), or a file that does not parse
         if cfg.download:
-            problem = f"download into {cfg.root!r} failed ({_one_line(exc)})"
+            problem = f"download into {cfg.root!r} failed ({one_line(exc)})"
         elif "not found" in str(exc):
             problem = f"no {cfg.name} files under dataset.root={cfg.root!r}"
         else:
-            problem = f"cannot read the {cfg.name} files under dataset.root={cfg.root!r} ({_one_line(exc)})"
+            problem = f"cannot read the {cfg.name} files under dataset.root={cfg.root!r} ({one_line(exc)})"
         raise _files_error(cfg, problem) from None
 
 
@@ -235,7 +229,7 @@ def decode(dataset) -> Split:
         except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
             path = dataset.samples[i][0] if hasattr(dataset, "samples") else f"item {i}"
             raise UserError(
-                f"dataset=imagefolder: cannot decode {path!r} ({_one_line(exc)}): "
+                f"dataset=imagefolder: cannot decode {path!r} ({one_line(exc)}): "
                 "remove or replace the file (every image file in the folders must be readable)"
             ) from None
     images, labels = zip(*items)
@@ -256,7 +250,7 @@ def _open_image_folder(cfg, part: str) -> torchvision.datasets.ImageFolder:
     except OSError as exc:  # no such folder, no class folders, or no image files in them
         expected = IMAGEFOLDER_LAYOUT.replace("{root}", cfg.root.rstrip("/") or "/")
         raise UserError(
-            f"dataset=imagefolder: cannot read {path!r} ({_one_line(exc)}); expected {expected}: put the "
+            f"dataset=imagefolder: cannot read {path!r} ({one_line(exc)}); expected {expected}: put the "
             "images there or set dataset.root to their folder"
         ) from None
 
