@@ -130,7 +130,8 @@ def test_transfer_dataset_is_the_students_data_with_the_teachers_normalisation()
     cfg = _cfg(dataset=DatasetConfig(name="synthetic", num_samples=30, image_size=8, channels=3, num_classes=4))
     student_data = transfer_data(cfg, data, d)
     assert len(student_data.train) == 24 and len(student_data.val) == 6  # synthetic's own 80/20 split
-    assert torch.equal(student_data.mean, d.mean) and torch.equal(student_data.std, d.std)
+    assert torch.equal(student_data.normalize.mean, d.normalize.mean)
+    assert torch.equal(student_data.normalize.std, d.normalize.std)
 
 
 @pytest.mark.parametrize(
