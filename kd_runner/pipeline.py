@@ -151,7 +151,9 @@ def _experiment(
     timings["teacher_s"] = teacher.seconds
 
     t0 = time.perf_counter()
-    targets = shard.main_first(lambda: SoftTargets(teacher.model, teacher.key, student_data, cfg.cache_dir))
+    targets = shard.main_first(
+        lambda: SoftTargets(teacher.model, teacher.key, student_data, cfg.cache_dir, teacher.metrics_model)
+    )
     checkpoint = None  # a run across processes restarts its student stage (its teacher and logits are cached)
     if run_dir is not None and shard.world == 1:
         checkpoint = StageCheckpoint(rundir.student_checkpoint(run_dir), config_digest(cfg), "student")
@@ -201,7 +203,9 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
     def evaluate() -> dict:
         d.shard.sync_buffers(student)
         logits = engine.predict(student, d, d.val.images)
-        return compute_metrics(logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
+        return compute_metrics(
+            logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss, targets.val_targets
+        )
 
     history = engine.fit(
         d.shard.wrap(student),

@@ -1,7 +1,8 @@
 """The teacher stage: load a checkpoint, load a cached teacher, or fine-tune one and cache it.
 
 A cached teacher is keyed by a digest of everything that determines it (architecture, recipe, teacher
-seed, dataset config and content, starting checkpoint or pretrained weights, compute settings), so every run of a sweep that shares a teacher recipe trains it once.
+seed, dataset config and content, starting checkpoint or pretrained weights, compute settings), so every
+run of a sweep that shares a teacher recipe trains it once.
 A lock serialises jobs that need the same teacher: the first trains and publishes it, the others wait
 and load. Entries are published atomically (weights, then a manifest holding their sha256); an entry
 whose weights do not match its manifest is reported, removed and rebuilt. While a teacher trains, its
@@ -53,6 +54,7 @@ class Teacher:
     history: list[dict]  # per-epoch rows of its fine-tuning (also when loaded from the cache)
     key: str
     seconds: float
+    metrics_model: torch.nn.Module | None = None  # what the teacher metrics see, if not `model` (ensembles)
 
 
 def teacher_key(cfg: RunConfig, d: SplitData) -> str:
