@@ -119,6 +119,10 @@ IN_RUN_CASES = [
         ["dataset=synthetic", "dataset.num_samples=4", "dataset.val_fraction=0.9"],
         ["dataset.val_fraction=0.9", "leaves training samples"],
     ),
+    (
+        ["transfer=digits", "transfer.dataset.split_seed=1"],
+        ["transfer.dataset=digits: 292 of its 360 validation images are in the teacher's training split"],
+    ),
 ]
 
 
