@@ -35,7 +35,7 @@ from kd_runner.runtime import distributed, interrupt
 from kd_runner.status import Status
 from kd_runner.store import rundir
 from kd_runner.store.results import summary
-from kd_runner.sweep.aggregate import job_dirs, write_plan
+from kd_runner.sweep.aggregate import job_dirs, read_plan, write_plan
 from kd_runner.sweep.cli import finish_sweep
 
 CONFIG_MODULE = "kd_runner.conf"
@@ -205,7 +205,7 @@ def preflight(overrides: list[str], multirun: bool) -> Plan:
             jobs = sweep_jobs(hydra_cfg.sweeper.params, overrides) if multirun else [overrides]
             check_launcher(hydra_cfg, multirun)
             pinned = [] if out_dir is None else [f"{dir_key}={quoted(out_dir)}"]
-            configs = [
+            composed = [
                 compose_job(compose, [*job, *pinned, f"hydra.job.num={num}"], multirun) for num, job in enumerate(jobs)
             ]
     except HydraException as exc:
@@ -213,18 +213,41 @@ def preflight(overrides: list[str], multirun: bool) -> Plan:
     finally:
         GlobalHydra.instance().clear()
     dir_given = any(o.lstrip("+").startswith(dir_key + "=") for o in overrides)
-    return Plan(multirun, jobs, configs, dir_key, out_dir, dir_given)
+    if multirun:
+        check_sweep_dirs(out_dir, [task_overrides(job) for job in jobs], [job_dir for _, job_dir in composed])
+    return Plan(multirun, jobs, [cfg for cfg, _ in composed], dir_key, out_dir, dir_given)
 
 
-def compose_job(compose, overrides: list[str], multirun: bool) -> RunConfig:
-    """One job's typed config, checked with its output directory (pipeline.check_job)."""
+def check_sweep_dirs(sweep_dir: str, jobs: list[list[str]], job_dirs: list[str | None]) -> None:
+    """Refuse a sweep whose jobs share a directory (one would overwrite another's files), or one into a
+    directory that holds another sweep (its tables would mix the two)."""
+    seen = {}
+    for job, job_dir in zip(jobs, job_dirs):
+        where = None if job_dir is None else os.path.normpath(job_dir)
+        if where in seen:
+            raise UserError(
+                f"hydra.sweep.subdir: the jobs '{' '.join(seen[where])}' and '{' '.join(job)}' both write to "
+                f"{job_dir}; give every job its own directory (e.g. hydra.sweep.subdir=${{hydra.job.num}})"
+            )
+        if where is not None:
+            seen[where] = job
+    planned = read_plan(sweep_dir)
+    if planned is not None and planned != jobs:
+        raise UserError(
+            f"hydra.sweep.dir={sweep_dir!r} holds another sweep ({len(planned)} jobs, not these {len(jobs)}): "
+            "choose another hydra.sweep.dir, or run that sweep's very command again to resume it"
+        )
+
+
+def compose_job(compose, overrides: list[str], multirun: bool) -> tuple[RunConfig, str | None]:
+    """One job's typed config and output directory, checked (pipeline.check_job)."""
     composed = compose("config", overrides=overrides, return_hydra_config=True)
     key, job_dir = job_directory(composed.hydra, multirun)
     with open_dict(composed):
         del composed["hydra"]
     cfg = load_config(OmegaConf.to_container(composed, resolve=True))
     pipeline.check_job(cfg, job_dir, dir_key=key, processes=distributed.launched_world_size())
-    return cfg
+    return cfg, job_dir
 
 
 def check_launcher(hydra_cfg: DictConfig, multirun: bool) -> None:

@@ -44,9 +44,12 @@ def check_job(cfg: RunConfig, job_dir: Path | str | None, *, dir_key: str, proce
     """Raise UserError (one line) when the job cannot run here, before it writes anything: an absent
     device or precision, a batch that does not split across `processes`, a data folder that is not there,
     a cache or job directory (`dir_key` names the setting) that cannot be written, or a job directory that
-    holds a run of another config. `job_dir` None: known only once the job runs (checked then)."""
+    holds a run of another config (a stage whose training split is too small for a step is refused once the
+    data is built: `engine.check_steps`). `job_dir` None: known only once the job runs (checked then)."""
     Compute.resolve(resolve_device(cfg.device), cfg.precision, cfg.memory_format, cfg.compile)
-    distributed.Shard(0, processes).check_batch_size(cfg.student.batch_size, "student.batch_size")
+    for name, stage in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if stage.epochs > 0:  # a batch that no process can take 2 samples of is dropped: no step at all
+            distributed.Shard(0, processes).check_batch_size(stage.batch_size, f"{name}.batch_size")
     for data_cfg in (cfg.dataset, cfg.transfer.dataset):
         if data_cfg is not None:
             check_root(data_cfg)
@@ -139,6 +142,8 @@ def _experiment(
     student_data = shard.main_first(lambda: transfer_data(cfg, data, split_data))
     if student_data is not split_data:
         log.info("transfer set: %s", describe_transfer(cfg, student_data))
+    engine.check_steps(len(split_data.train), cfg.teacher, shard, "teacher")
+    engine.check_steps(len(student_data.train), cfg.student, shard, "student")
     if cfg.student.weights_path or cfg.student.pretrained:
         build_stage_model(cfg.student, data)
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
@@ -146,7 +151,9 @@ def _experiment(
     timings["teacher_s"] = teacher.seconds
 
     t0 = time.perf_counter()
-    targets = shard.main_first(lambda: SoftTargets(teacher.model, teacher.key, student_data, cfg.cache_dir))
+    targets = shard.main_first(
+        lambda: SoftTargets(teacher.model, teacher.key, student_data, cfg.cache_dir, teacher.metrics_model)
+    )
     checkpoint = None  # a run across processes restarts its student stage (its teacher and logits are cached)
     if run_dir is not None and shard.world == 1:
         checkpoint = StageCheckpoint(rundir.student_checkpoint(run_dir), config_digest(cfg), "student")
@@ -196,7 +203,9 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
     def evaluate() -> dict:
         d.shard.sync_buffers(student)
         logits = engine.predict(student, d, d.val.images)
-        return compute_metrics(logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
+        return compute_metrics(
+            logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss, targets.val_targets
+        )
 
     history = engine.fit(
         d.shard.wrap(student),

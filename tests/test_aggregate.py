@@ -162,3 +162,19 @@ def test_plots_for_every_sweep_layout(layout, tmp_path):
 def test_report_without_tables_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="summary.csv'.*run kd-aggregate"):
         report.write_plots(tmp_path)
+
+
+def test_a_jobs_identity_comes_from_its_own_result_json(tmp_path):
+    """.hydra/overrides.yaml can be overwritten by a later job; the config the run recorded cannot."""
+    sweep = tmp_path / "sweep"
+    grid_sweep(sweep, {(0, 4): [0.5, 0.7]})
+    for num, seed in ((0, 0), (1, 1)):
+        result = json.loads((sweep / str(num) / "result.json").read_text())
+        result["config"] = {"alpha": 0.0, "temperature": 4.0, "seed": seed}
+        (sweep / str(num) / "result.json").write_text(json.dumps(result))
+    overwritten = ["experiment=smoke", "alpha=0", "temperature=4", "seed=0"]  # job 1's files, by job 0
+    (sweep / "1" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overwritten))
+    (sweep / "1" / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
+    tables = aggregate.aggregate([sweep], sweep)
+    assert tables.runs["seed"].tolist() == [0, 1]
+    assert tables.summary["n"].tolist() == [2]

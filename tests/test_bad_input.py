@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import kd_run, usage_error_line
+from helpers import compose_config, kd_run, usage_error_line
 
-from kd_runner import cli
+from kd_runner import cli, pipeline
 from kd_runner.config import DatasetConfig
 from kd_runner.data import Dataset, Split, check_dataset
 from kd_runner.errors import UserError
 from kd_runner.models import build_model
+from kd_runner.runtime.distributed import Shard
+from kd_runner.train.engine import check_steps
 
 CASES = [
     (["teacher=resnet5"], ["teacher='resnet5'", "resnet50"]),
@@ -43,6 +45,7 @@ CASES = [
     (["-m", "alpha=0,2"], ["alpha=2.0", "[0, 1]"]),
     (["dataset=synthetic", "dataset.num_classes=1"], ["dataset.num_classes=1", ">= 2"]),
     (["student.lr=fast"], ["student.lr", "fast"]),
+    (["experiment=smoke", "teacher.batch_size=1"], ["teacher.batch_size=1", "at least 2 with 1 processes"]),
 ]
 if not torch.cuda.is_available():
     CASES.append((["device=cuda"], ["device='cuda' is not available", "device=auto or device=cpu"]))
@@ -115,6 +118,10 @@ IN_RUN_CASES = [
     (
         ["dataset=synthetic", "dataset.num_samples=4", "dataset.val_fraction=0.9"],
         ["dataset.val_fraction=0.9", "leaves training samples"],
+    ),
+    (
+        ["transfer=digits", "transfer.dataset.split_seed=1"],
+        ["transfer.dataset=digits: 292 of its 360 validation images are in the teacher's training split"],
     ),
 ]
 
@@ -218,3 +225,23 @@ def test_a_damaged_result_json_in_the_run_directory_is_reported(tmp_path, monkey
         "or use another directory"
     )
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["result.json"]
+
+
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+def test_a_batch_too_small_for_the_processes_is_refused_for_both_stages(stage, tmp_path):
+    cfg = compose_config("experiment=smoke", f"{stage}.batch_size=3", f"cache_dir={tmp_path}")
+    with pytest.raises(UserError, match=f"{stage}.batch_size=3 is not allowed: at least 4 with 2 processes"):
+        pipeline.check_job(cfg, None, dir_key="hydra.run.dir", processes=2)
+
+
+@pytest.mark.parametrize(
+    "n,batch_size,world,refused",
+    [(3, 8, 2, True), (4, 8, 2, False), (1, 8, 1, True), (100, 1, 1, True), (2, 2, 1, False)],
+)
+def test_a_stage_without_a_single_optimizer_step_is_refused(n, batch_size, world, refused):
+    cfg = compose_config("experiment=smoke", f"teacher.batch_size={batch_size}")
+    if not refused:
+        check_steps(n, cfg.teacher, Shard(0, world), "teacher")
+        return
+    with pytest.raises(UserError, match=f"teacher.batch_size={batch_size} is not allowed with {n} training samples"):
+        check_steps(n, cfg.teacher, Shard(0, world), "teacher")

@@ -15,6 +15,7 @@ from kd_runner.data import Split, build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute
+from kd_runner.store.files import publish_checked
 from kd_runner.teacher import logits_cache
 from kd_runner.train import engine
 
@@ -92,12 +93,32 @@ def test_key_depends_on_teacher_data_and_precision():
     changed = dataclasses.replace(data, train=Split(images, data.train.labels))
     assert logits_cache.data_digest(changed) != content
     assert logits_cache.data_digest(dataclasses.replace(data, std=(1.0,))) != content
-    base = logits_cache.entry_key("k", d)
-    assert logits_cache.entry_key("other", d) != base
-    assert logits_cache.entry_key("k", InMemoryData(changed, Compute(CPU))) != base
+    weights = logits_cache.weights_digest(model)
+    base = logits_cache.entry_key("k", weights, d)
+    assert logits_cache.entry_key("other", weights, d) != base
+    assert logits_cache.entry_key("k", logits_cache.weights_digest(teacher_and_data(seed=1)[0]), d) != base
+    assert logits_cache.entry_key("k", weights, InMemoryData(changed, Compute(CPU))) != base
     bf16 = InMemoryData(data, Compute(CPU, precision="bf16"))
-    assert logits_cache.entry_key("k", bf16) != base
-    assert logits_cache.entry_key("k", InMemoryData(data, Compute(CPU))) == base
+    assert logits_cache.entry_key("k", weights, bf16) != base
+    assert logits_cache.entry_key("k", weights, InMemoryData(data, Compute(CPU))) == base
+
+
+def test_a_retrained_teacher_never_gets_the_old_teachers_logits(tmp_path):
+    """Logits are keyed by the teacher's weights: a teacher entry replaced by other weights (retrained on a GPU,
+    new pretrained weights) under the same config key computes its logits again."""
+    cfg = compose_config("experiment=smoke", "student.epochs=1", f"cache_dir={tmp_path / 'cache'}")
+    assert pipeline.run(cfg, tmp_path / "a")["teacher"]["logits"] == "computed"
+    (entry,) = (tmp_path / "cache" / "teachers").glob("*.pt")
+    state = torch.load(entry, weights_only=True)
+    manifest = json.loads(entry.with_suffix(".json").read_text())
+    publish_checked(
+        {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()},
+        entry.with_suffix(""),
+        history=manifest["history"],
+        teacher=manifest["teacher"],
+    )
+    again = pipeline.run(cfg, tmp_path / "b")
+    assert again["teacher"]["source"] == "cache" and again["teacher"]["logits"] == "computed"
 
 
 def test_an_ensembles_logits_are_cached_per_temperature(tmp_path):

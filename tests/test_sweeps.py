@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import kd_run
+from helpers import kd_run, usage_error_line
 from PIL import Image
 
 from kd_runner import cli
 from kd_runner.sweep import cli as sweep_cli
-from kd_runner.sweep.aggregate import FINAL_METRICS
+from kd_runner.sweep.aggregate import FINAL_METRICS, write_plan
 from kd_runner.train.metrics import METRIC_NAMES
 
 BIN = Path(sys.executable).parent
@@ -302,3 +302,23 @@ def test_ray_launcher(tmp_path):
     runs = pd.read_csv(tmp_path / "sweep" / "runs.csv")
     assert list(runs["status"]) == ["completed"] * 2
     assert sorted(runs["teacher_source"]) == ["cache", "trained"]
+
+
+@pytest.mark.parametrize("subdir", ["same", "a${alpha}"])
+def test_jobs_that_share_a_directory_are_refused_before_any_runs(subdir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["-m", "experiment=smoke", "alpha=0,1", "seed=0,1", "hydra.sweep.dir=sweep", f"hydra.sweep.subdir={subdir}"]
+    err = usage_error_line(args, capsys)
+    assert "hydra.sweep.subdir: the jobs 'experiment=smoke alpha=0 seed=0' and" in err and "both write to" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_another_sweep_into_an_existing_sweep_directory_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    first = [f"experiment=smoke alpha={a} seed={s}".split() for a in (0, 1) for s in (0, 1)]
+    write_plan(tmp_path / "sweep", first)
+    err = usage_error_line(["-m", "experiment=smoke", "alpha=0", "seed=0,1", "hydra.sweep.dir=sweep"], capsys)
+    assert "hydra.sweep.dir='sweep' holds another sweep (4 jobs, not these 2)" in err
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["sweep.json"]
+    plan = cli.preflight(["experiment=smoke", "alpha=0,1", "seed=0,1", "hydra.sweep.dir=sweep"], multirun=True)
+    assert len(plan.jobs) == 4  # the very same sweep again: accepted (it resumes)

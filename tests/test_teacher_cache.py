@@ -6,10 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from dataset_files import write_image_folder
 from helpers import compose_config
 
 from kd_runner import pipeline
+from kd_runner.data import build_dataset
+from kd_runner.data.device import InMemoryData
+from kd_runner.runtime.compute import Compute
 from kd_runner.store.files import sha256_file
+from kd_runner.teacher import stage
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +78,25 @@ def test_a_half_written_entry_is_never_read(cached, tmp_path, caplog):
     assert record["metrics"] == first["metrics"]
     assert not stale.exists()
     assert sha256_file(weights) == json.loads(manifest.read_text())["sha256"]
+
+
+def test_new_data_under_the_same_root_is_another_teacher(tmp_path):
+    """The key sees the data's content: images rewritten in dataset.root are not taught by the old teacher."""
+    root = write_image_folder(tmp_path / "images", seed=0)
+    tiny = ["teacher.epochs=1", "student.epochs=1", "dataset.image_size=16", f"cache_dir={tmp_path / 'cache'}"]
+    cfg = compose_config("experiment=smoke", "dataset=imagefolder", f"dataset.root={root}", *tiny)
+    assert pipeline.run(cfg, tmp_path / "a")["teacher"]["source"] == "trained"
+    write_image_folder(root, seed=1)  # same file names, other pixels
+    assert pipeline.run(cfg, tmp_path / "b")["teacher"]["source"] == "trained"
+    assert pipeline.run(cfg, tmp_path / "c")["teacher"]["source"] == "cache"
+
+
+def test_the_pretrained_weights_version_is_in_the_teacher_key(monkeypatch):
+    cfg = compose_config("experiment=smoke", "teacher=resnet18", "teacher.pretrained=true")
+    d = InMemoryData(build_dataset(cfg.dataset), Compute.resolve(torch.device("cpu")))
+    monkeypatch.setattr(
+        stage, "pretrained_weights", lambda name: "ResNet18_Weights.IMAGENET1K_V1 resnet18-f37072fd.pth"
+    )
+    first = stage.teacher_key(cfg, d)
+    monkeypatch.setattr(stage, "pretrained_weights", lambda name: "ResNet18_Weights.IMAGENET1K_V2 resnet18-0000.pth")
+    assert stage.teacher_key(cfg, d) != first

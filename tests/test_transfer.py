@@ -178,3 +178,31 @@ def test_ensemble_members_are_separate_cached_teachers(tmp_path):
     assert torch.equal(single.model.fc.weight, m0.fc.weight)
     again = prepare_teachers(cfg, data, d, progress=False)
     assert again.source == "cache,cache"
+
+
+def test_an_ensembles_teacher_metrics_do_not_depend_on_the_temperature(tmp_path):
+    """The teacher metrics see the members combined at T=1 (alpha=1: the student too is the same at every T)."""
+    from helpers import compose_config
+
+    from kd_runner import pipeline
+
+    common = ["experiment=smoke", "teacher.ensemble=3", "teacher.epochs=1", "teacher.width=4", "alpha=1"]
+    runs = [
+        pipeline.run(compose_config(*common, f"temperature={t}", f"cache_dir={tmp_path / 'cache'}"), tmp_path / str(t))
+        for t in (1, 8)
+    ]
+    for name in ("teacher_acc", "agreement", "kl_teacher_student", "logit_gap"):
+        assert runs[0]["metrics"][name] == runs[1]["metrics"][name], name
+    assert runs[0]["per_class_accuracy"]["teacher"] == runs[1]["per_class_accuracy"]["teacher"]
+
+
+def test_soft_targets_give_the_metrics_the_ensemble_at_t1(tmp_path):
+    d = InMemoryData(_dataset(), Compute(torch.device("cpu")))
+    a, b = _teacher().eval(), _teacher().eval()
+    with torch.no_grad():
+        b[-1].weight.mul_(-2)
+    targets = SoftTargets(TeacherEnsemble([a, b], 4.0, "kl"), "e", d, tmp_path, TeacherEnsemble([a, b], 1.0, "kl"))
+    with torch.no_grad():
+        members = [engine.predict(m, d, d.val.images) for m in (a, b)]
+    assert torch.allclose(targets.val, combine_logits(members, 1.0, "kl"), atol=1e-5)
+    assert torch.allclose(targets.val_targets, combine_logits(members, 4.0, "kl"), atol=1e-5)

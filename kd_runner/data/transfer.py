@@ -12,6 +12,8 @@ only meaningful on inputs prepared the way it was trained.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from kd_runner.config import RunConfig
@@ -41,6 +43,8 @@ def transfer_data(cfg: RunConfig, data: Dataset, device_data: SplitData) -> Spli
                 f"transfer.dataset={source.name} has {_shape(source)}, the teacher's dataset={data.name} "
                 f"{_shape(data)}: the teacher must take the transfer inputs and predict the same classes"
             )
+    if t.dataset is not None:
+        _check_unseen_val(source, data)
     bad = [c for c in t.exclude_classes if c >= data.num_classes]
     if bad:
         raise UserError(
@@ -53,6 +57,24 @@ def transfer_data(cfg: RunConfig, data: Dataset, device_data: SplitData) -> Spli
     train = Split(source.train.images[keep], source.train.labels[keep])
     student = Dataset(source.name, train, source.val, data.num_classes, data.mean, data.std, source.augmentation)
     return device_data.like(student)
+
+
+def _row_digests(images: torch.Tensor) -> set[bytes]:
+    rows = images.detach().cpu().contiguous().view(len(images), -1)
+    return {hashlib.blake2b(row.view(torch.uint8).numpy().tobytes(), digest_size=16).digest() for row in rows}
+
+
+def _check_unseen_val(source: Dataset, data: Dataset) -> None:
+    """Refuse a transfer set whose validation images the teacher trained on (e.g. the same dataset under
+    another split_seed): the student would be scored on data its teacher memorised."""
+    seen = _row_digests(data.train.images)
+    shared = sum(d in seen for d in _row_digests(source.val.images))
+    if shared:
+        raise UserError(
+            f"transfer.dataset={source.name}: {shared} of its {len(source.val)} validation images are in the "
+            f"teacher's training split (dataset={data.name}); give transfer.dataset the same val_split, "
+            "val_fraction and split_seed as dataset, or use data the teacher did not train on"
+        )
 
 
 def describe_transfer(cfg: RunConfig, student_data: SplitData) -> dict:

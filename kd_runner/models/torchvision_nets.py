@@ -84,6 +84,13 @@ for _name in FAMILIES:
     register(_name)(partial(build, _name))
 
 
+def pretrained_weights(name: str) -> str:
+    """The ImageNet weights `build_pretrained` loads for `name`: their enum name and file (which names their
+    version), so a cache key changes when torchvision's default weights do."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    return f"{weights} {os.path.basename(weights.url)}"
+
+
 def build_pretrained(name: str, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """ImageNet weights through torchvision's weights API, then adapted.
 

@@ -62,6 +62,16 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def tensors_digest(tensors, header: object = None) -> str:
+    """A short digest of tensors' dtypes, shapes and values (in order), after a JSON-able `header`."""
+    h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
 def sha256_file(path: Path | str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

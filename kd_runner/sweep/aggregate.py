@@ -1,11 +1,12 @@
 """Sweep aggregation: the job directories of one or more sweeps -> runs.csv, summary.csv, curves.csv, summary.md.
 
 A job directory is a subdirectory of a sweep directory holding `.hydra/overrides.yaml`, which Hydra writes
-before the job starts; so failed jobs (result.json with status "failed") and interrupted ones (no
+before the job starts, so failed jobs (result.json with status "failed") and interrupted ones (no
 result.json: "incomplete") are listed too, and so are the jobs of the sweep's plan (sweep.json, written
 by kd-run when the sweep starts) that never started ("not started"). Sweep points are the distinct values
 of every swept key, i.e. every override key other than `seed` whose value differs between jobs; the
-statistics of a point are taken over its completed jobs (its seeds).
+statistics of a point are taken over its completed jobs (its seeds). A job's values and seed come from
+the config its result.json records (no other job can overwrite it), from `.hydra/` only when it has none.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def write_plan(sweep_dir: Path | str, jobs: list[list[str]]) -> None:
     write_json(Path(sweep_dir) / PLAN, {"jobs": jobs})
 
 
+def read_plan(sweep_dir: Path | str) -> list[list[str]] | None:
+    """The jobs' overrides recorded by `write_plan`, or None when the directory holds no readable plan."""
+    try:
+        return json.loads((Path(sweep_dir) / PLAN).read_text())["jobs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
     """Read every job of `sweep_dirs`, write the four tables into `out_dir` and return them."""
     entries = []  # (overrides, the rest of its runs.csv row, student history or None) per job
@@ -62,8 +71,9 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
         started = [_read_job(job) for job in job_dirs(sweep_dir)]
         if not started:
             raise UserError(f"{str(sweep_dir)!r} holds no job directories (subdirectories with .hydra/overrides.yaml)")
-        never = _never_started(sweep_dir, [overrides for overrides, _, _ in started])
-        entries += started + [(overrides, _not_started_row(overrides), None) for overrides in never]
+        never = _never_started(sweep_dir, [given for given, *_ in started])  # the plan holds the given text
+        entries += [tuple(entry) for _, *entry in started]
+        entries += [(overrides, _not_started_row(overrides), None) for overrides in never]
     override_keys = []
     for overrides, _, _ in entries:
         override_keys += [k for k in overrides if k not in override_keys and k != "seed"]
@@ -99,13 +109,14 @@ def _split(overrides: list[str]) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
-def _read_job(job: Path) -> tuple[dict, dict, pd.DataFrame | None]:
-    """A started job's overrides, the rest of its runs.csv row and, when it completed, the student rows of
-    its metrics.csv."""
-    overrides = _split(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
-    config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+def _read_job(job: Path) -> tuple[dict, dict, dict, pd.DataFrame | None]:
+    """A started job's overrides as given and with the values its run recorded, the rest of its runs.csv
+    row and, when it completed, the student rows of its metrics.csv."""
+    given = _split(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
     result_path = job / "result.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {"status": Status.INCOMPLETE}
+    config = result.get("config") or yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+    overrides = {key: _recorded(config, key, value) for key, value in given.items()}
     status = Status.INCOMPLETE if result["status"] == Status.RUNNING else Status(result["status"])
     metrics = result.get("metrics", {})
     teacher = result.get("teacher", {})
@@ -123,7 +134,15 @@ def _read_job(job: Path) -> tuple[dict, dict, pd.DataFrame | None]:
     if status == Status.COMPLETED:
         history = pd.read_csv(job / "metrics.csv")
         history = history[history["stage"] == "student"]
-    return overrides, row, history
+    return given, overrides, row, history
+
+
+def _recorded(config: dict, key: str, value: str) -> str:
+    """The value of the override `key` in the config the run recorded itself (result.json), which no later
+    job can overwrite; the override's own text for a config group (`teacher=resnet18`) or a missing key."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return value if config is None or isinstance(config, (dict, list)) else str(config)
 
 
 def _never_started(sweep_dir: Path, started: list[dict]) -> list[dict]:

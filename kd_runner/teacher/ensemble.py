@@ -6,8 +6,9 @@ teacher a run without an ensemble uses), so each is trained once and shared by e
 
 The soft targets are the mean of the members' temperature-softened probabilities. The ensemble acts as
 one teacher whose logits are T * log(mean_k softmax(t_k / T)): softening those at T gives exactly that
-mean, so every soft loss and metric works unchanged. With soft_loss=mse (raw logits, no temperature) the
-members' logits are averaged.
+mean, so every soft loss works unchanged. The teacher metrics (accuracy, agreement, KL at T=1, per-class
+accuracy) see the members combined at T=1, so they do not depend on the run's temperature. With
+soft_loss=mse (raw logits, no temperature) the members' logits are averaged.
 """
 
 from __future__ import annotations
@@ -59,10 +60,12 @@ def prepare_teachers(cfg: RunConfig, data: Dataset, device_data: SplitData, prog
     for i in range(cfg.teacher.ensemble):
         member = dataclasses.replace(cfg.teacher, seed=cfg.teacher.seed + i, ensemble=1)
         members.append(prepare_teacher(dataclasses.replace(cfg, teacher=member), data, device_data, progress, stop))
+    models = [m.model for m in members]
     return Teacher(
-        model=TeacherEnsemble([m.model for m in members], cfg.temperature, cfg.soft_loss).eval(),
+        model=TeacherEnsemble(models, cfg.temperature, cfg.soft_loss).eval(),
         source=",".join(m.source for m in members),
         history=[{**row, "stage": f"teacher_{i}"} for i, m in enumerate(members) for row in m.history],
         key=",".join(m.key for m in members) + f";{cfg.soft_loss}@T={cfg.temperature}",
         seconds=sum(m.seconds for m in members),
+        metrics_model=TeacherEnsemble(models, 1.0, cfg.soft_loss).eval(),
     )

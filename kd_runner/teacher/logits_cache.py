@@ -5,7 +5,8 @@ shares the teacher and the data (all the alphas, temperatures and seeds of a swe
 split are computed once (`engine.predict`: eval mode, inference mode, large batches) and stored under
 `cache_dir/teacher_logits/`, keyed by
 
-- the teacher's digest (`Teacher.key`: architecture, recipe, seed, dataset, checkpoint),
+- the teacher's digest (`Teacher.key`: architecture, recipe, seed, dataset, checkpoint) and a digest of
+  its weights (a retrained teacher, or another version of pretrained weights, is another entry),
 - a digest of the data they are computed on (every split's images and labels, and the normalisation),
 - the compute settings that change the numbers (device type, precision, memory format, compile).
 
@@ -17,8 +18,6 @@ results with and without it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torch import nn
 
 from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
-from kd_runner.store.files import digest, file_lock, load_checked, publish_checked
+from kd_runner.store.files import digest, file_lock, load_checked, publish_checked, tensors_digest
 from kd_runner.train import engine
 
 log = logging.getLogger(__name__)
@@ -36,19 +35,21 @@ CACHE_FORMAT = 1
 
 def data_digest(data: Dataset) -> str:
     """Digest of what a network is fed: the images and labels of both splits and the normalisation."""
-    h = hashlib.sha256(json.dumps({"mean": data.mean, "std": data.std}).encode())
-    for split in (data.train, data.val):
-        for t in (split.images, split.labels):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
+    splits = (data.train.images, data.train.labels, data.val.images, data.val.labels)
+    return tensors_digest(splits, {"mean": data.mean, "std": data.std})
 
 
-def entry_key(teacher_key: str, d: SplitData) -> str:
+def weights_digest(model: nn.Module) -> str:
+    """Digest of a network's weights and buffers: the teacher that computes the logits, whatever made it."""
+    state = model.state_dict()
+    return tensors_digest(state.values(), list(state))
+
+
+def entry_key(teacher_key: str, weights: str, d: SplitData) -> str:
     parts = {
         "format": CACHE_FORMAT,
         "teacher": teacher_key,
+        "weights": weights,
         "data": data_digest(d.source),
         "compute": d.compute.describe(),
     }
@@ -64,7 +65,7 @@ def teacher_logits(
 ) -> tuple[dict[str, torch.Tensor], str]:
     """The teacher's logits on each named split of `d` (on d's device), and where they came from:
     ({split: logits}, "cache" | "computed")."""
-    key = entry_key(teacher_key, d)
+    key = entry_key(teacher_key, weights_digest(model), d)
     folder = Path(cache_dir) / "teacher_logits"
     logits, computed = {}, []
     with file_lock(folder / f"{key}.lock"):

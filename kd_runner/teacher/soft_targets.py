@@ -17,15 +17,29 @@ from torch import Tensor, nn
 
 from kd_runner.data.device import SplitData
 from kd_runner.teacher import logits_cache
+from kd_runner.train import engine
 
 
 class SoftTargets:
-    def __init__(self, teacher: nn.Module, teacher_key: str, data: SplitData, cache_dir: Path | str):
+    """`val_targets`: the teacher's validation logits the objective uses; `val`: those its metrics use, from
+    `metrics_teacher` when given (an ensemble combined at T=1), else the same."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        teacher_key: str,
+        data: SplitData,
+        cache_dir: Path | str,
+        metrics_teacher: nn.Module | None = None,
+    ):
         self.teacher, self.data = teacher.eval(), data
         augmented = data.augmentation is not None
         splits = ("val",) if augmented else ("train", "val")
         logits, self.source = logits_cache.teacher_logits(teacher, teacher_key, data, splits, cache_dir)
-        self.val, self.train = logits["val"], logits.get("train")
+        self.val_targets, self.train = logits["val"], logits.get("train")
+        self.val = (
+            self.val_targets if metrics_teacher is None else engine.predict(metrics_teacher, data, data.val.images)
+        )
 
     def batch(self, idx: Tensor, inputs: Tensor) -> Tensor:
         """The teacher's logits for the training batch `idx`, whose normalised inputs the student saw."""

@@ -1,7 +1,8 @@
 """The teacher stage: load a checkpoint, load a cached teacher, or fine-tune one and cache it.
 
 A cached teacher is keyed by a digest of everything that determines it (architecture, recipe, teacher
-seed, dataset, starting checkpoint), so every run of a sweep that shares a teacher recipe trains it once.
+seed, dataset config and content, starting checkpoint or pretrained weights, compute settings), so every
+run of a sweep that shares a teacher recipe trains it once.
 A lock serialises jobs that need the same teacher: the first trains and publishes it, the others wait
 and load. Entries are published atomically (weights, then a manifest holding their sha256); an entry
 whose weights do not match its manifest is reported, removed and rebuilt. While a teacher trains, its
@@ -25,6 +26,7 @@ from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
 from kd_runner.errors import UserError
 from kd_runner.models import build_stage_model
+from kd_runner.models.torchvision_nets import pretrained_weights
 from kd_runner.runtime.rng import seed_everything
 from kd_runner.store.files import (
     digest,
@@ -36,6 +38,7 @@ from kd_runner.store.files import (
     sha256_file,
     state_dict_mismatch,
 )
+from kd_runner.teacher.logits_cache import data_digest
 from kd_runner.train import engine
 from kd_runner.train.checkpoint import StageCheckpoint
 from kd_runner.train.metrics import accuracy
@@ -51,17 +54,21 @@ class Teacher:
     history: list[dict]  # per-epoch rows of its fine-tuning (also when loaded from the cache)
     key: str
     seconds: float
+    metrics_model: torch.nn.Module | None = None  # what the teacher metrics see, if not `model` (ensembles)
 
 
-def teacher_key(cfg: RunConfig, precision: str) -> str:
-    """Digest of everything that determines the fine-tuned teacher (`precision`: the resolved one)."""
+def teacher_key(cfg: RunConfig, d: SplitData) -> str:
+    """Digest of everything that determines the fine-tuned teacher: its config, the content of the data it
+    learns from (`d`), its starting weights (files, or torchvision's pretrained version) and how it computes."""
     parts = {
         "format": CACHE_FORMAT,
         "teacher": dataclasses.asdict(cfg.teacher),
         "dataset": dataclasses.asdict(cfg.dataset),
+        "data": data_digest(d.source),
         "checkpoint_sha256": sha256_file(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None,
         "weights_sha256": sha256_file(cfg.teacher.weights_path) if cfg.teacher.weights_path else None,
-        "precision": precision,
+        "pretrained": pretrained_weights(cfg.teacher.name) if cfg.teacher.pretrained else None,
+        "compute": d.compute.describe(),
     }
     return digest(parts)
 
@@ -82,11 +89,9 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: SplitData, progr
     device_data.compute.prepare(model)
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
-        return Teacher(
-            model.eval(), "checkpoint", [], teacher_key(cfg, device_data.compute.precision), time.perf_counter() - start
-        )
+        return Teacher(model.eval(), "checkpoint", [], teacher_key(cfg, device_data), time.perf_counter() - start)
 
-    key = teacher_key(cfg, device_data.compute.precision)
+    key = teacher_key(cfg, device_data)
     entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{key}"
     with file_lock(entry.with_suffix(".lock")):
         remove_stale_temps(entry.parent, entry.name)

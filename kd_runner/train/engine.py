@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from kd_runner.config import StageConfig
 from kd_runner.data.device import SplitData, index_batches, steps_per_epoch
-from kd_runner.errors import Diverged, RunInterrupted
+from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.train.checkpoint import EpochPosition, StageCheckpoint
 from kd_runner.train.optim import make_optimizer, make_scheduler
 
@@ -102,6 +102,17 @@ def _batches_left(data: SplitData, batch_size: int, generator: torch.Generator, 
     position.loss_sum = position.loss_sum.to(data.device)
     parts = [(batch, data.shard.rows(len(batch))) for batch in batches[position.batches :]]
     return [(batch, rows) for batch, rows in parts if rows is not None]
+
+
+def check_steps(n: int, recipe: StageConfig, shard, stage: str) -> None:
+    """Refuse a stage that would train without a single optimizer step: its first batch (min(n, batch size)
+    of the n training samples) must give every process 2 samples (`_batches_left` drops it otherwise)."""
+    first = min(n, recipe.batch_size)
+    if recipe.epochs > 0 and (first < 2 or shard.rows(first) is None):
+        raise UserError(
+            f"{stage}.batch_size={recipe.batch_size} is not allowed with {n} training samples and {shard.world} "
+            f"process(es): the {stage} stage would take no optimizer step (each process needs 2 samples of a batch)"
+        )
 
 
 def cross_entropy_loss(

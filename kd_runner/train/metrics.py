@@ -33,11 +33,13 @@ def compute_metrics(
     alpha: float,
     temperature: float,
     kind: str,
+    targets: Tensor | None = None,
 ) -> dict[str, float]:
     """All METRIC_NAMES over the whole validation split at once, as python floats.
 
     Computed the same way for every alpha, so that runs of a sweep are comparable: ``student_loss`` is
-    the plain cross-entropy whatever the alpha; only ``objective`` uses the run's alpha/T/kind.
+    the plain cross-entropy whatever the alpha; only ``objective`` uses the run's alpha/T/kind, and the
+    teacher logits of the soft targets, `targets`, when they differ from the teacher's (an ensemble's).
     Work is done in float32 and without autograd.
     """
     if student_logits.shape != teacher_logits.shape:
@@ -48,11 +50,12 @@ def compute_metrics(
     with torch.no_grad():
         student = student_logits.detach().float()
         teacher = teacher_logits.detach().float()
+        soft = teacher if targets is None else targets.detach().float()
         return {
             "student_acc": accuracy(student, labels),
             "teacher_acc": accuracy(teacher, labels),
             "student_loss": F.cross_entropy(student, labels).item(),
-            "objective": distillation_loss(student, teacher, labels, alpha, temperature, kind).item(),
+            "objective": distillation_loss(student, soft, labels, alpha, temperature, kind).item(),
             "logit_gap": (teacher - student).abs().mean().item(),
             "kl_teacher_student": soft_loss(student, teacher, 1.0, "kl").item(),
             "agreement": (student.argmax(dim=-1) == teacher.argmax(dim=-1)).float().mean().item(),
