@@ -36,6 +36,7 @@ from kd_runner.store.files import (
     sha256_file,
     state_dict_mismatch,
 )
+from kd_runner.targets import source_digest
 from kd_runner.train import engine
 from kd_runner.train.checkpoint import StageCheckpoint
 from kd_runner.train.metrics import accuracy
@@ -62,6 +63,7 @@ def teacher_key(cfg: RunConfig, precision: str) -> str:
         "checkpoint_sha256": sha256_file(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None,
         "weights_sha256": sha256_file(cfg.teacher.weights_path) if cfg.teacher.weights_path else None,
         "precision": precision,
+        "model_source": source_digest(cfg.teacher.model["_target_"], "teacher.model._target_"),
     }
     return digest(parts)
 
@@ -69,7 +71,7 @@ def teacher_key(cfg: RunConfig, precision: str) -> str:
 def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None) -> Teacher:
     start = time.perf_counter()
     seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
-    model = build_stage_model(cfg.teacher, data)
+    model = build_stage_model(cfg.teacher, data, "teacher")
     if cfg.teacher.checkpoint:
         state = read_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint")
         problem = state_dict_mismatch(model, state)
