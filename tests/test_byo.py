@@ -214,6 +214,7 @@ BAD = [
     (["teacher.model._target_=mypkg.nets.TinyNet", "teacher.pretrained=true"], ["teacher.pretrained", "pretrained"]),
     (["dataset.factory._target_=mypkg.data.wrong_types"], ["dataset.factory", "train split", "list"]),
     (["dataset.factory._target_=mypkg.data.empty"], ["dataset.factory", "0 samples"]),
+    (["dataset.augment=flip"], ["dataset.augment='flip'", "crop_flip, resized_crop_flip"]),
 ]
 
 
