@@ -87,12 +87,14 @@ class JobStopped(BaseException):
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     register_schema()
-    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):  # --help, --cfg, ...
+    rest, search_path = config_dir_override(argv)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in rest):  # --help, --cfg, ...
         sys.argv = [sys.argv[0], *argv]
         return hydra_main()
     try:
         plan = preflight(
-            [a for a in argv if a not in ("-m", "--multirun")], multirun="-m" in argv or "--multirun" in argv
+            [a for a in rest if a not in ("-m", "--multirun")] + search_path,
+            multirun="-m" in rest or "--multirun" in rest,
         )
     except UserError as exc:
         fail(exc)
@@ -112,6 +114,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(RunInterrupted.exit_code)
     if code:
         sys.exit(code)
+
+
+def config_dir_override(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`argv` without `--config-dir DIR` (`-cd DIR`, `--config-dir=DIR`), and the override that puts DIR on
+    the compose search path as Hydra does, so the preflight sees the user's config groups too."""
+    rest, dirs, args = [], [], iter(argv)
+    for arg in args:
+        if arg in ("--config-dir", "-cd"):
+            dirs.append(next(args, ""))
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    paths = ", ".join(quoted("file://" + os.path.abspath(d)) for d in dirs)
+    return rest, [f"hydra.searchpath=[{paths}]"] if dirs else []
 
 
 def run_single() -> int:

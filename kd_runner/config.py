@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE = ("none", "backbone")
 LOADERS = ("memory", "dataloader")
 VAL_SPLITS = ("test", "holdout")
+AUGMENT = (True, False, "none", "crop_flip", "resized_crop_flip")
 
 
 @dataclass
@@ -42,8 +43,12 @@ class DatasetConfig:
         default=0.2, metadata={"doc": "held-out share of train with val_split=holdout (fake: size of its test split)"}
     )
     split_seed: int = field(default=0, metadata={"doc": "fixes the train/val split independently of the run seed"})
-    augment: bool = field(
-        default=True, metadata={"doc": "the dataset's standard training augmentation (datasets without one ignore it)"}
+    augment: typing.Any = field(  # true, false or a preset's name (OmegaConf cannot nest a bool | str field)
+        default=True,
+        metadata={
+            "doc": "true: the dataset's standard training augmentation (if it has one) | false or none | "
+            "crop_flip (pad-and-crop + flip) | resized_crop_flip (random-resized crop + flip)"
+        },
     )
     num_samples: int = field(default=600, metadata={"doc": "number of generated training images (synthetic, fake)"})
     image_size: int = field(
@@ -54,6 +59,24 @@ class DatasetConfig:
     num_classes: int = field(
         default=10, metadata={"doc": "number of classes of the generated images (synthetic, fake)"}
     )
+    factory: dict[str, typing.Any] = field(
+        default_factory=lambda: {"_target_": None},
+        metadata={
+            "doc": "your own dataset: _target_ names a callable returning (train, val[, num_classes]); the other "
+            "keys are its arguments (+dataset.factory.KEY=VALUE); see docs/datasets.md"
+        },
+    )
+    mean: list[float] = field(
+        default_factory=list,
+        metadata={"doc": "per-channel normalisation mean; empty: computed from the training split"},
+    )
+    std: list[float] = field(
+        default_factory=list, metadata={"doc": "per-channel normalisation std; empty: computed from the training split"}
+    )
+    memory_mb: int = field(
+        default=4096,
+        metadata={"doc": "a dataset.factory dataset larger than this (MiB) streams through DataLoader workers"},
+    )
 
 
 @dataclass
@@ -63,6 +86,13 @@ class StageConfig:
     name: str = field(
         default="cnn",
         metadata={"doc": "the network; teacher=NAME / student=NAME pick its file in conf/teacher/, conf/student/"},
+    )
+    model: dict[str, typing.Any] = field(
+        default_factory=lambda: {"_target_": None},
+        metadata={
+            "doc": "your own network: _target_ names a callable returning an nn.Module, the other keys are its "
+            "arguments (+teacher.model.KEY=VALUE); name then labels it; see docs/extending.md"
+        },
     )
     width: int = field(
         default=32, metadata={"doc": "size of the small native nets: cnn channels of the first block, mlp hidden units"}
@@ -210,6 +240,12 @@ def _coerce(key: str, value, kind):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if dataclasses.is_dataclass(kind):
         return _build(kind, value, key + ".")
+    if typing.get_origin(kind) is dict:
+        if not isinstance(value, typing.Mapping):
+            raise ConfigError(key, value, "expected a group of keys, e.g. {_target_: mypkg.nets.TinyNet}")
+        return dict(value)
+    if kind is typing.Any:  # checked by _validate
+        return value
     if typing.get_origin(kind) is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, value, "expected a list, e.g. [3] or [3, 5]")
@@ -246,7 +282,7 @@ def _one_of(key: str, value, options) -> None:
 def _validate_stage(stage: StageConfig, key: str) -> None:
     from kd_runner.models import MODEL_NAMES
 
-    _one_of(f"{key}.name", stage.name, MODEL_NAMES)
+    _validate_target(stage.model, stage.name, MODEL_NAMES, f"{key}.model", f"{key}.name")
     _one_of(f"{key}.optimizer", stage.optimizer, OPTIMIZERS)
     _one_of(f"{key}.scheduler", stage.scheduler, SCHEDULERS)
     _one_of(f"{key}.freeze", stage.freeze, FREEZE)
@@ -266,6 +302,24 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
     for name in ("weights_path", "checkpoint"):
         path = getattr(stage, name, None)
         _check(path is None or Path(path).is_file(), f"{key}.{name}", path, "no such file; expected a saved state dict")
+
+
+def _validate_target(spec: dict, name: str, builtin: tuple[str, ...], key: str, name_key: str) -> None:
+    """A built-in `name`, or a user callable by `_target_` (then `name` is only a label, and not a built-in's)."""
+    target = spec.get("_target_")
+    if target is None:
+        _check(len(spec) <= 1, key, spec, f"arguments only with {key}._target_ set")
+        _one_of(name_key, name, builtin)
+        return
+    _check(
+        isinstance(target, str) and target != "", f"{key}._target_", target, "a dotted path, e.g. mypkg.nets.TinyNet"
+    )
+    _check(
+        name not in builtin and name != "" and "/" not in name,
+        name_key,
+        name,
+        f"a label of your own for {key}._target_={target} (not a built-in name, no '/'), e.g. {name_key}=mine",
+    )
 
 
 def _validate(cfg: RunConfig) -> None:
@@ -300,10 +354,15 @@ def _validate(cfg: RunConfig) -> None:
 def _validate_dataset(d: DatasetConfig, key: str) -> None:
     from kd_runner.data import DOWNLOADABLE, WITH_TEST_SPLIT, dataset_names
 
-    _one_of(f"{key}.name", d.name, dataset_names())
+    _validate_target(d.factory, d.name, dataset_names(), f"{key}.factory", f"{key}.name")
     _one_of(f"{key}.val_split", d.val_split, VAL_SPLITS)
+    presets = "one of: true, false, " + ", ".join(AUGMENT[2:])
+    _check(isinstance(d.augment, (bool, str)) and d.augment in AUGMENT, f"{key}.augment", d.augment, presets)
+    _check(len(d.mean) == len(d.std), f"{key}.std", d.std, f"as many values as {key}.mean={d.mean}")
+    _check(all(s > 0 for s in d.std), f"{key}.std", d.std, "numbers > 0")
+    _check(d.memory_mb >= 0, f"{key}.memory_mb", d.memory_mb, "expected a whole number >= 0")
     _check(
-        d.val_split == "holdout" or d.name in WITH_TEST_SPLIT,
+        d.val_split == "holdout" or d.name in WITH_TEST_SPLIT or d.factory["_target_"] is not None,
         f"{key}.val_split",
         d.val_split,
         f"holdout for {d.name} (it has no test split of its own)",

@@ -25,6 +25,7 @@ from kd_runner.data.transfer import describe_transfer, transfer_data
 from kd_runner.data.vision import check_root
 from kd_runner.errors import Diverged, RunInterrupted
 from kd_runner.models import build_stage_model
+from kd_runner.models.custom import check_output
 from kd_runner.runtime import distributed, interrupt
 from kd_runner.runtime.compute import Compute, resolve_device
 from kd_runner.runtime.rng import seed_everything
@@ -53,10 +54,24 @@ def check_job(cfg: RunConfig, job_dir: Path | str | None, *, dir_key: str, proce
     for data_cfg in (cfg.dataset, cfg.transfer.dataset):
         if data_cfg is not None:
             check_root(data_cfg)
+    _check_user_code(cfg)
     check_writable(cfg.cache_dir, "cache_dir")
     if job_dir is not None:
         check_writable(job_dir, dir_key)
         rundir.finished_record(job_dir, config_digest(cfg))
+
+
+def _check_user_code(cfg: RunConfig) -> None:
+    """With a dataset or network of the user's own (`_target_`), build the dataset and both networks now and
+    run each network on one batch, so a mistake in them is one line before anything is written."""
+    if all(spec["_target_"] is None for spec in (cfg.dataset.factory, cfg.teacher.model, cfg.student.model)):
+        return
+    data = build_dataset(cfg.dataset)
+    images = data.sample_batch()
+    for key, stage in (("teacher", cfg.teacher), ("student", cfg.student)):
+        target = stage.model["_target_"]
+        what = f"{key}.name={stage.name}" if target is None else f"{key}.model._target_={target}"
+        check_output(build_stage_model(stage, data, key), images, data.num_classes, what)
 
 
 def run(cfg: RunConfig, run_dir: Path | str | None, stop: Callable[[], object] = interrupt.requested) -> dict | None:
@@ -124,9 +139,8 @@ def _experiment(
     compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile)
     compute.configure_backends()
     data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
-    split_data = (
-        StreamedData(data, compute, cfg.num_workers) if cfg.loader == "dataloader" else InMemoryData(data, compute)
-    )
+    loader = "dataloader" if cfg.loader == "dataloader" or data.streamed else "memory"
+    split_data = StreamedData(data, compute, cfg.num_workers) if loader == "dataloader" else InMemoryData(data, compute)
     timings["data_s"] = time.perf_counter() - start
     log.info(
         "data: %s, %d train / %d val, %d classes, device %s",
@@ -136,7 +150,7 @@ def _experiment(
         data.num_classes,
         device,
     )
-    log.info("compute: %s, loader %s, %d process(es)", compute.describe(), cfg.loader, shard.world)
+    log.info("compute: %s, loader %s, %d process(es)", compute.describe(), loader, shard.world)
 
     # mistakes in the student's data or weights fail now, not after the teacher's fine-tuning
     student_data = shard.main_first(lambda: transfer_data(cfg, data, split_data))
@@ -145,7 +159,7 @@ def _experiment(
     engine.check_steps(len(split_data.train), cfg.teacher, shard, "teacher")
     engine.check_steps(len(student_data.train), cfg.student, shard, "student")
     if cfg.student.weights_path or cfg.student.pretrained:
-        build_stage_model(cfg.student, data)
+        build_stage_model(cfg.student, data, "student")
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
     teacher = shard.main_first(lambda: prepare_teachers(cfg, data, split_data, cfg.progress, stop))
     timings["teacher_s"] = teacher.seconds
@@ -164,7 +178,7 @@ def _experiment(
 
     outputs = RunOutputs(
         logits_source=targets.source,
-        compute={**compute.describe(), "loader": cfg.loader, "processes": shard.world},
+        compute={**compute.describe(), "loader": loader, "processes": shard.world},
         transfer=describe_transfer(cfg, student_data),
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
     )
@@ -194,7 +208,7 @@ def _write_outputs(run_dir: Path, record: dict, student, teacher_rows, student_r
 def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, checkpoint, stop):
     """Distill the student from the teacher's logits; the teacher itself never enters the student's graph."""
     seed_everything(cfg.seed)
-    student = d.compute.prepare(build_stage_model(cfg.student, data))
+    student = d.compute.prepare(build_stage_model(cfg.student, data, "student"))
 
     def objective(logits, idx, labels, inputs):
         teacher_logits = None if cfg.alpha == 1 else targets.batch(idx, inputs)  # alpha=1 needs no teacher

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from kd_runner.data.augment import Augmentation
+from kd_runner.data.augment import Augmentation, augmentation_preset
 from kd_runner.errors import ConfigError
 
 
 @dataclass
 class Split:
-    images: torch.Tensor  # N x C x H x W, uint8 [0, 255] or float32 [0, 1]
+    images: torch.Tensor  # N x C x H x W, uint8 [0, 255] or float32 [0, 1] (streamed: a map-style dataset of them)
     labels: torch.Tensor  # N, int64
 
     def __len__(self) -> int:
@@ -38,11 +38,22 @@ class Dataset:
 
     @property
     def in_channels(self) -> int:
-        return int(self.train.images.shape[1])
+        return int(self.train.images[0].shape[0])
 
     @property
     def image_size(self) -> int:
-        return int(self.train.images.shape[-1])
+        return int(self.train.images[0].shape[-1])
+
+    @property
+    def streamed(self) -> bool:
+        """The images are read on demand (a large dataset.factory dataset): only the DataLoader path serves them."""
+        return not isinstance(self.train.images, torch.Tensor)
+
+    def sample_batch(self, n: int = 2) -> torch.Tensor:
+        """The first `n` training images, normalised as the networks see them (for a shape check)."""
+        images = torch.stack([self.train.images[i] for i in range(min(n, len(self.train)))])
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return (x - torch.tensor(self.mean).view(1, -1, 1, 1)) / torch.tensor(self.std).view(1, -1, 1, 1)
 
 
 BUILDERS: dict[str, Callable] = {}
@@ -61,10 +72,20 @@ def dataset_names() -> tuple[str, ...]:
 
 
 def build_dataset(cfg) -> Dataset:
-    """Build the dataset named by `cfg.name` (a `kd_runner.config.DatasetConfig`)."""
-    if cfg.name not in BUILDERS:
+    """Build the dataset named by `cfg.name` or the user's by `cfg.factory` (a `kd_runner.config.DatasetConfig`),
+    with the augmentation preset and normalisation statistics `cfg` sets."""
+    if cfg.factory["_target_"] is not None:
+        data = build_custom(cfg)
+    elif cfg.name in BUILDERS:
+        data = BUILDERS[cfg.name](cfg)
+    else:
         raise ConfigError("dataset.name", cfg.name, "one of: " + ", ".join(dataset_names()))
-    data = BUILDERS[cfg.name](cfg)
+    if isinstance(cfg.augment, str) or not cfg.augment:  # a preset by name (true: the dataset's own)
+        data.augmentation = augmentation_preset(cfg.augment, data.image_size)
+    if cfg.mean:
+        if len(cfg.mean) != data.in_channels:
+            raise ConfigError("dataset.mean", cfg.mean, f"{data.in_channels} values, one per channel of {data.name}")
+        data.mean, data.std = tuple(cfg.mean), tuple(cfg.std)
     check_dataset(data, cfg)
     return data
 
@@ -81,4 +102,5 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 from kd_runner.data import builtin  # noqa: E402,F401  (registers digits and synthetic)
 from kd_runner.data.checks import check_dataset  # noqa: E402
+from kd_runner.data.custom import build_custom  # noqa: E402
 from kd_runner.data.vision import DOWNLOADABLE, WITH_TEST_SPLIT  # noqa: E402,F401  (registers the file datasets)

@@ -49,6 +49,16 @@ class Augmentation:
         return images
 
 
+def augmentation_preset(name: str | bool, image_size: int) -> Augmentation | None:
+    """`dataset.augment` by name: none (or false), crop_flip (zero-pad by image_size / 8, crop, flip, as
+    CIFAR's RandomCrop(32, padding=4) + flip), resized_crop_flip (random-resized crop + flip, as ImageNet's)."""
+    if name == "crop_flip":
+        return Augmentation(crop_padding=max(1, image_size // 8), flip=True)
+    if name == "resized_crop_flip":
+        return Augmentation(resized_crop=True, flip=True)
+    return None
+
+
 def crop_padded(images: Tensor, padding: int, top: Tensor, left: Tensor) -> Tensor:
     """Crop each image of the zero-padded batch at (top[i], left[i]) to the original size."""
     n, _, h, w = images.shape

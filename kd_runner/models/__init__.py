@@ -70,21 +70,34 @@ def build_model(
     )
 
 
-def build_stage_model(stage, data) -> nn.Module:
-    """A stage's network (`stage`: a StageConfig) shaped for the dataset, its backbone frozen with `freeze=backbone`."""
-    model = build_model(
-        stage.name,
-        in_channels=data.in_channels,
-        num_classes=data.num_classes,
-        image_size=data.image_size,
-        width=stage.width,
-        depth=stage.depth,
-        pretrained=stage.pretrained,
-        weights_path=stage.weights_path,
-    )
+def build_stage_model(stage, data, key: str = "model") -> nn.Module:
+    """A stage's network (`stage`: a StageConfig, `key`: teacher or student) shaped for the dataset: a
+    registered one by name or the user's by `model._target_`; its backbone frozen with `freeze=backbone`."""
+    dims = dict(in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size)
+    if stage.model["_target_"] is None:
+        model = build_model(
+            stage.name,
+            **dims,
+            width=stage.width,
+            depth=stage.depth,
+            pretrained=stage.pretrained,
+            weights_path=stage.weights_path,
+        )
+    else:
+        model = custom.build_network(stage.model, key, pretrained=stage.pretrained, **dims)
+        if stage.weights_path is not None:
+            _load_weights(model, stage.weights_path, f"{key}.model._target_={stage.model['_target_']}")
     if stage.freeze == "backbone":
-        freeze_backbone(model)
+        freeze_backbone(model, f"{key}.freeze")
     return model
+
+
+def _load_weights(model: nn.Module, path: str, what: str) -> None:
+    state = read_state_dict(path, "weights_path")
+    problem = state_dict_mismatch(model, state)
+    if problem is not None:
+        raise UserError(f"weights_path={path!r} is not a state dict of {what}: {problem}")
+    model.load_state_dict(state)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -98,31 +111,37 @@ def model_size_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-def classifier_head(model: nn.Module) -> nn.Module:
-    """The final classification layer(s): every registered model names them ``fc`` or ``classifier``.
+def classifier_head(model: nn.Module, key: str = "freeze") -> nn.Module:
+    """The final classification layer(s): timm's ``get_classifier()``, else the module named ``fc``,
+    ``classifier`` or ``head`` (every registered model names it ``fc`` or ``classifier``).
 
     For mobilenet_v3_small this is torchvision's whole ``classifier`` (hidden Linear, activation,
     dropout, output Linear), the split torchvision itself makes between features and classifier.
     """
-    for attr in ("fc", "classifier"):
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
+        return get_classifier()
+    for attr in ("fc", "classifier", "head"):
         head = getattr(model, attr, None)
         if isinstance(head, nn.Module):
             return head
-    raise TypeError(f"{type(model).__name__} has no classifier head named fc or classifier")
+    raise ConfigError(
+        key, "backbone", f"none for {type(model).__name__}: it has no classifier head named fc, classifier or head"
+    )
 
 
-def freeze_backbone(model: nn.Module) -> None:
+def freeze_backbone(model: nn.Module, key: str = "freeze") -> None:
     """Makes only the classifier head trainable (a linear probe / head-only fine-tune).
 
     Only ``requires_grad`` changes: in train mode the backbone's BatchNorm running statistics still
     update; call ``eval()`` on the backbone as well to keep them fixed.
     """
-    head = {id(p) for p in classifier_head(model).parameters()}
+    head = {id(p) for p in classifier_head(model, key).parameters()}
     for p in model.parameters():
         p.requires_grad = id(p) in head
 
 
 # Imported last, for their @register side effects: they need `register` defined above.
-from kd_runner.models import cifar_nets, small_nets, torchvision_nets  # noqa: E402, F401
+from kd_runner.models import cifar_nets, custom, small_nets, torchvision_nets  # noqa: E402, F401
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILDERS))

@@ -38,6 +38,7 @@ from kd_runner.store.files import (
     sha256_file,
     state_dict_mismatch,
 )
+from kd_runner.targets import source_digest
 from kd_runner.teacher.logits_cache import data_digest
 from kd_runner.train import engine
 from kd_runner.train.checkpoint import StageCheckpoint
@@ -69,6 +70,8 @@ def teacher_key(cfg: RunConfig, d: SplitData) -> str:
         "weights_sha256": sha256_file(cfg.teacher.weights_path) if cfg.teacher.weights_path else None,
         "pretrained": pretrained_weights(cfg.teacher.name) if cfg.teacher.pretrained else None,
         "compute": d.compute.describe(),
+        "model_source": source_digest(cfg.teacher.model["_target_"], "teacher.model._target_"),
+        "data_source": source_digest(cfg.dataset.factory["_target_"], "dataset.factory._target_"),
     }
     return digest(parts)
 
@@ -76,7 +79,7 @@ def teacher_key(cfg: RunConfig, d: SplitData) -> str:
 def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None) -> Teacher:
     start = time.perf_counter()
     seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
-    model = build_stage_model(cfg.teacher, data)
+    model = build_stage_model(cfg.teacher, data, "teacher")
     if cfg.teacher.checkpoint:
         state = read_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint")
         problem = state_dict_mismatch(model, state)

@@ -1,0 +1,116 @@
+"""The user's own dataset by `_target_` (`dataset.factory`), placed in memory or streamed.
+
+The callable returns `(train, val)` or `(train, val, num_classes)`; each split is a pair of tensors
+`(images, labels)` (N x C x H x W, uint8 in [0, 255] or float in [0, 1]; N int labels) or a map-style
+`torch.utils.data.Dataset` whose item i is such an image (C x H x W) and its label. Splits that together fit
+in `dataset.memory_mb` are materialised as tensors, as the built-in datasets are; larger map-style splits
+stay where they are and stream through DataLoader workers (the run then uses `loader=dataloader`), the
+reason logged. `num_classes` defaults to the largest label + 1.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from kd_runner import targets
+from kd_runner.data import Dataset, Split, channel_stats
+from kd_runner.errors import UserError
+
+log = logging.getLogger(__name__)
+KEY = "dataset.factory"
+STATS_SAMPLES = 2048  # images of a streamed training split the normalisation statistics are estimated on
+
+
+class Images(TorchDataset):
+    """The images of a map-style dataset of (image, label) items, read on demand."""
+
+    def __init__(self, items: TorchDataset):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.items[i][0]
+
+
+def build_custom(cfg) -> Dataset:
+    """Call `cfg.factory` (a DatasetConfig's) and make its splits a Dataset; a wrong return is one line."""
+    path = cfg.factory["_target_"]
+    returned = targets.call(cfg.factory, KEY, {})
+    if not isinstance(returned, (tuple, list)) or len(returned) not in (2, 3):
+        got = type(returned).__name__
+        raise UserError(f"{KEY}._target_={path} returned {got}: expected (train, val) or (train, val, num_classes)")
+    train, val = (_check_split(s, name, path) for s, name in zip(returned[:2], ("train", "val"), strict=True))
+    nbytes = sum(_nbytes(s) for s in (train, val))
+    if nbytes <= cfg.memory_mb * 2**20:
+        train, val = _materialise(train), _materialise(val)
+    elif any(isinstance(s, Split) for s in (train, val)):
+        log.info("dataset %s: tensors given, kept in memory although larger than dataset.memory_mb", cfg.name)
+    else:
+        log.info(
+            "dataset %s: %.0f MiB of images exceed dataset.memory_mb=%d: streamed through DataLoader workers",
+            cfg.name,
+            nbytes / 2**20,
+            cfg.memory_mb,
+        )
+        train, val = _streamed(train), _streamed(val)
+    top = int(max(train.labels.max(), val.labels.max()))
+    num_classes = returned[2] if len(returned) == 3 else top + 1
+    if not isinstance(num_classes, int) or num_classes <= top or min(train.labels.min(), val.labels.min()) < 0:
+        raise UserError(f"{KEY}._target_={path}: labels must lie in [0, num_classes={num_classes!r})")
+    mean, std = channel_stats(_stats_sample(train.images))
+    return Dataset(cfg.name, train, val, num_classes, mean, std)
+
+
+def _check_split(split, name: str, path: str):
+    """A split as a Split of tensors, or the map-style dataset itself; its first sample checked."""
+    bad = f"{KEY}._target_={path} returned a {name} split"
+    if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
+        images, labels = split
+        ok = images.dim() == 4 and labels.dim() == 1 and len(images) == len(labels) and not labels.is_floating_point()
+        if not ok:
+            raise UserError(f"{bad} of shapes {tuple(images.shape)}, {tuple(labels.shape)}: expected N x C x H x W, N")
+        split = Split(images, labels.long())
+    elif not isinstance(split, TorchDataset) or not hasattr(split, "__len__"):
+        raise UserError(f"{bad} of type {type(split).__name__}: expected a map-style torch Dataset or (images, labels)")
+    if len(split) == 0:
+        raise UserError(f"{bad} with 0 samples: each split needs at least one")
+    if isinstance(split, TorchDataset):
+        image, label = split[0]
+        integral = isinstance(label, int) or (isinstance(label, torch.Tensor) and not label.is_floating_point())
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or not integral:
+            got = f"({type(image).__name__}, {label!r})"
+            raise UserError(f"{bad} whose item 0 is {got}: expected (C x H x W image tensor, integer label)")
+    return split
+
+
+def _nbytes(split) -> int:
+    image = split.images[0] if isinstance(split, Split) else split[0][0]
+    return len(split) * image.numel() * image.element_size()
+
+
+def _materialise(split) -> Split:
+    if isinstance(split, Split):
+        return split
+    items = [split[i] for i in range(len(split))]
+    return Split(torch.stack([image for image, _ in items]), torch.tensor([int(label) for _, label in items]))
+
+
+def _streamed(split) -> Split:
+    """The images stay in the map-style dataset; its labels are read once (its `targets`, when it has them)."""
+    labels = getattr(split, "targets", None)
+    if labels is None or len(labels) != len(split):
+        labels = [int(split[i][1]) for i in range(len(split))]
+    return Split(Images(split), torch.as_tensor(labels, dtype=torch.long))
+
+
+def _stats_sample(images) -> torch.Tensor:
+    """The training images the normalisation statistics come from: all of them, or an even sample when streamed."""
+    if isinstance(images, torch.Tensor):
+        return images
+    step = max(1, len(images) // STATS_SAMPLES)
+    return torch.stack([images[i] for i in range(0, len(images), step)])
