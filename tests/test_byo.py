@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from helpers import compose_config, kd_run, usage_error_line
 
 from kd_runner import pipeline
 from kd_runner.data import build_dataset
+from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model, classifier_head
+from kd_runner.runtime.compute import Compute
 from kd_runner.teacher.stage import teacher_key
 
 NETS = """
@@ -94,6 +97,8 @@ def user_package(tmp_path, monkeypatch) -> Path:
         (tmp_path / "conf" / name).write_text(text)
     monkeypatch.syspath_prepend(str(package.parent))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(package.parent), os.environ.get("PYTHONPATH")])))
+    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:  # another test's package
+        monkeypatch.delitem(sys.modules, name)
     return tmp_path
 
 
@@ -128,13 +133,18 @@ def test_sweep_over_two_custom_students_from_a_config_dir(user_package):
     assert [r["teacher"]["source"] for r in records] == ["trained", "cache"]
 
 
-def test_teacher_key_follows_the_model_source(user_package):
-    cfg = compose_config("teacher.name=tiny", "teacher.model._target_=mypkg.nets.TinyNet")
-    key = teacher_key(cfg, "fp32")
-    assert teacher_key(cfg, "fp32") == key  # unchanged source: the cached teacher is reused
-    nets = user_package / "pkg" / "mypkg" / "nets.py"
-    nets.write_text(nets.read_text() + "\n# an edit\n")
-    assert teacher_key(cfg, "fp32") != key  # edited source: the teacher is trained again
+@pytest.mark.parametrize("module", ["nets", "data"])
+def test_teacher_key_follows_the_model_and_dataset_source(user_package, module):
+    cfg = compose_config(
+        "teacher.name=tiny", "teacher.model._target_=mypkg.nets.TinyNet",
+        "dataset.name=blobs", "dataset.factory._target_=mypkg.data.blobs",
+    )
+    data = InMemoryData(build_dataset(cfg.dataset), Compute(torch.device("cpu")))
+    key = teacher_key(cfg, data)
+    assert teacher_key(cfg, data) == key  # unchanged source: the cached teacher is reused
+    source = user_package / "pkg" / "mypkg" / f"{module}.py"
+    source.write_text(source.read_text() + "\n# an edit\n")
+    assert teacher_key(cfg, data) != key  # edited source: the teacher is trained again
 
 
 @pytest.mark.parametrize("loader, memory_mb", [("memory", 4096), ("dataloader", 0)])
