@@ -44,6 +44,17 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.train.images.shape[-1])
 
+    def describe(self) -> dict:
+        """Its shape and normalisation as plain values: enough to rebuild and feed a model trained on it."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
 
 BUILDERS: dict[str, Callable] = {}
 
