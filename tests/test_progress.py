@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import torch
-from helpers import compose_config, read_run
+from helpers import compose_config, kd_run, read_run
 
 from kd_runner import pipeline
 from kd_runner.errors import RunInterrupted
@@ -69,3 +70,28 @@ def test_metrics_and_running_result_are_on_disk_after_every_epoch(tmp_path):
     assert list(zip(frame.stage, frame.epoch)) == [("teacher", 1), ("teacher", 2), ("student", 1)]
     assert any(r.get("last_epoch") == {"stage": "teacher", "epoch": 1} for r, _ in seen)
     assert (run_dir / "student_best.pt").is_file()
+
+
+def test_a_sweep_prints_one_line_per_job_and_keeps_the_details_in_each_jobs_log(tmp_path):
+    args = ("-m", "experiment=smoke", "seed=0,1", "hydra.sweep.dir=sweep")
+    proc = kd_run(*args, cwd=tmp_path)
+    records = [json.loads((tmp_path / "sweep" / str(i) / "result.json").read_text()) for i in (0, 1)]
+    expected = [
+        f"#{i} experiment=smoke seed={i}: completed, student_acc {r['metrics']['student_acc']:.4f}, "
+        f"{r['timings_s']['total']:.1f}s"
+        for i, r in enumerate(records)
+    ]
+    assert job_lines(proc.stdout) == expected
+    for detail in ("epoch 1/2", "kd-run completed", "data: digits", "[HYDRA]"):
+        assert detail not in proc.stdout + proc.stderr
+    log = (tmp_path / "sweep" / "1" / "kd-run.log").read_text()
+    assert "student epoch 2/2: " in log and "kd-run completed: cnn -> mlp" in log
+
+    again = kd_run(*args, cwd=tmp_path)  # a re-run into the sweep says which jobs it skipped
+    assert job_lines(again.stdout) == [
+        line.replace(": completed", ": completed (skipped: finished before)") for line in expected
+    ]
+
+
+def job_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if re.match(r"#\d+ ", line)]
