@@ -315,8 +315,8 @@ def run_job(raw: DictConfig, run_dir: Path, multirun: bool) -> float | None:
         log.error("job failed: %s", one_line(exc), exc_info=not isinstance(exc, UserError))
         return None
     if record["status"] == Status.DIVERGED:  # recorded in result.json; the other jobs of a sweep go on
+        print(f"kd-run: diverged: {record['message']} ({run_dir})", file=sys.stderr)
         if not multirun:
-            print(f"kd-run: diverged: {record['message']} ({run_dir})", file=sys.stderr)
             sys.exit(Diverged.exit_code)
         return None
     if multirun:

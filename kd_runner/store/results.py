@@ -151,12 +151,11 @@ def summary(record: dict, run_dir: Path) -> str:
 
 
 def job_line(num: int, overrides: list[str], record: dict, skipped: bool = False) -> str:
-    """One line for a sweep job: number, overrides, status, final student_acc and time (or why it stopped)."""
+    """One line for a sweep job: number, overrides, status, final student_acc and time (a failure or a
+    divergence is reported on its own line)."""
     parts = [str(record.get("status", Status.INCOMPLETE)) + (" (skipped: finished before)" if skipped else "")]
     if "metrics" in record:
         parts.append(f"student_acc {record['metrics']['student_acc']:.4f}")
     if "timings_s" in record:
         parts.append(f"{record['timings_s']['total']:.1f}s")
-    if "message" in record:
-        parts.append(record["message"])
     return f"#{num} {' '.join(overrides)}: " + ", ".join(parts)
