@@ -230,7 +230,10 @@ def _gain_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
     ax.axhline(0.0, color="0.35", linestyle="--", label="no distillation (alpha = 1)")
     x.draw(ax, summary)
     ax.set_ylabel("student accuracy gain over alpha = 1 (percentage points)")
-    ax.set_title(f"Gain from distillation, sweep over {_swept(keys)}\n({_seeds_note(summary['n'])}, mean over seeds)")
+    ax.set_title(
+        f"Gain from distillation, sweep over {_swept(keys)}\n"
+        f"(difference of mean final accuracies, {_seeds_note(summary['n'])})"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="best")
     return fig
