@@ -57,4 +57,4 @@ def test_in_a_sweep_the_other_jobs_go_on(tmp_path, monkeypatch, capsys):
     assert first["status"] == "diverged" and second["status"] == "completed"
     assert second["metrics"]["student_acc"] > 0.5
     assert "#1 experiment=smoke student.lr=0.05: completed, student_acc " in out
-    assert "#0 experiment=smoke student.lr=1e30: diverged" in out
+    assert "#0 experiment=smoke student.lr=1e+30: diverged" in out
