@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"kd-eval: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    print(f"kd-eval: {weights} on {result['dataset']} ({result['samples']} validation samples)")
+    teacher = (
+        "with its teacher from the cache" if result["teacher"] else "teacher not in the cache: student metrics only"
+    )
+    print(f"kd-eval: {weights} on {result['dataset']} ({result['samples']} validation samples, {teacher})")
     print("  " + "  ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items()))
     print(f"  written to {out}")
 

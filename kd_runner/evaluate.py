@@ -8,7 +8,6 @@ cache, for the same metrics as training. Nothing here knows Hydra (kd-eval's com
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,8 +25,6 @@ from kd_runner.store import rundir
 from kd_runner.store.files import load_checked, read_state_dict, state_dict_mismatch
 from kd_runner.train import engine
 from kd_runner.train.metrics import accuracy, compute_metrics, top5_accuracy
-
-log = logging.getLogger(__name__)
 
 
 class NormalizedModel(nn.Module):
@@ -109,7 +106,6 @@ def evaluate(cfg: RunConfig, run_dir: Path, weights: Path) -> dict:
     student_logits = engine.predict(compute.prepare(build_student(cfg, data, weights)), d, d.val.images)
     teacher = cached_teacher(cfg, record, data)
     if teacher is None:
-        log.info("teacher: not in the cache %s, student metrics only", cfg.cache_dir)
         metrics = student_metrics(student_logits, d.val.labels)
     else:
         teacher_logits = engine.predict(compute.prepare(teacher), d, d.val.images)
