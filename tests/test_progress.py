@@ -11,7 +11,7 @@ from helpers import compose_config, kd_run, read_run
 
 from kd_runner import pipeline
 from kd_runner.errors import RunInterrupted
-from kd_runner.train.progress import duration, epoch_line
+from kd_runner.train.progress import BatchBar, duration, epoch_line
 
 
 def test_epoch_line_names_stage_epoch_lr_loss_main_metrics_time_and_eta():
@@ -95,3 +95,15 @@ def test_a_sweep_prints_one_line_per_job_and_keeps_the_details_in_each_jobs_log(
 
 def job_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if re.match(r"#\d+ ", line)]
+
+
+def test_without_bars_the_loss_is_never_read():
+    """Reading a loss waits for the device: with `progress` off (or off a terminal) no batch pays for it."""
+
+    class Unreadable:
+        def __float__(self):
+            raise AssertionError("the loss was read")
+
+    bar = BatchBar("student", 1, 2, 100, show=False)
+    bar.update(10, Unreadable())
+    bar.close()
