@@ -135,12 +135,8 @@ def _experiment(
         data.num_classes,
         device,
     )
-    log.info(
-        "compute: device %s, precision %s, memory format %s, compile %s, loader %s, %d process(es)",
-        *compute.describe().values(),
-        cfg.loader,
-        shard.world,
-    )
+    settings = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in compute.describe().items())
+    log.info("compute: %s, loader %s, %d process(es)", settings, cfg.loader, shard.world)
 
     # mistakes in the student's data or weights fail now, not after the teacher's fine-tuning
     student_data = shard.main_first(lambda: transfer_data(cfg, data, split_data))
