@@ -34,7 +34,7 @@ from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.runtime import distributed, interrupt
 from kd_runner.status import Status
 from kd_runner.store import rundir
-from kd_runner.store.results import summary
+from kd_runner.store.results import job_line, summary
 from kd_runner.sweep.aggregate import job_dirs, read_plan, write_plan
 from kd_runner.sweep.cli import finish_sweep
 
@@ -142,6 +142,7 @@ def run_sweep(plan: Plan) -> int:
     when a job did not complete."""
     sweep_dir = Path(plan.out_dir)
     write_plan(sweep_dir, [task_overrides(job) for job in plan.jobs])  # shows the jobs an interrupted sweep never ran
+    print(f"kd-run: sweep of {len(plan.jobs)} jobs into {sweep_dir}; each job's log is in its own directory")
     try:
         hydra_main()
     finally:
@@ -318,8 +319,28 @@ def hydra_message(exc: HydraException) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://" + CONFIG_MODULE, config_name="config")
 def hydra_main(raw: DictConfig) -> float | None:
+    """One job: a run, or a job of a sweep (`sweep_job`)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return sweep_job(raw, run_dir)
+    return run_job(raw, run_dir, multirun=False)
+
+
+def sweep_job(raw: DictConfig, run_dir: Path) -> float | None:
+    """A job of a sweep: its INFO lines and summary go to its own log only; the console gets one line."""
+    for handler in logging.getLogger().handlers:  # Hydra's console handler: warnings and errors only
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+    job = HydraConfig.get()
+    skipped = (rundir.previous_record(run_dir) or {}).get("status") in rundir.FINISHED
+    try:
+        return run_job(raw, run_dir, multirun=True)
+    finally:
+        record = rundir.previous_record(run_dir) or {}
+        print(job_line(job.job.num, list(job.overrides.task), record, skipped), flush=True)
+
+
+def run_job(raw: DictConfig, run_dir: Path, multirun: bool) -> float | None:
     try:
         cfg = load_config(OmegaConf.to_container(raw, resolve=True))
         record = pipeline.run(cfg, run_dir)
@@ -338,5 +359,8 @@ def hydra_main(raw: DictConfig) -> float | None:
         if not multirun:
             sys.exit(Diverged.exit_code)
         return None
-    print(summary(record, run_dir))
+    if multirun:
+        log.info("%s", summary(record, run_dir))
+    else:
+        print(summary(record, run_dir))
     return record["metrics"]["student_acc"]

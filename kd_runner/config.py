@@ -179,7 +179,10 @@ class RunConfig:
     )
     seed: int = field(default=0, metadata={"doc": "seed of the student stage (initialisation, shuffling)"})
     device: str = field(default="auto", metadata={"doc": "auto (cuda > mps > cpu) | cpu | cuda | mps"})
-    progress: bool = field(default=True, metadata={"doc": "tqdm progress bars (shown only on a terminal)"})
+    progress: bool = field(
+        default=True,
+        metadata={"doc": "per-batch tqdm bars (shown only on a terminal); the per-epoch log lines are always on"},
+    )
     cache_dir: str = field(
         default="outputs/cache",
         metadata={"doc": "fine-tuned teachers and teacher logits, shared by every job of a sweep"},

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -130,6 +131,7 @@ class RunOutputs:
     compute: dict
     transfer: dict
     per_class_accuracy: dict
+    data: dict
 
 
 def _experiment(
@@ -150,7 +152,8 @@ def _experiment(
         data.num_classes,
         device,
     )
-    log.info("compute: %s, loader %s, %d process(es)", compute.describe(), loader, shard.world)
+    settings = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in compute.describe().items())
+    log.info("compute: %s, loader %s, %d process(es)", settings, loader, shard.world)
 
     # mistakes in the student's data or weights fail now, not after the teacher's fine-tuning
     student_data = shard.main_first(lambda: transfer_data(cfg, data, split_data))
@@ -161,7 +164,10 @@ def _experiment(
     if cfg.student.weights_path or cfg.student.pretrained:
         build_stage_model(cfg.student, data, "student")
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
-    teacher = shard.main_first(lambda: prepare_teachers(cfg, data, split_data, cfg.progress, stop))
+    recorder = results.EpochRecorder(run_dir, results.running_record(cfg, device))
+    teacher_epochs = partial(recorder.record, "teacher")
+    teacher = shard.main_first(lambda: prepare_teachers(cfg, data, split_data, cfg.progress, stop, teacher_epochs))
+    recorder.record("teacher", teacher.history)
     timings["teacher_s"] = teacher.seconds
 
     t0 = time.perf_counter()
@@ -172,7 +178,7 @@ def _experiment(
     if run_dir is not None and shard.world == 1:
         checkpoint = StageCheckpoint(rundir.student_checkpoint(run_dir), config_digest(cfg), "student")
     student_data = sharded(student_data, shard)
-    history, student = _train_student(cfg, data, student_data, targets, checkpoint, shard.agreed(stop))
+    history, student = _train_student(cfg, data, student_data, targets, checkpoint, shard.agreed(stop), recorder)
     timings["student_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
@@ -181,6 +187,7 @@ def _experiment(
         compute={**compute.describe(), "loader": loader, "processes": shard.world},
         transfer=describe_transfer(cfg, student_data),
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
+        data=data.describe(),
     )
     record = results.build_record(
         cfg=cfg,
@@ -197,7 +204,7 @@ def _experiment(
 
 
 def _write_outputs(run_dir: Path, record: dict, student, teacher_rows, student_rows, checkpoint) -> None:
-    save_torch({k: v.detach().cpu() for k, v in student.state_dict().items()}, run_dir / "student.pt")
+    save_torch(_cpu_state(student), run_dir / "student.pt")
     rows = [{"stage": "teacher", **r} for r in teacher_rows] + [{"stage": "student", **r} for r in student_rows]
     results.write_metrics_csv(run_dir / "metrics.csv", rows)
     write_json(run_dir / rundir.RESULT, record)
@@ -205,8 +212,15 @@ def _write_outputs(run_dir: Path, record: dict, student, teacher_rows, student_r
         checkpoint.remove()  # the completed record is final: the run will not resume again
 
 
-def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, checkpoint, stop):
-    """Distill the student from the teacher's logits; the teacher itself never enters the student's graph."""
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, checkpoint, stop, recorder):
+    """Distill the student from the teacher's logits; the teacher itself never enters the student's graph.
+
+    After every epoch `recorder` writes its metrics and, on a new best validation student_acc, the
+    student is saved as student_best.pt (before the epoch's checkpoint, so a resume never misses one)."""
     seed_everything(cfg.seed)
     student = d.compute.prepare(build_stage_model(cfg.student, data, "student"))
 
@@ -221,6 +235,11 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
             logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss, targets.val_targets
         )
 
+    def on_epoch(rows: list[dict]) -> None:
+        recorder.record("student", rows)
+        if recorder.run_dir is not None and results.best_row(rows) is rows[-1]:
+            save_torch(_cpu_state(student), recorder.run_dir / results.BEST_STUDENT)
+
     history = engine.fit(
         d.shard.wrap(student),
         d,
@@ -232,9 +251,11 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
         progress=cfg.progress,
         checkpoint=checkpoint,
         stop=stop,
+        on_epoch=on_epoch,
     )
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
+        on_epoch(history)
     return history, student
 
 

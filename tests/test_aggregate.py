@@ -154,9 +154,14 @@ def test_plots_for_every_sweep_layout(layout, tmp_path):
         for seed in range(3):
             make_job(tmp_path, seed, ["experiment=smoke", f"seed={seed}"], seed, 0.7 + 0.01 * seed)
     aggregate.aggregate([tmp_path], tmp_path)
-    assert report.write_plots(tmp_path) == ["curves.png", "final_accuracy.png"]
-    assert_png(tmp_path / "curves.png")
-    assert_png(tmp_path / "final_accuracy.png")
+    stems = ["curves", "final_accuracy"] + (["accuracy_gain"] if layout == "alpha x temperature" else [])
+    assert report.write_plots(tmp_path) == [f"{stem}.{ext}" for stem in stems for ext in ("png", "svg")]
+    for stem in stems:
+        assert_png(tmp_path / f"{stem}.png")
+        svg = (tmp_path / f"{stem}.svg").read_text()
+        assert svg.startswith("<?xml") and "<svg" in svg
+    final = (tmp_path / "final_accuracy.svg").read_text()
+    assert "final student accuracy on validation (%)" in final and "#0072b2" in final.lower()  # words, Okabe-Ito
 
 
 def test_report_without_tables_is_a_user_error(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from kd_runner import cli
@@ -29,8 +30,9 @@ def test_a_diverging_student_stops_with_a_hint_and_status_diverged(tmp_path, mon
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert (record["status"], record["stage"], record["epoch"]) == ("diverged", "student", 1)
     assert "metrics" not in record  # no numbers that a table could mistake for results
-    for name in ("student.pt", "metrics.csv"):
-        assert not (tmp_path / "run" / name).exists()
+    assert not (tmp_path / "run" / "student.pt").exists()
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")  # the finished epochs only: the teacher's
+    assert list(zip(metrics.stage, metrics.epoch)) == [("teacher", 1), ("teacher", 2)]
     assert not rundir.student_checkpoint(tmp_path / "run").exists()
 
     code, out, err2 = run_cli(args, capsys)  # diverged is final: a re-run reports it again without training
@@ -54,4 +56,5 @@ def test_in_a_sweep_the_other_jobs_go_on(tmp_path, monkeypatch, capsys):
     second = json.loads((tmp_path / "sweep" / "1" / "result.json").read_text())
     assert first["status"] == "diverged" and second["status"] == "completed"
     assert second["metrics"]["student_acc"] > 0.5
-    assert "kd-run completed" in out
+    assert "#1 experiment=smoke student.lr=0.05: completed, student_acc " in out
+    assert "#0 experiment=smoke student.lr=1e+30: diverged" in out

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from kd_runner.train.metrics import METRIC_NAMES, accuracy, compute_metrics, per_class_accuracy
+from kd_runner.train.metrics import (
+    METRIC_NAMES,
+    TOP5_NAMES,
+    accuracy,
+    compute_metrics,
+    per_class_accuracy,
+    top5_accuracy,
+)
 
 # 4 samples x 3 classes. Student argmax: 0, 1, 2, 0; teacher argmax: 0, 0, 1, 2; labels 0, 1, 2, 2.
 # So the student is right on 3/4, the teacher on 2/4 (samples 0 and 3), and they agree on 1/4 (sample 0).
@@ -56,6 +63,15 @@ def test_accuracy_is_top1_fraction():
 def test_accuracy_of_no_samples_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         accuracy(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+
+
+def test_top5_accuracy_counts_a_label_among_the_five_highest_logits():
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5], [5.0, 4, 3, 2, 1, 0]])
+    labels = torch.tensor([4, 0, 5])  # 5th highest: in; lowest: out; lowest: out
+    assert top5_accuracy(logits, labels) == 1 / 3
+    metrics = compute_metrics(logits, logits.flip(-1), labels, alpha=0.5, temperature=2.0, kind="kl")
+    assert list(metrics) == [*METRIC_NAMES, *TOP5_NAMES]
+    assert metrics["student_acc_top5"] == 1 / 3 and metrics["teacher_acc_top5"] == 1.0
 
 
 def test_compute_metrics_hand_values():

@@ -85,7 +85,9 @@ def test_sigterm_stops_at_a_safe_point_with_exit_75_and_resumes_exactly(workdir)
     assert record["status"] == "interrupted" and record["stage"] == "student" and record["signal"] == "SIGTERM"
     position = checkpoint_position(checkpoint)
     assert (position["epoch"], position["batches"]) == (record["epoch"], record["batches"])
-    assert not (workdir / "term" / "metrics.csv").exists() and not (workdir / "term" / "student.pt").exists()
+    assert not (workdir / "term" / "student.pt").exists()
+    metrics = pd.read_csv(workdir / "term" / "metrics.csv")  # every finished epoch, none of the stopped one
+    assert list(metrics.stage) == ["teacher"] * 2 + ["student"] * (record["epoch"] - 1)
     assert temp_files(workdir / "term", workdir / "outputs") == []
 
     kd_run(*ARGS, "hydra.run.dir=term", cwd=workdir)

@@ -55,6 +55,17 @@ class Dataset:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         return (x - torch.tensor(self.mean).view(1, -1, 1, 1)) / torch.tensor(self.std).view(1, -1, 1, 1)
 
+    def describe(self) -> dict:
+        """Its shape and normalisation as plain values: enough to rebuild and feed a model trained on it."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
 
 BUILDERS: dict[str, Callable] = {}
 

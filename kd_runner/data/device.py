@@ -52,10 +52,15 @@ class Normalize:
         self.std = torch.tensor(data.std, device=compute.device).view(1, -1, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        return self.compute.format_batch((x - self.mean) / self.std)
+        return self.compute.format_batch(normalized(images, self.mean, self.std))
+
+
+def normalized(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Images as a dataset gives them (uint8 in [0, 255] or float in [0, 1]) normalised per channel."""
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    return (x - mean) / std
 
 
 def sharded(data: D, shard: Shard) -> D:

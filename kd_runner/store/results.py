@@ -16,14 +16,41 @@ from kd_runner.config import config_digest
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.models import count_parameters, model_size_mb
 from kd_runner.status import Status
-from kd_runner.store.files import write_csv
-from kd_runner.train.metrics import METRIC_NAMES
+from kd_runner.store.files import write_csv, write_json
+from kd_runner.train.metrics import METRIC_NAMES, TOP5_NAMES
 
-CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES)
+CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES, *TOP5_NAMES)
+BEST_STUDENT = "student_best.pt"  # the student of the epoch with the best validation student_acc
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     write_csv(path, pd.DataFrame(rows, columns=list(CSV_COLUMNS)))
+
+
+def best_row(history: list[dict]) -> dict:
+    """The student epoch with the highest validation student_acc (the first one on a tie)."""
+    return max(history, key=lambda row: row["student_acc"])
+
+
+class EpochRecorder:
+    """Rewrites metrics.csv and the running result.json after every epoch, so a crash or a kill leaves
+    every finished epoch on disk and result.json says how far the run got. `run_dir` None (a process
+    other than rank 0): writes nothing."""
+
+    def __init__(self, run_dir: Path | None, running: dict):
+        self.run_dir, self.running = run_dir, running
+        self.rows: dict[str, list[dict]] = {}
+
+    def record(self, stage: str, rows: list[dict]) -> None:
+        """`rows`: the stage's rows so far (an ensemble's rows carry their own stage names)."""
+        if self.run_dir is None or not rows:
+            return
+        self.rows[stage] = rows
+        all_rows = [{"stage": name, **row} for name, stage_rows in self.rows.items() for row in stage_rows]
+        write_metrics_csv(self.run_dir / "metrics.csv", all_rows)
+        write_json(
+            self.run_dir / "result.json", {**self.running, "last_epoch": {"stage": stage, "epoch": rows[-1]["epoch"]}}
+        )
 
 
 def versions() -> dict:
@@ -40,18 +67,22 @@ def _model_info(name: str, model: torch.nn.Module) -> dict:
 
 
 def build_record(*, cfg, history, teacher, student_model, device, timings, outputs) -> dict:
-    """The completed run's result.json: final-epoch metrics (plus best_student_acc, never instead), the
-    models, the teacher and where its logits came from, timings, and `outputs`' descriptions of the
-    compute settings, the transfer set and the per-class accuracy."""
+    """The completed run's result.json: final-epoch metrics (plus best_student_acc, never instead) and the
+    best epoch (its student is student_best.pt; chosen on the validation split, so its accuracy is biased
+    upward), the models, the teacher and where its logits came from, timings, and `outputs`' descriptions
+    of the compute settings, the transfer set, the per-class accuracy and the data's shape and
+    normalisation (to load the student without the data)."""
     final = history[-1]
-    metrics = {name: final[name] for name in METRIC_NAMES}
-    metrics["best_student_acc"] = max(r["student_acc"] for r in history)
+    metrics = {name: final[name] for name in (*METRIC_NAMES, *TOP5_NAMES) if name in final}
+    best = best_row(history)
+    metrics["best_student_acc"] = best["student_acc"]
     t_info = _model_info(cfg.teacher.name, teacher.model)
     s_info = _model_info(cfg.student.name, student_model)
     return {
         "status": Status.COMPLETED,
         "metrics": metrics,
         "epochs": {"teacher": cfg.teacher.epochs, "student": final["epoch"]},
+        "best": {"epoch": best["epoch"], "student_acc": best["student_acc"], "weights": BEST_STUDENT},
         "models": {
             "teacher": t_info,
             "student": s_info,
@@ -63,6 +94,7 @@ def build_record(*, cfg, history, teacher, student_model, device, timings, outpu
         "compute": outputs.compute,
         "transfer": outputs.transfer,
         "per_class_accuracy": outputs.per_class_accuracy,
+        "data": outputs.data,
     }
 
 
@@ -116,3 +148,14 @@ def summary(record: dict, run_dir: Path) -> str:
         f"  outputs: {run_dir}",
     ]
     return "\n".join(lines)
+
+
+def job_line(num: int, overrides: list[str], record: dict, skipped: bool = False) -> str:
+    """One line for a sweep job: number, overrides, status, final student_acc and time (a failure or a
+    divergence is reported on its own line)."""
+    parts = [str(record.get("status", Status.INCOMPLETE)) + (" (skipped: finished before)" if skipped else "")]
+    if "metrics" in record:
+        parts.append(f"student_acc {record['metrics']['student_acc']:.4f}")
+    if "timings_s" in record:
+        parts.append(f"{record['timings_s']['total']:.1f}s")
+    return f"#{num} {' '.join(overrides)}: " + ", ".join(parts)

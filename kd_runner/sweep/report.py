@@ -1,17 +1,21 @@
-"""Sweep plots (PNG), drawn from a sweep directory's summary.csv and curves.csv.
+"""Sweep plots (PNG and SVG), drawn from a sweep directory's summary.csv and curves.csv.
 
-- curves.png: per-epoch student accuracy, student loss and teacher-student logit gap of each sweep point,
+- curves: per-epoch student accuracy, student loss and teacher-student logit gap of each sweep point,
   mean over seeds with a ±std band;
-- final_accuracy.png: final student accuracy against the swept key (alpha when swept), mean with ±std
-  error bars, the teacher's accuracy as a reference line.
+- final_accuracy: final student accuracy against the swept key (alpha when swept), mean with ±std
+  error bars, the teacher's accuracy as a reference line;
+- accuracy_gain: student_acc_gain (over the alpha=1 baseline) against alpha, when the table has it.
 
-The swept keys are the columns of summary.csv before `n`. Figures are drawn with matplotlib's
-object-oriented API on the Agg canvas: no display and no global pyplot state.
+Accuracies are in percent, axes are labelled in words, and the colours are the Okabe-Ito palette (or
+viridis for one ordered key), both readable with colour-blindness. The swept keys are the columns of
+summary.csv before `n`. Figures are drawn with matplotlib's object-oriented API on the Agg canvas: no
+display and no global pyplot state.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,17 +24,23 @@ from matplotlib.figure import Figure
 
 from kd_runner.errors import UserError
 from kd_runner.store.files import atomic_path
-from kd_runner.sweep.aggregate import format_value, points
+from kd_runner.sweep.aggregate import GAIN, format_value, points
 
-CURVE_PANELS = (
-    ("student_acc", "student accuracy"),
-    ("student_loss", "student loss (cross-entropy)"),
-    ("logit_gap", "logit gap |teacher - student|"),
+CURVE_PANELS = (  # metric, title, axis label
+    ("student_acc", "student accuracy", "validation accuracy (%)"),
+    ("student_loss", "student loss (cross-entropy)", "cross-entropy on the true labels"),
+    ("logit_gap", "logit gap |teacher - student|", "mean absolute logit difference"),
 )
+PERCENT = ("student_acc", "teacher_acc", GAIN)  # fractions, drawn in percent
 KEY_LABELS = {
     "alpha": "alpha (weight of the hard-label loss; 1 = no distillation)",
     "temperature": "temperature T",
+    "soft_loss": "soft loss",
+    "seed": "seed",
 }
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+LINE_STYLES = ("-", "--", ":", "-.")  # after the 8 colours, the series differ by line style too
+BAND_ALPHA = 0.3
 
 
 def write_plots(sweep_dir: Path | str) -> list[str]:
@@ -39,14 +49,14 @@ def write_plots(sweep_dir: Path | str) -> list[str]:
     summary, curves = (_read_table(sweep_dir, name) for name in ("summary.csv", "curves.csv"))
     keys = list(summary.columns[: list(summary.columns).index("n")])
     summary = summary[summary["n"] > 0]
-    written = []
+    figures = {}
     if len(curves):
-        _save(_curves_figure(curves, keys), sweep_dir / "curves.png")
-        written.append("curves.png")
+        figures["curves"] = _curves_figure(curves, keys)
     if len(summary):
-        _save(_final_accuracy_figure(summary, keys), sweep_dir / "final_accuracy.png")
-        written.append("final_accuracy.png")
-    return written
+        figures["final_accuracy"] = _final_accuracy_figure(summary, keys)
+    if GAIN in summary and summary[GAIN].notna().any():
+        figures["accuracy_gain"] = _gain_figure(summary, keys)
+    return [name for stem, fig in figures.items() for name in _save(fig, sweep_dir, stem)]
 
 
 def _read_table(sweep_dir: Path, name: str) -> pd.DataFrame:
@@ -56,9 +66,24 @@ def _read_table(sweep_dir: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _save(fig: Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+def _save(fig: Figure, sweep_dir: Path, stem: str) -> list[str]:
+    """The figure as `stem`.png and `stem`.svg; returns the file names."""
+    names = [f"{stem}.png", f"{stem}.svg"]
+    for name in names:
+        with atomic_path(sweep_dir / name) as tmp:
+            fig.savefig(tmp, format=name.rsplit(".", 1)[1], dpi=120, bbox_inches="tight")
+    return names
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric in PERCENT else 1.0
+
+
+def _key_label(key: str | None) -> str:
+    """A swept key in words: its own label, else the key with its dots and underscores as spaces."""
+    if key is None:
+        return ""
+    return KEY_LABELS.get(key, key.replace(".", " ").replace("_", " "))
 
 
 def _label(point: dict) -> str:
@@ -73,8 +98,11 @@ def _colors(n: int, sequential: bool) -> list:
     if sequential:  # one numeric key: its order reads as a colour gradient
         cmap = colormaps["viridis"]
         return [cmap(0.9 * i / max(n - 1, 1)) for i in range(n)]
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
+    return [OKABE_ITO[i % len(OKABE_ITO)] for i in range(n)]
+
+
+def _line_style(i: int) -> str:
+    return LINE_STYLES[i // len(OKABE_ITO) % len(LINE_STYLES)]
 
 
 def _seeds_note(n: pd.Series) -> str:
@@ -88,14 +116,22 @@ def _curves_figure(curves: pd.DataFrame, keys: list[str]) -> Figure:
     colors = _colors(len(groups), sequential)
     fig = Figure(figsize=(15, 4.6), layout="constrained")
     axes = fig.subplots(1, len(CURVE_PANELS))
-    for ax, (metric, title) in zip(axes, CURVE_PANELS):
-        for (point, rows), color in zip(groups, colors):
-            mean, std = rows[f"{metric}_mean"], rows[f"{metric}_std"].fillna(0.0)
-            ax.plot(rows["epoch"], mean, marker="o", markersize=3, color=color, label=_label(point))
-            ax.fill_between(rows["epoch"], mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    for ax, (metric, title, axis_label) in zip(axes, CURVE_PANELS):
+        for i, ((point, rows), color) in enumerate(zip(groups, colors)):
+            mean, std = rows[f"{metric}_mean"] * _scale(metric), rows[f"{metric}_std"].fillna(0.0) * _scale(metric)
+            ax.plot(
+                rows["epoch"],
+                mean,
+                marker="o",
+                markersize=3,
+                color=color,
+                linestyle=_line_style(i),
+                label=_label(point),
+            )
+            ax.fill_between(rows["epoch"], mean - std, mean + std, color=color, alpha=BAND_ALPHA, linewidth=0)
         ax.set_title(title)
         ax.set_xlabel("student epoch")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(axis_label)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     fig.suptitle(
@@ -107,62 +143,97 @@ def _curves_figure(curves: pd.DataFrame, keys: list[str]) -> Figure:
     return fig
 
 
-def _x_key(summary: pd.DataFrame, keys: list[str]) -> str | None:
-    """The key on the x axis: alpha when swept, else the first numeric swept key, else the first one."""
-    if "alpha" in keys:
-        return "alpha"
-    numeric = [k for k in keys if pd.api.types.is_numeric_dtype(summary[k])]
-    return (numeric or keys or [None])[0]
+@dataclass
+class XAxis:
+    """The swept key on the x axis of the summary plots (alpha when swept, else the first numeric swept key,
+    else the first one) and where each sweep point goes on it."""
+
+    key: str | None
+    numeric: bool
+    categories: list[str]
+
+    @classmethod
+    def of(cls, summary: pd.DataFrame, keys: list[str]) -> XAxis:
+        numeric_keys = [k for k in keys if pd.api.types.is_numeric_dtype(summary[k])]
+        key = "alpha" if "alpha" in keys else (numeric_keys or keys or [None])[0]
+        numeric = key is not None and pd.api.types.is_numeric_dtype(summary[key])
+        categories = [] if key is None or numeric else sorted(summary[key].astype(str).unique())
+        return cls(key, numeric, categories)
+
+    def positions(self, rows: pd.DataFrame) -> list:
+        if self.key is None:
+            return [0] * len(rows)
+        return list(rows[self.key]) if self.numeric else [self.categories.index(str(v)) for v in rows[self.key]]
+
+    def series(self, summary: pd.DataFrame, keys: list[str]):
+        """(point, rows sorted along the axis) for each combination of the other swept keys."""
+        for point, rows in points(summary, [k for k in keys if k != self.key]):
+            yield point, (rows.sort_values(self.key) if self.key else rows)
+
+    def draw(self, ax, summary: pd.DataFrame) -> None:
+        """Ticks (every value when there are few) and the key in words."""
+        if self.categories:
+            ax.set_xticks(range(len(self.categories)), self.categories)
+        elif self.numeric and summary[self.key].nunique() <= 12:
+            ax.set_xticks(sorted(summary[self.key].unique()))
+        if self.key is None:
+            ax.set_xticks([0], ["all runs"])
+        ax.set_xlabel(_key_label(self.key))
 
 
 def _final_accuracy_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
-    x_key = _x_key(summary, keys)
-    series_keys = [k for k in keys if k != x_key]
-    numeric_x = x_key is not None and pd.api.types.is_numeric_dtype(summary[x_key])
-    categories = [] if x_key is None or numeric_x else sorted(summary[x_key].astype(str).unique())
-
-    def x_of(rows: pd.DataFrame) -> list:
-        if x_key is None:
-            return [0] * len(rows)
-        return list(rows[x_key]) if numeric_x else [categories.index(str(v)) for v in rows[x_key]]
-
+    x = XAxis.of(summary, keys)
     fig = Figure(figsize=(8, 5.2), layout="constrained")
     ax = fig.subplots()
-    series = list(points(summary, series_keys))
-    colors = _colors(len(series), sequential=False)
-    teacher = summary["teacher_acc_mean"]
-    one_teacher = math.isclose(teacher.min(), teacher.max(), abs_tol=1e-9)
-    for (point, rows), color in zip(series, colors):
-        rows = rows.sort_values(x_key) if x_key else rows
+    series = list(x.series(summary, keys))
+    teacher = summary["teacher_acc_mean"] * 100
+    one_teacher = math.isclose(teacher.min(), teacher.max(), abs_tol=1e-7)
+    for i, ((point, rows), color) in enumerate(zip(series, _colors(len(series), sequential=False))):
         ax.errorbar(
-            x_of(rows),
-            rows["student_acc_mean"],
-            yerr=rows["student_acc_std"].fillna(0.0),
+            x.positions(rows),
+            rows["student_acc_mean"] * 100,
+            yerr=rows["student_acc_std"].fillna(0.0) * 100,
             color=color,
+            linestyle=_line_style(i),
             marker="o",
             capsize=4,
             label=f"student ({_label(point)})" if point else "student",
         )
         if not one_teacher:
             ax.plot(
-                x_of(rows),
-                rows["teacher_acc_mean"],
+                x.positions(rows),
+                rows["teacher_acc_mean"] * 100,
                 color=color,
                 linestyle="--",
                 marker="x",
                 label=f"teacher ({_label(point)})" if point else "teacher",
             )
     if one_teacher:
-        ax.axhline(teacher.iloc[0], color="0.35", linestyle="--", label=f"teacher accuracy ({teacher.iloc[0]:.4f})")
-    if categories:
-        ax.set_xticks(range(len(categories)), categories)
-    elif numeric_x and summary[x_key].nunique() <= 12:
-        ax.set_xticks(sorted(summary[x_key].unique()))
-    if x_key is None:
-        ax.set_xticks([0], ["all runs"])
-    ax.set_xlabel(KEY_LABELS.get(x_key, x_key or ""))
-    ax.set_ylabel("final student accuracy (validation)")
+        ax.axhline(teacher.iloc[0], color="0.35", linestyle="--", label=f"teacher accuracy ({teacher.iloc[0]:.2f}%)")
+    x.draw(ax, summary)
+    ax.set_ylabel("final student accuracy on validation (%)")
     ax.set_title(f"Final student accuracy, sweep over {_swept(keys)}\n({_seeds_note(summary['n'])}, error bars: ±std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="best")
+    return fig
+
+
+def _gain_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
+    """student_acc_gain in percentage points against alpha (0 at alpha=1, the no-distillation baseline)."""
+    x = XAxis.of(summary, keys)
+    fig = Figure(figsize=(8, 5.2), layout="constrained")
+    ax = fig.subplots()
+    series = list(x.series(summary, keys))
+    for i, ((point, rows), color) in enumerate(zip(series, _colors(len(series), sequential=False))):
+        label = _label(point) if point else "student"
+        ax.plot(x.positions(rows), rows[GAIN] * 100, color=color, linestyle=_line_style(i), marker="o", label=label)
+    ax.axhline(0.0, color="0.35", linestyle="--", label="no distillation (alpha = 1)")
+    x.draw(ax, summary)
+    ax.set_ylabel("student accuracy gain over alpha = 1 (percentage points)")
+    ax.set_title(
+        f"Gain from distillation, sweep over {_swept(keys)}\n"
+        f"(difference of mean final accuracies, {_seeds_note(summary['n'])})"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="best")
     return fig

@@ -47,19 +47,23 @@ class TeacherEnsemble(nn.Module):
         return combine_logits([m(x) for m in self.members], self.temperature, self.kind)
 
 
-def prepare_teachers(cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None) -> Teacher:
+def prepare_teachers(
+    cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None, on_epoch=None
+) -> Teacher:
     """The run's teacher: one `prepare_teacher`, or an ensemble of `teacher.ensemble` of them.
 
     An ensemble's history holds every member's rows, their stage named teacher_0, teacher_1, ...; its
     source and key list the members' in order, and its key says how they are combined (its logits
-    depend on the temperature and the soft loss).
+    depend on the temperature and the soft loss). `on_epoch(rows)` follows each fine-tuning epoch.
     """
     if cfg.teacher.ensemble == 1:
-        return prepare_teacher(cfg, data, device_data, progress, stop)
+        return prepare_teacher(cfg, data, device_data, progress, stop, on_epoch)
     members = []
     for i in range(cfg.teacher.ensemble):
         member = dataclasses.replace(cfg.teacher, seed=cfg.teacher.seed + i, ensemble=1)
-        members.append(prepare_teacher(dataclasses.replace(cfg, teacher=member), data, device_data, progress, stop))
+        members.append(
+            prepare_teacher(dataclasses.replace(cfg, teacher=member), data, device_data, progress, stop, on_epoch)
+        )
     models = [m.model for m in members]
     return Teacher(
         model=TeacherEnsemble(models, cfg.temperature, cfg.soft_loss).eval(),

@@ -76,7 +76,10 @@ def teacher_key(cfg: RunConfig, d: SplitData) -> str:
     return digest(parts)
 
 
-def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None) -> Teacher:
+def prepare_teacher(
+    cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None, on_epoch=None
+) -> Teacher:
+    """The teacher of `cfg`, from its checkpoint, the cache, or fine-tuned (`on_epoch(rows)` after each epoch)."""
     start = time.perf_counter()
     seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
     model = build_stage_model(cfg.teacher, data, "teacher")
@@ -103,7 +106,7 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: SplitData, progr
         if history is None:
             log.info("teacher: fine-tuning %s for %d epochs (cache key %s)", cfg.teacher.name, cfg.teacher.epochs, key)
             checkpoint = StageCheckpoint(entry.with_suffix(".ckpt"), key, "teacher")
-            history = _fine_tune(model, cfg, device_data, progress, checkpoint, stop)
+            history = _fine_tune(model, cfg, device_data, progress, checkpoint, stop, on_epoch)
             _save_entry(model, history, entry, cfg)
             checkpoint.remove()
             source = "trained"
@@ -112,7 +115,7 @@ def prepare_teacher(cfg: RunConfig, data: Dataset, device_data: SplitData, progr
     return Teacher(model.eval(), source, history, key, time.perf_counter() - start)
 
 
-def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, stop) -> list[dict]:
+def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, stop, on_epoch) -> list[dict]:
     def evaluate() -> dict:
         logits = engine.predict(model, d, d.val.images)
         return {
@@ -131,6 +134,7 @@ def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, 
         progress=progress,
         checkpoint=checkpoint,
         stop=stop,
+        on_epoch=on_epoch,
     )
 
 

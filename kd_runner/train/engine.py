@@ -13,13 +13,13 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from kd_runner.config import StageConfig
 from kd_runner.data.device import SplitData, index_batches, steps_per_epoch
 from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.train.checkpoint import EpochPosition, StageCheckpoint
 from kd_runner.train.optim import make_optimizer, make_scheduler
+from kd_runner.train.progress import BatchBar, EpochLog
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,6 +52,7 @@ def train_epoch(
     position: EpochPosition | None = None,
     stop: Callable[[], object] | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    on_batch: Callable[[int, torch.Tensor], object] | None = None,
 ) -> float | None:
     """One pass over the training split; returns the mean training loss (weighted by batch size).
 
@@ -63,7 +64,7 @@ def train_epoch(
     normalised (the random choices come from `generator`). With a `position`, the epoch continues from
     it (same shuffling and augmentation draws; the batches it counts as done are skipped) and it advances
     with every batch. When `stop()` turns true, the pass returns None at the next batch boundary, leaving
-    `position` where it stopped.
+    `position` where it stopped. `on_batch(images, loss)` follows each batch (a progress bar).
     """
     scaler = scaler or torch.amp.GradScaler(data.device.type, enabled=False)
     model.train()
@@ -86,6 +87,8 @@ def train_epoch(
         scaler.update()
         scheduler.step()
         position.count_batch(loss.detach() * len(idx), len(idx), generator if data.augmentation else None)
+        if on_batch is not None:
+            on_batch(len(idx), loss.detach())
     return data.shard.mean(position.loss_sum, position.samples)
 
 
@@ -133,6 +136,7 @@ def fit(
     progress: bool,
     checkpoint: StageCheckpoint | None = None,
     stop: Callable[[], object] | None = None,
+    on_epoch: Callable[[list[dict]], object] | None = None,
 ) -> list[dict]:
     """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs; after each, `evaluate()` on
     the whole validation split.
@@ -141,7 +145,8 @@ def fit(
     With a `checkpoint`, the stage first continues from the one saved before (if any), then saves one
     after every epoch; when `stop()` turns true it saves one at the next batch boundary and raises
     RunInterrupted. A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last
-    good epoch).
+    good epoch). Every epoch is logged in one line (kd_runner.train.progress) and then, before its checkpoint,
+    `on_epoch(rows so far)` records it; `progress` shows a per-batch bar on a terminal.
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model.parameters(), recipe)
@@ -155,15 +160,10 @@ def fit(
         if checkpoint is None
         else (lambda: checkpoint.save(model, optimizer, scheduler, position, rows, scaler))
     )
-    bar = tqdm(
-        total=recipe.epochs,
-        initial=position.epoch - 1,
-        desc=stage,
-        unit="epoch",
-        disable=None if progress else True,
-        leave=False,
-    )
+    epoch_log = EpochLog(stage, recipe.epochs)
     while position.epoch <= recipe.epochs:
+        epoch_log.start()
+        bar = BatchBar(stage, position.epoch, recipe.epochs, len(data.train), progress)
         train_loss = train_epoch(
             model,
             data,
@@ -175,18 +175,20 @@ def fit(
             position=position,
             stop=stop,
             scaler=scaler,
+            on_batch=bar.update,
         )
+        bar.close()
         if train_loss is None:
             save()
             raise RunInterrupted(stage, position.epoch, position.batches)
         row = {"epoch": position.epoch, "lr": position.lr, "train_loss": train_loss, **evaluate()}
         check_finite(row, stage, recipe)
         rows.append(row)
+        epoch_log.done(row)
+        if on_epoch is not None:
+            on_epoch(rows)
         position = EpochPosition.start(position.epoch + 1, optimizer, generator)
         save()
-        bar.update()
-        bar.set_postfix(loss=f"{train_loss:.3f}")
-    bar.close()
     return rows
 
 

@@ -17,6 +17,7 @@ METRIC_NAMES = (
     "kl_teacher_student",
     "agreement",
 )
+TOP5_NAMES = ("student_acc_top5", "teacher_acc_top5")  # only when the dataset has more than 5 classes
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -24,6 +25,12 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     if labels.numel() == 0:
         raise ValueError("accuracy of an empty set of samples is undefined")
     return (logits.argmax(dim=-1) == labels).float().mean().item()
+
+
+def top5_accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Fraction of samples whose label is among the 5 highest logits (needs more than 5 classes)."""
+    top5 = logits.topk(5, dim=-1).indices
+    return (top5 == labels.unsqueeze(-1)).any(dim=-1).float().mean().item()
 
 
 def compute_metrics(
@@ -35,7 +42,8 @@ def compute_metrics(
     kind: str,
     targets: Tensor | None = None,
 ) -> dict[str, float]:
-    """All METRIC_NAMES over the whole validation split at once, as python floats.
+    """All METRIC_NAMES over the whole validation split at once, as python floats, and TOP5_NAMES when
+    there are more than 5 classes.
 
     Computed the same way for every alpha, so that runs of a sweep are comparable: ``student_loss`` is
     the plain cross-entropy whatever the alpha; only ``objective`` uses the run's alpha/T/kind, and the
@@ -51,7 +59,7 @@ def compute_metrics(
         student = student_logits.detach().float()
         teacher = teacher_logits.detach().float()
         soft = teacher if targets is None else targets.detach().float()
-        return {
+        metrics = {
             "student_acc": accuracy(student, labels),
             "teacher_acc": accuracy(teacher, labels),
             "student_loss": F.cross_entropy(student, labels).item(),
@@ -60,6 +68,12 @@ def compute_metrics(
             "kl_teacher_student": soft_loss(student, teacher, 1.0, "kl").item(),
             "agreement": (student.argmax(dim=-1) == teacher.argmax(dim=-1)).float().mean().item(),
         }
+        if student.shape[-1] > 5:
+            metrics |= {
+                "student_acc_top5": top5_accuracy(student, labels),
+                "teacher_acc_top5": top5_accuracy(teacher, labels),
+            }
+        return metrics
 
 
 def per_class_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> list[float | None]:

@@ -1,0 +1,133 @@
+"""Use what a run made: its student as a ready `nn.Module`, or evaluated on a dataset's validation split.
+
+A run directory's result.json holds the config, the data's shape and normalisation and the teacher's cache
+key, so the student is rebuilt without the data; `evaluate` also runs the teacher when it is still in the
+cache, for the same metrics as training. Nothing here knows Hydra (kd-eval's command line: eval_cli.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from kd_runner.config import RunConfig, load_config
+from kd_runner.data import build_dataset
+from kd_runner.data.device import InMemoryData, normalized
+from kd_runner.errors import UserError
+from kd_runner.models import build_stage_model
+from kd_runner.runtime.compute import Compute, resolve_device
+from kd_runner.status import Status
+from kd_runner.store import rundir
+from kd_runner.store.files import load_checked, read_state_dict, state_dict_mismatch
+from kd_runner.train import engine
+from kd_runner.train.metrics import accuracy, compute_metrics, top5_accuracy
+
+
+class NormalizedModel(nn.Module):
+    """A network with the normalisation it was trained with: it takes images as the dataset gives them
+    (N x C x H x W, float in [0, 1] or uint8 in [0, 255]) and returns logits."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(normalized(images, self.mean, self.std))
+
+
+def run_files(path: Path | str) -> tuple[Path, Path]:
+    """(run directory, student weights) of a run directory (its student.pt) or of a weights file in one."""
+    path = Path(path)
+    run_dir, weights = (path, path / "student.pt") if path.is_dir() else (path.parent, path)
+    if not weights.is_file():
+        raise UserError(f"{str(path)!r}: no such run directory or student weights file")
+    return run_dir, weights
+
+
+def completed_record(run_dir: Path) -> dict:
+    """The result.json of the completed run in `run_dir` (UserError for anything else)."""
+    record = rundir.previous_record(run_dir)
+    if record is None or record.get("status") != Status.COMPLETED:
+        status = "no result.json" if record is None else f"status {record.get('status')}"
+        raise UserError(f"{run_dir} holds no completed kd-run run ({status})")
+    return record
+
+
+def load_student(run_dir: Path | str, weights: str = "student.pt", device: str = "cpu") -> nn.Module:
+    """The student of a completed run (`weights`: student.pt, or student_best.pt for the best epoch) with
+    its normalisation, in eval mode on `device`: `model(images)` gives logits."""
+    record = completed_record(Path(run_dir))
+    shape = SimpleNamespace(**record["data"])
+    student = build_student(load_config(record["config"]), shape, Path(run_dir) / weights)
+    return NormalizedModel(student, shape.mean, shape.std).to(device).eval()
+
+
+def build_student(cfg: RunConfig, data, weights: Path) -> nn.Module:
+    """The run's student network shaped for `data` (in_channels, num_classes, image_size) with `weights`."""
+    model = build_stage_model(dataclasses.replace(cfg.student, pretrained=False, weights_path=None), data)
+    state = read_state_dict(weights, "checkpoint")
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        raise UserError(
+            f"{weights} does not fit student {cfg.student.name} on dataset {data.name} ({data.in_channels} "
+            f"channels, {data.num_classes} classes, {data.image_size} px): {problem}"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def cached_teacher(cfg: RunConfig, record: dict, data) -> nn.Module | None:
+    """The run's fine-tuned teacher from the cache, or None (another cache, an ensemble, a checkpoint)."""
+    entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{record['teacher']['cache_key']}"
+    loaded = load_checked(entry, "teacher cache entry", "evaluating without the teacher")
+    if loaded is None:
+        return None
+    model = build_stage_model(dataclasses.replace(cfg.teacher, pretrained=False, weights_path=None), data)
+    if state_dict_mismatch(model, loaded[0]):
+        return None
+    model.load_state_dict(loaded[0])
+    return model
+
+
+def evaluate(cfg: RunConfig, run_dir: Path, weights: Path) -> dict:
+    """The run's student (`weights`), and its teacher when cached, on the validation split of
+    `cfg.dataset`: the training metrics, or the student's own ones (student_acc, student_loss, top-5)
+    without a teacher."""
+    record = completed_record(run_dir)
+    compute = Compute.resolve(resolve_device(cfg.device), cfg.precision, cfg.memory_format, False)
+    data = build_dataset(cfg.dataset)
+    d = InMemoryData(data, compute)
+    student_logits = engine.predict(compute.prepare(build_student(cfg, data, weights)), d, d.val.images)
+    teacher = cached_teacher(cfg, record, data)
+    if teacher is None:
+        metrics = student_metrics(student_logits, d.val.labels)
+    else:
+        teacher_logits = engine.predict(compute.prepare(teacher), d, d.val.images)
+        metrics = compute_metrics(
+            student_logits, teacher_logits, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss
+        )
+    return {
+        "run_dir": str(run_dir),
+        "weights": str(weights),
+        "dataset": data.name,
+        "samples": len(data.val),
+        "teacher": teacher is not None,
+        "metrics": metrics,
+    }
+
+
+def student_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """student_acc, student_loss and (more than 5 classes) student_acc_top5, as in training."""
+    metrics = {
+        "student_acc": accuracy(logits, labels),
+        "student_loss": nn.functional.cross_entropy(logits, labels).item(),
+    }
+    if logits.shape[-1] > 5:
+        metrics["student_acc_top5"] = top5_accuracy(logits, labels)
+    return metrics
