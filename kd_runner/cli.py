@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -35,7 +35,7 @@ from kd_runner.runtime import distributed, interrupt
 from kd_runner.status import Status
 from kd_runner.store import rundir
 from kd_runner.store.results import summary
-from kd_runner.sweep.aggregate import job_dirs, write_plan
+from kd_runner.sweep.aggregate import job_dirs, planned_reuse, reuse_plan, write_plan
 from kd_runner.sweep.cli import finish_sweep
 
 CONFIG_MODULE = "kd_runner.conf"
@@ -62,6 +62,7 @@ class Plan:
     dir_key: str  # hydra.run.dir or hydra.sweep.dir
     out_dir: str | None
     dir_given: bool  # set on the command line (then a resume needs the very same command)
+    reuse: dict[int, str] = field(default_factory=dict)  # job number -> the job directory whose results it reuses
 
     def hydra_args(self, argv: list[str]) -> list[str]:
         """The command line for Hydra: the user's, with the output directory pinned to `out_dir`."""
@@ -124,7 +125,8 @@ def run_sweep(plan: Plan) -> int:
     end-of-multirun hook then). Returns the exit code: the worst job's (see `job_exit_code`), at least 1
     when a job did not complete."""
     sweep_dir = Path(plan.out_dir)
-    write_plan(sweep_dir, [task_overrides(job) for job in plan.jobs])  # shows the jobs an interrupted sweep never ran
+    # shows the jobs an interrupted sweep never ran, and which jobs reuse another's results
+    write_plan(sweep_dir, [task_overrides(job) for job in plan.jobs], plan.reuse)
     try:
         hydra_main()
     finally:
@@ -205,7 +207,7 @@ def preflight(overrides: list[str], multirun: bool) -> Plan:
             jobs = sweep_jobs(hydra_cfg.sweeper.params, overrides) if multirun else [overrides]
             check_launcher(hydra_cfg, multirun)
             pinned = [] if out_dir is None else [f"{dir_key}={quoted(out_dir)}"]
-            configs = [
+            composed = [
                 compose_job(compose, [*job, *pinned, f"hydra.job.num={num}"], multirun) for num, job in enumerate(jobs)
             ]
     except HydraException as exc:
@@ -213,18 +215,19 @@ def preflight(overrides: list[str], multirun: bool) -> Plan:
     finally:
         GlobalHydra.instance().clear()
     dir_given = any(o.lstrip("+").startswith(dir_key + "=") for o in overrides)
-    return Plan(multirun, jobs, configs, dir_key, out_dir, dir_given)
+    configs = [cfg for cfg, _ in composed]
+    return Plan(multirun, jobs, configs, dir_key, out_dir, dir_given, reuse_plan(composed) if multirun else {})
 
 
-def compose_job(compose, overrides: list[str], multirun: bool) -> RunConfig:
-    """One job's typed config, checked with its output directory (pipeline.check_job)."""
+def compose_job(compose, overrides: list[str], multirun: bool) -> tuple[RunConfig, str | None]:
+    """One job's typed config, checked with its output directory (pipeline.check_job), and that directory."""
     composed = compose("config", overrides=overrides, return_hydra_config=True)
     key, job_dir = job_directory(composed.hydra, multirun)
     with open_dict(composed):
         del composed["hydra"]
     cfg = load_config(OmegaConf.to_container(composed, resolve=True))
     pipeline.check_job(cfg, job_dir, dir_key=key, processes=distributed.launched_world_size())
-    return cfg
+    return cfg, job_dir
 
 
 def check_launcher(hydra_cfg: DictConfig, multirun: bool) -> None:
@@ -280,9 +283,10 @@ def hydra_message(exc: HydraException) -> str:
 def hydra_main(raw: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    reuse_from = planned_reuse(HydraConfig.get().sweep.dir, HydraConfig.get().job.num) if multirun else None
     try:
         cfg = load_config(OmegaConf.to_container(raw, resolve=True))
-        record = pipeline.run(cfg, run_dir)
+        record = pipeline.run(cfg, run_dir, reuse_from=reuse_from)
     except RunInterrupted as exc:
         raise JobStopped(exc, interrupt.requested()) from None
     except Exception as exc:

@@ -184,6 +184,19 @@ def config_digest(cfg) -> str:
     return digest(dataclasses.asdict(cfg))
 
 
+IGNORED_AT_ALPHA_1 = ("temperature", "soft_loss")  # alpha=1 trains on the labels alone
+
+
+def result_key(cfg: RunConfig) -> str:
+    """A digest of what can change a run's results: the whole config, with the keys this run ignores
+    normalised (at alpha=1, the temperature and the soft loss). Jobs of equal keys give the same results,
+    so a sweep runs the first and the others reuse it; data, recipes and seeds stay part of the key."""
+    values = dataclasses.asdict(cfg)
+    if cfg.alpha == 1:
+        values.update(dict.fromkeys(IGNORED_AT_ALPHA_1))
+    return digest(values)
+
+
 def _build(cls, raw, prefix: str):
     if not isinstance(raw, typing.Mapping):
         raise ConfigError(prefix.rstrip(".") or "config", raw, "expected a group of keys")

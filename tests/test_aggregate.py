@@ -9,8 +9,8 @@ import math
 import pandas as pd
 import pytest
 import yaml
+from helpers import scipy_statistics
 from PIL import Image
-from scipy import stats
 
 from kd_runner.errors import UserError
 from kd_runner.sweep import aggregate, report
@@ -84,31 +84,6 @@ def test_two_swept_keys_and_the_gain_over_alpha1_at_the_same_temperature(tmp_pat
     assert first["train_loss_std"] == 0.0
 
 
-def recomputed(results: list[dict]) -> dict:
-    """Independently of kd_runner.sweep.stats: per (alpha, temperature), the Student-t 95% CI of the mean
-    student_acc, and the gain over alpha=1 at the same temperature paired by seed with scipy's t-test."""
-    accs = {}
-    for r in results:
-        if r["status"] == "completed":
-            cfg = r["config"]
-            accs.setdefault((cfg["alpha"], cfg["temperature"]), {})[cfg["seed"]] = r["metrics"]["student_acc"]
-    out = {}
-    for (alpha, temperature), by_seed in accs.items():
-        values = list(by_seed.values())
-        mean, sem = sum(values) / len(values), stats.sem(values)
-        half = stats.t.ppf(0.975, len(values) - 1) * sem
-        out[alpha, temperature] = {"ci": (mean - half, mean + half)}
-        base = accs.get((1.0, temperature))
-        if alpha != 1 and base:
-            seeds = sorted(set(by_seed) & set(base))
-            diffs = [by_seed[s] - base[s] for s in seeds]
-            test = stats.ttest_rel([by_seed[s] for s in seeds], [base[s] for s in seeds])
-            mean = sum(diffs) / len(diffs)
-            half = stats.t.ppf(0.975, len(diffs) - 1) * stats.sem(diffs)
-            out[alpha, temperature] |= {"gain": mean, "gain_ci": (mean - half, mean + half), "p": test.pvalue}
-    return out
-
-
 def test_ci_and_paired_gain_against_scipy_from_the_result_files(tmp_path):
     # seed 3 of the distilled point failed: it pairs over seeds 0-2 only; the baseline has 4 seeds
     accs = {(0, 2): [0.80, 0.86, 0.83, None], (1, 2): [0.70, 0.78, 0.71, 0.90], (0, 4): [0.72, 0.70, 0.74, 0.71]}
@@ -119,7 +94,7 @@ def test_ci_and_paired_gain_against_scipy_from_the_result_files(tmp_path):
         overrides = aggregate._split(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
         config = {"alpha": float(overrides["alpha"]), "temperature": int(overrides["temperature"])}
         results.append(result | {"config": config | {"seed": int(overrides["seed"])}})
-    expected = recomputed(results)
+    expected = scipy_statistics(results)
     summary = aggregate.aggregate([tmp_path], tmp_path).summary.set_index(["alpha", "temperature"])
     for point, want in expected.items():
         row = summary.loc[point]
@@ -178,7 +153,7 @@ def test_categorical_keys_failed_jobs_and_number_parsing(tmp_path):
 def test_plan_lists_jobs_that_never_started(tmp_path):
     grid_sweep(tmp_path, {(0, 2): [0.8, 0.9]})
     planned = [["experiment=smoke", f"alpha={a}", "temperature=2", f"seed={s}"] for a in (0, 1) for s in (0, 1)]
-    aggregate.write_plan(tmp_path, planned)
+    aggregate.write_plan(tmp_path, planned, {})
     tables = aggregate.aggregate([tmp_path], tmp_path)
     assert tables.keys == ["alpha"]
     assert tables.runs["status"].tolist() == ["completed", "completed", "not started", "not started"]

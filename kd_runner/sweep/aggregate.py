@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from kd_runner.config import RunConfig, result_key
 from kd_runner.errors import UserError
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv, write_json, write_text
@@ -50,10 +51,28 @@ def job_dirs(sweep_dir: Path | str) -> list[Path]:
     return sorted(jobs, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
-def write_plan(sweep_dir: Path | str, jobs: list[list[str]]) -> None:
+def write_plan(sweep_dir: Path | str, jobs: list[list[str]], reuse: dict[int, str]) -> None:
     """Record the overrides of every job a sweep will run, so that an interrupted sweep still shows its
-    swept keys and the jobs that never started."""
-    write_json(Path(sweep_dir) / PLAN, {"jobs": jobs})
+    swept keys and the jobs that never started, and which jobs reuse an earlier one's results (`reuse_plan`)."""
+    write_json(Path(sweep_dir) / PLAN, {"jobs": jobs, "reuse": {str(num): owner for num, owner in reuse.items()}})
+
+
+def reuse_plan(jobs: list[tuple[RunConfig, str | None]]) -> dict[int, str]:
+    """For each job (config, job directory) whose result key (config.result_key) equals an earlier job's,
+    that earlier job's directory (absolute): such a job cannot give other results, so it reuses them."""
+    first, reuse = {}, {}
+    for num, (cfg, job_dir) in enumerate(jobs):
+        job_dir = None if job_dir is None else str(Path(job_dir).resolve())
+        owner = first.setdefault(result_key(cfg), job_dir)
+        if owner is not None and job_dir is not None and owner != job_dir:
+            reuse[num] = owner
+    return reuse
+
+
+def planned_reuse(sweep_dir: Path | str, num: int) -> str | None:
+    """The job directory whose results the sweep's plan has job `num` reuse; None: it runs."""
+    plan = Path(sweep_dir) / PLAN
+    return json.loads(plan.read_text()).get("reuse", {}).get(str(num)) if plan.is_file() else None
 
 
 def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
@@ -78,6 +97,7 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
         "error",
         "teacher_source",
         "teacher_cache_key",
+        "reused_from",
         *FINAL_METRICS,
         "run_dir",
     ]
@@ -119,6 +139,7 @@ def _read_job(job: Path) -> tuple[dict, dict, pd.DataFrame | None]:
         "error": result.get("message", "") if status != Status.COMPLETED else "",
         "teacher_source": teacher.get("source", ""),
         "teacher_cache_key": teacher.get("cache_key", ""),
+        "reused_from": Path(result["reused_from"]).name if "reused_from" in result else "",
         **{name: metrics.get(name, math.nan) for name in FINAL_METRICS},
         "run_dir": str(job),
     }
@@ -152,6 +173,7 @@ def _not_started_row(overrides: dict) -> dict:
         "error": "",
         "teacher_source": "",
         "teacher_cache_key": "",
+        "reused_from": "",
         **{name: math.nan for name in FINAL_METRICS},
         "run_dir": "",
     }
@@ -250,7 +272,7 @@ def _cell(mean: float, std: float) -> str:
 
 
 def _gain_cell(row: dict) -> str:
-    """"+0.0500 [+0.0100, +0.0900] p=0.020 (3 seeds) *", the star when the 95% CI excludes zero."""
+    """The gain cell, e.g. "+0.0500 [+0.0100, +0.0900] p=0.020 (3 seeds) *": the star when the CI excludes 0."""
     mean, low, high = (row[f"{GAIN}_{s}"] for s in ("mean", "ci95_low", "ci95_high"))
     if math.isnan(mean):
         return "-"

@@ -30,7 +30,10 @@ def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
     print("jobs: " + ", ".join(f"{counts[status]} {status}" for status in STATUSES if status in counts))
     for job in runs[runs["status"].isin([Status.FAILED, Status.INCOMPLETE])].to_dict("records"):
         print(f"  {job['status']}: {job['run_dir']}" + (f": {job['error']}" if job["error"] else ""))
-    sources = runs["teacher_source"].value_counts()
+    reused = runs["reused_from"].astype(bool).sum()
+    if reused:
+        print(f"reused: {reused} job(s) recorded an equal earlier job's results instead of training (see reused_from)")
+    sources = runs[runs["reused_from"] == ""]["teacher_source"].value_counts()
     if sources.get("trained", 0) or sources.get("cache", 0):
         print(
             f"teacher: fine-tuned in {sources.get('trained', 0)} job(s), loaded from the cache in "
