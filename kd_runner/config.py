@@ -170,6 +170,17 @@ class RunConfig:
         metadata={"doc": "memory: whole splits on the device | dataloader: DataLoader workers stream batches"},
     )
     num_workers: int = field(default=2, metadata={"doc": "DataLoader worker processes (loader=dataloader)"})
+    deterministic: bool = field(
+        default=False,
+        metadata={"doc": "deterministic CUDA kernels (cuDNN, cuBLAS workspace, torch.use_deterministic_algorithms)"},
+    )
+    optimize_metric: str = field(
+        default="student_acc",
+        metadata={"doc": "the final metric a search (hparams_search=...) optimizes, e.g. student_acc"},
+    )
+    seeds_per_trial: int = field(
+        default=1, metadata={"doc": "seeds a search trial runs (seed, seed+1, ...); its value is their mean"}
+    )
 
 
 def load_config(raw: typing.Mapping) -> RunConfig:
@@ -282,6 +293,7 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
 
 
 def _validate(cfg: RunConfig) -> None:
+    from kd_runner.train.metrics import METRIC_NAMES
 
     _check(0 <= cfg.alpha <= 1, "alpha", cfg.alpha, "expected a number in [0, 1] (weight of the hard-label loss)")
     _check(cfg.temperature > 0, "temperature", cfg.temperature, "expected a number > 0")
@@ -291,6 +303,8 @@ def _validate(cfg: RunConfig) -> None:
     _one_of("memory_format", cfg.memory_format, MEMORY_FORMATS)
     _one_of("loader", cfg.loader, LOADERS)
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "expected a whole number >= 0")
+    _one_of("optimize_metric", cfg.optimize_metric, (*METRIC_NAMES, "best_student_acc"))
+    _check(cfg.seeds_per_trial >= 1, "seeds_per_trial", cfg.seeds_per_trial, "expected a whole number >= 1")
     _validate_stage(cfg.teacher, "teacher")
     _validate_stage(cfg.student, "student")
     _check(

@@ -81,7 +81,7 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
     for sweep_dir in map(Path, sweep_dirs):
         if not sweep_dir.is_dir():
             raise UserError(f"{str(sweep_dir)!r}: no such directory")
-        started = [_read_job(job) for job in job_dirs(sweep_dir)]
+        started = [run for job in job_dirs(sweep_dir) for run in _read_job(job)]
         if not started:
             raise UserError(f"{str(sweep_dir)!r} holds no job directories (subdirectories with .hydra/overrides.yaml)")
         never = _never_started(sweep_dir, [overrides for overrides, _, _ in started])
@@ -122,19 +122,30 @@ def _split(overrides: list[str]) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
-def _read_job(job: Path) -> tuple[dict, dict, pd.DataFrame | None]:
-    """A started job's overrides, the rest of its runs.csv row and, when it completed, the student rows of
+def _read_job(job: Path) -> list[tuple[dict, dict, pd.DataFrame | None]]:
+    """A started job's runs (the job itself, or the seed_<s> runs of a search trial with seeds_per_trial > 1):
+    each with the job's overrides, the rest of its runs.csv row and, when it completed, the student rows of
     its metrics.csv."""
     overrides = _split(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
+    seeds = sorted(job.glob("seed_*"), key=lambda run: int(run.name.removeprefix("seed_")))
+    if seeds:
+        return [
+            (overrides, *_read_run(run, f"{job.name}/{run.name}", int(run.name.removeprefix("seed_")))) for run in seeds
+        ]
     config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+    return [(overrides, *_read_run(job, job.name, config.get("seed")))]
+
+
+def _read_run(job: Path, name: str, seed) -> tuple[dict, pd.DataFrame | None]:
+    """A run's runs.csv row (but its overrides) and, when it completed, the student rows of its metrics.csv."""
     result_path = job / "result.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {"status": Status.INCOMPLETE}
     status = Status.INCOMPLETE if result["status"] == Status.RUNNING else Status(result["status"])
     metrics = result.get("metrics", {})
     teacher = result.get("teacher", {})
     row = {
-        "job": job.name,
-        "seed": config.get("seed"),
+        "job": name,
+        "seed": seed,
         "status": status.value,
         "error": result.get("message", "") if status != Status.COMPLETED else "",
         "teacher_source": teacher.get("source", ""),
@@ -147,7 +158,7 @@ def _read_job(job: Path) -> tuple[dict, dict, pd.DataFrame | None]:
     if status == Status.COMPLETED:
         history = pd.read_csv(job / "metrics.csv")
         history = history[history["stage"] == "student"]
-    return overrides, row, history
+    return row, history
 
 
 def _never_started(sweep_dir: Path, started: list[dict]) -> list[dict]:
