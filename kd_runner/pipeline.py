@@ -144,7 +144,7 @@ def _experiment(
 ) -> dict:
     timings, start = {}, time.perf_counter()
     compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile)
-    compute.configure_backends()
+    compute.configure_backends(cfg.deterministic)
     data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
     split_data = (
         StreamedData(data, compute, cfg.num_workers) if cfg.loader == "dataloader" else InMemoryData(data, compute)
@@ -182,7 +182,12 @@ def _experiment(
 
     outputs = RunOutputs(
         logits_source=targets.source,
-        compute={**compute.describe(), "loader": cfg.loader, "processes": shard.world},
+        compute={
+            **compute.describe(),
+            "loader": cfg.loader,
+            "processes": shard.world,
+            "deterministic": cfg.deterministic,
+        },
         transfer=describe_transfer(cfg, student_data),
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
     )
