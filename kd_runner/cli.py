@@ -159,7 +159,7 @@ def run_worker(configs: list[RunConfig]) -> None:
     failed = None
     try:
         with interrupt.graceful_stop():
-            for cfg in configs:
+            for cfg, _ in (run for job in configs for run in search.trial_runs(job, Path())):  # as hydra_main
                 try:
                     pipeline.run(cfg, None)
                 except (UserError, distributed.MainFailed) as exc:
