@@ -20,7 +20,7 @@ from PIL import Image
 
 from kd_runner import cli
 from kd_runner.sweep import cli as sweep_cli
-from kd_runner.sweep.aggregate import FINAL_METRICS
+from kd_runner.sweep.aggregate import FINAL_METRICS, GAIN_COLUMNS
 from kd_runner.train.metrics import METRIC_NAMES
 
 BIN = Path(sys.executable).parent
@@ -62,8 +62,8 @@ def test_summary_is_the_mean_and_sample_std_of_the_jobs(alpha_sweep):
     results = job_results(sweep)
     assert [r["status"] for r in results] == ["completed"] * 4
     summary = pd.read_csv(sweep / "summary.csv")
-    stats = [f"{m}_{s}" for m in FINAL_METRICS for s in ("mean", "std")]
-    assert list(summary.columns) == ["alpha", "n", "n_missing", *stats, "student_acc_gain"]
+    stats = [f"{m}_{s}" for m in FINAL_METRICS for s in ("mean", "std", "ci95_low", "ci95_high")]
+    assert list(summary.columns) == ["alpha", "n", "n_missing", *stats, *GAIN_COLUMNS]
     assert list(summary["alpha"]) == [0, 1] and list(summary["n"]) == [2, 2] and list(summary["n_missing"]) == [0, 0]
     for row in summary.to_dict("records"):
         point = [r["metrics"] for r in results if r["config"]["alpha"] == row["alpha"]]
@@ -73,11 +73,11 @@ def test_summary_is_the_mean_and_sample_std_of_the_jobs(alpha_sweep):
             assert_close(row[f"{name}_mean"], statistics.mean(values))
             assert_close(row[f"{name}_std"], statistics.stdev(values))
     baseline = summary.loc[summary.alpha == 1, "student_acc_mean"].item()
-    assert_close(
-        summary.loc[summary.alpha == 0, "student_acc_gain"].item(),
+    assert_close(  # both points completed both seeds: the paired mean is the difference of the means
+        summary.loc[summary.alpha == 0, "student_acc_gain_mean"].item(),
         summary.loc[summary.alpha == 0, "student_acc_mean"].item() - baseline,
     )
-    assert summary.loc[summary.alpha == 1, "student_acc_gain"].item() == 0.0
+    assert math.isnan(summary.loc[summary.alpha == 1, "student_acc_gain_mean"].item())
 
     markdown = (sweep / "summary.md").read_text()
     assert "| alpha | n | missing | student_acc |" in markdown and markdown in proc.stdout
@@ -267,6 +267,7 @@ def test_alpha_preset_runs_as_a_sweep_and_the_command_line_overrides_it(tmp_path
     ],
 )
 def test_presets_expand_to_five_values_times_five_seeds_in_preflight(preset, key, values):
+    cli.register_schema()  # as cli.main does
     plan = cli.preflight([f"sweep={preset}"], multirun=False)
     assert plan.multirun is True
     assert len(plan.configs) == 25
