@@ -299,7 +299,10 @@ def test_submitit_local_launcher(tmp_path):
 @pytest.mark.slow
 def test_ray_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs the ray extra: pip install 'kd-runner[ray]'")
-    kd_run("-m", "experiment=smoke", "alpha=0,1", "hydra/launcher=ray", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    local = ("+hydra.launcher.ray.init._node_ip_address=127.0.0.1", "+hydra.launcher.ray.init.include_dashboard=false")
+    kd_run("-m", "experiment=smoke", "alpha=0,1", "hydra/launcher=ray", *local, "hydra.sweep.dir=sweep", cwd=tmp_path)
     runs = pd.read_csv(tmp_path / "sweep" / "runs.csv")
     assert list(runs["status"]) == ["completed"] * 2
-    assert sorted(runs["teacher_source"]) == ["cache", "trained"]
+    assert sorted(runs["teacher_source"]) == ["cache", "trained"]  # one teacher, through the cache's lock
+    commands = [r["command"][0] for r in job_results(tmp_path / "sweep")]
+    assert all(Path(c).name == "default_worker.py" for c in commands), commands  # each job ran in a Ray worker
