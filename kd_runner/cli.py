@@ -14,15 +14,18 @@ SIGTERM/SIGINT (run the same command again to resume). Tracebacks only with HYDR
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -35,7 +38,8 @@ from kd_runner.runtime import distributed, interrupt
 from kd_runner.status import Status
 from kd_runner.store import rundir
 from kd_runner.store.results import job_line, summary
-from kd_runner.sweep.aggregate import job_dirs, read_plan, write_plan
+from kd_runner.sweep import search
+from kd_runner.sweep.aggregate import job_dirs, planned_reuse, read_plan, reuse_plan, write_plan
 from kd_runner.sweep.cli import finish_sweep
 
 CONFIG_MODULE = "kd_runner.conf"
@@ -57,17 +61,18 @@ class Plan:
     """
 
     multirun: bool
-    jobs: list[list[str]]  # each job's overrides, in Hydra's order
-    configs: list[RunConfig]  # each job's typed config
+    jobs: list[list[str]] | None  # each job's overrides, in Hydra's order; None: a sweeper picks them as it runs
+    configs: list[RunConfig]  # each job's typed config (a search: the config its jobs share)
     dir_key: str  # hydra.run.dir or hydra.sweep.dir
     out_dir: str | None
     dir_given: bool  # set on the command line (then a resume needs the very same command)
+    reuse: dict[int, str] = field(default_factory=dict)  # job number -> the job directory whose results it reuses
+    search_args: list[str] = field(default_factory=list)  # an Optuna search's study (`search_overrides`)
 
     def hydra_args(self, argv: list[str]) -> list[str]:
         """The command line for Hydra: the user's, with the output directory pinned to `out_dir`."""
-        if self.dir_given or self.out_dir is None:
-            return argv
-        return [*argv, f"{self.dir_key}={quoted(self.out_dir)}"]
+        pinned = [] if self.dir_given or self.out_dir is None else [f"{self.dir_key}={quoted(self.out_dir)}"]
+        return [*argv, *pinned, *self.search_args]
 
     def resume_hint(self) -> str:
         """How to continue: the same command, into the same directory (named if it was a default)."""
@@ -141,8 +146,12 @@ def run_sweep(plan: Plan) -> int:
     end-of-multirun hook then). Returns the exit code: the worst job's (see `job_exit_code`), at least 1
     when a job did not complete."""
     sweep_dir = Path(plan.out_dir)
-    write_plan(sweep_dir, [task_overrides(job) for job in plan.jobs])  # shows the jobs an interrupted sweep never ran
-    print(f"kd-run: sweep of {len(plan.jobs)} jobs into {sweep_dir}; each job's log is in its own directory")
+    if plan.jobs is None:  # a search: no plan, but the sweep directory holds its study
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        print(f"kd-run: search into {sweep_dir}; each trial's log is in its own directory")
+    else:  # shows the jobs an interrupted sweep never ran, and which jobs reuse another's results
+        write_plan(sweep_dir, [task_overrides(job) for job in plan.jobs], plan.reuse)
+        print(f"kd-run: sweep of {len(plan.jobs)} jobs into {sweep_dir}; each job's log is in its own directory")
     try:
         hydra_main()
     finally:
@@ -169,7 +178,7 @@ def run_worker(configs: list[RunConfig]) -> None:
     failed = None
     try:
         with interrupt.graceful_stop():
-            for cfg in configs:
+            for cfg, _ in (run for job in configs for run in search.trial_runs(job, Path())):  # as hydra_main
                 try:
                     pipeline.run(cfg, None)
                 except (UserError, distributed.MainFailed) as exc:
@@ -195,15 +204,26 @@ def quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def sweep_jobs(params, overrides: list[str]) -> list[list[str]]:
-    """The jobs of a multirun, as Hydra's basic sweeper makes them: the config's sweep params
-    (`hydra.sweeper.params`, e.g. from a preset) combined with the overrides, which win on the same key."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = [f"{key}={value}" for key, value in (params or {}).items()]
-    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params + overrides), None)
-    return [job for batch in batches for job in batch]
+def sweep_jobs(hydra_cfg: DictConfig, overrides: list[str]) -> list[list[str]] | None:
+    """The jobs of a multirun as Hydra's basic sweeper makes them: the cartesian product of the config's
+    sweep params (`hydra.sweeper.params`, e.g. from a preset) and the overrides, which win on the same key.
+    None when another sweeper (Optuna's) picks the jobs as it runs: they are checked as they start."""
+    if hydra_cfg.sweeper._target_.rsplit(".", 1)[-1] != "BasicSweeper":
+        return None
+    params = [f"{key}={value}" for key, value in (hydra_cfg.sweeper.params or {}).items()]
+    choices = {}  # key -> its "key=value" overrides, in first-mention order
+    for override in OverridesParser.create().parse_overrides(params + overrides):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise UserError(
+                f"{override.input_line}: the basic sweeper takes lists, range() and choice(); use "
+                "an Optuna search (hparams_search=...) for intervals"
+            )
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def preflight(overrides: list[str], multirun: bool) -> Plan:
@@ -212,7 +232,6 @@ def preflight(overrides: list[str], multirun: bool) -> Plan:
     `sweep=alpha` that sets `hydra.mode`; a multirun's jobs are those of `sweep_jobs`."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
@@ -220,20 +239,39 @@ def preflight(overrides: list[str], multirun: bool) -> Plan:
             hydra_cfg = compose("config", overrides=fixed, return_hydra_config=True).hydra
             multirun = multirun or hydra_cfg.mode == RunMode.MULTIRUN
             dir_key, out_dir = output_directory(hydra_cfg, multirun)
-            jobs = sweep_jobs(hydra_cfg.sweeper.params, overrides) if multirun else [overrides]
-            check_launcher(hydra_cfg, multirun)
+            jobs = sweep_jobs(hydra_cfg, overrides) if multirun else [overrides]
+            check_launcher(hydra_cfg, multirun, jobs is not None)
             pinned = [] if out_dir is None else [f"{dir_key}={quoted(out_dir)}"]
-            composed = [
-                compose_job(compose, [*job, *pinned, f"hydra.job.num={num}"], multirun) for num, job in enumerate(jobs)
+            composed = [  # a search's jobs are checked as they start; here, what they share
+                compose_job(compose, [*job, *pinned, f"hydra.job.num={num}"], multirun, known=jobs is not None)
+                for num, job in enumerate(jobs or [fixed])
             ]
     except HydraException as exc:
         raise UserError(hydra_message(exc)) from None
     finally:
         GlobalHydra.instance().clear()
     dir_given = any(o.lstrip("+").startswith(dir_key + "=") for o in overrides)
-    if multirun:
+    configs = [cfg for cfg, _ in composed]
+    if multirun and jobs is not None:
         check_sweep_dirs(out_dir, [task_overrides(job) for job in jobs], [job_dir for _, job_dir in composed])
-    return Plan(multirun, jobs, [cfg for cfg, _ in composed], dir_key, out_dir, dir_given)
+    plan = Plan(multirun, jobs, configs, dir_key, out_dir, dir_given, reuse_plan(composed) if multirun else {})
+    if hydra_cfg.sweeper._target_.endswith("OptunaSweeper"):
+        plan.search_args = search_overrides(hydra_cfg.sweeper, configs[0], out_dir)
+    return plan
+
+
+def search_overrides(sweeper: DictConfig, cfg: RunConfig, sweep_dir: str) -> list[str]:
+    """An Optuna search's study in SQLite in the sweep directory, and the trials it has left to complete (all
+    of `n_trials` when new, fewer when it resumes: search.resume); its direction must fit `optimize_metric`."""
+    search.check_direction(cfg.optimize_metric, sweeper.direction)
+    left, run = search.resume(sweep_dir, sweeper.n_trials)
+    seed = [] if sweeper.sampler.get("seed") is None else [f"hydra.sweeper.sampler.seed={sweeper.sampler.seed + run}"]
+    return [
+        f"hydra.sweeper.storage={quoted(search.storage_url(sweep_dir))}",
+        f"hydra.sweeper.study_name={search.STUDY_NAME}",
+        f"hydra.sweeper.n_trials={left}",
+        *seed,
+    ]
 
 
 def check_sweep_dirs(sweep_dir: str, jobs: list[list[str]], job_dirs: list[str | None]) -> None:
@@ -257,10 +295,11 @@ def check_sweep_dirs(sweep_dir: str, jobs: list[list[str]], job_dirs: list[str |
         )
 
 
-def compose_job(compose, overrides: list[str], multirun: bool) -> tuple[RunConfig, str | None]:
-    """One job's typed config and output directory, checked (pipeline.check_job)."""
+def compose_job(compose, overrides: list[str], multirun: bool, known: bool) -> tuple[RunConfig, str | None]:
+    """One job's typed config, checked with its output directory (pipeline.check_job; not `known` in
+    advance: without one), and that directory."""
     composed = compose("config", overrides=overrides, return_hydra_config=True)
-    key, job_dir = job_directory(composed.hydra, multirun)
+    key, job_dir = job_directory(composed.hydra, multirun) if known else ("hydra.sweep.dir", None)
     with open_dict(composed):
         del composed["hydra"]
     cfg = load_config(OmegaConf.to_container(composed, resolve=True))
@@ -268,14 +307,17 @@ def compose_job(compose, overrides: list[str], multirun: bool) -> tuple[RunConfi
     return cfg, job_dir
 
 
-def check_launcher(hydra_cfg: DictConfig, multirun: bool) -> None:
-    """Under torchrun every process runs the jobs one after another: only the basic launcher can do that."""
+def check_launcher(hydra_cfg: DictConfig, multirun: bool, known: bool) -> None:
+    """Under torchrun every process runs the jobs one after another: only the basic launcher can do that,
+    and only with jobs known in advance."""
     launcher = hydra_cfg.launcher._target_.rsplit(".", 1)[-1]
     if distributed.launched_world_size() > 1 and multirun and launcher != "BasicLauncher":
         raise UserError(
             f"hydra/launcher={launcher} is not allowed under torchrun: every process runs the "
             "jobs one after another; use the default launcher"
         )
+    if distributed.launched_world_size() > 1 and not known:
+        raise UserError("a search is not allowed under torchrun: its jobs are not known in advance")
 
 
 def output_directory(hydra_cfg: DictConfig, multirun: bool) -> tuple[str, str | None]:
@@ -319,31 +361,52 @@ def hydra_message(exc: HydraException) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://" + CONFIG_MODULE, config_name="config")
 def hydra_main(raw: DictConfig) -> float | None:
-    """One job: a run, or a job of a sweep (`sweep_job`)."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        return sweep_job(raw, run_dir)
-    return run_job(raw, run_dir, multirun=False)
-
-
-def sweep_job(raw: DictConfig, run_dir: Path) -> float | None:
-    """A job of a sweep: its INFO lines and summary go to its own log only; the console gets one line."""
-    for handler in logging.getLogger().handlers:  # Hydra's console handler: warnings and errors only
-        if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.WARNING)
+    """One job: its runs (one, or a search trial's seeds) and the value a sweeper optimizes."""
     job = HydraConfig.get()
-    skipped = (rundir.previous_record(run_dir) or {}).get("status") in rundir.FINISHED
-    try:
-        return run_job(raw, run_dir, multirun=True)
-    finally:
-        record = rundir.previous_record(run_dir) or {}
-        print(job_line(job.job.num, list(job.overrides.task), record, skipped), flush=True)
+    run_dir = Path(job.runtime.output_dir)
+    multirun = job.mode == RunMode.MULTIRUN
+    if multirun:  # a sweep job's INFO lines and summary go to its own log; the console gets one line per run
+        for handler in logging.getLogger().handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
+    cfg = start_job(raw, run_dir, multirun)
+    runs = search.trial_runs(cfg, run_dir)
+    reuse_from = planned_reuse(job.sweep.dir, job.job.num) if multirun and len(runs) == 1 else None
+    label = (job.job.num, list(job.overrides.task))
+    records = [run_job(job_cfg, job_dir, reuse_from, label if multirun else None) for job_cfg, job_dir in runs]
+    return search.trial_value(cfg, records)
 
 
-def run_job(raw: DictConfig, run_dir: Path, multirun: bool) -> float | None:
+def start_job(raw: DictConfig, run_dir: Path, multirun: bool) -> RunConfig:
+    """The job's typed config. A sweep's job is checked again as it starts, for sweepers that pick jobs as
+    they run (Optuna): a mistake stops the sweep with one line and exit 2, and the job's directory (only
+    Hydra's .hydra/ and log so far) is removed."""
     try:
         cfg = load_config(OmegaConf.to_container(raw, resolve=True))
-        record = pipeline.run(cfg, run_dir)
+        if multirun:
+            pipeline.check_job(cfg, run_dir, dir_key="hydra.sweep.dir", processes=distributed.launched_world_size())
+        return cfg
+    except UserError as exc:
+        if not (run_dir / rundir.RESULT).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        fail(exc)
+
+
+def run_job(cfg: RunConfig, run_dir: Path, reuse_from: str | None, label: tuple | None) -> dict | None:
+    """One run; in a sweep (`label`: the job's number and overrides), a failed or diverged run is recorded
+    (result.json) and the sweep goes on, and the console gets one line for the run."""
+    if label is None:
+        return _run(cfg, run_dir, False, reuse_from)
+    skipped = (rundir.previous_record(run_dir) or {}).get("status") in rundir.FINISHED
+    try:
+        return _run(cfg, run_dir, True, reuse_from)
+    finally:
+        print(job_line(*label, rundir.previous_record(run_dir) or {}, skipped), flush=True)
+
+
+def _run(cfg: RunConfig, run_dir: Path, multirun: bool, reuse_from: str | None) -> dict | None:
+    try:
+        record = pipeline.run(cfg, run_dir, reuse_from=reuse_from)
     except RunInterrupted as exc:
         raise JobStopped(exc, interrupt.requested()) from None
     except Exception as exc:
@@ -358,9 +421,9 @@ def run_job(raw: DictConfig, run_dir: Path, multirun: bool) -> float | None:
         print(f"kd-run: diverged: {record['message']} ({run_dir})", file=sys.stderr)
         if not multirun:
             sys.exit(Diverged.exit_code)
-        return None
+        return record
     if multirun:
         log.info("%s", summary(record, run_dir))
     else:
         print(summary(record, run_dir))
-    return record["metrics"]["student_acc"]
+    return record

@@ -203,6 +203,17 @@ class RunConfig:
         metadata={"doc": "memory: whole splits on the device | dataloader: DataLoader workers stream batches"},
     )
     num_workers: int = field(default=2, metadata={"doc": "DataLoader worker processes (loader=dataloader)"})
+    deterministic: bool = field(
+        default=False,
+        metadata={"doc": "deterministic CUDA kernels (cuDNN, cuBLAS workspace, torch.use_deterministic_algorithms)"},
+    )
+    optimize_metric: str = field(
+        default="student_acc",
+        metadata={"doc": "the final metric a search (hparams_search=...) optimizes, e.g. student_acc"},
+    )
+    seeds_per_trial: int = field(
+        default=1, metadata={"doc": "seeds a search trial runs (seed, seed+1, ...); its value is their mean"}
+    )
 
 
 def load_config(raw: typing.Mapping) -> RunConfig:
@@ -215,6 +226,19 @@ def load_config(raw: typing.Mapping) -> RunConfig:
 def config_digest(cfg) -> str:
     """A short stable digest of a (sub)config: equal digests mean equal settings."""
     return digest(dataclasses.asdict(cfg))
+
+
+IGNORED_AT_ALPHA_1 = ("temperature", "soft_loss")  # alpha=1 trains on the labels alone
+
+
+def result_key(cfg: RunConfig) -> str:
+    """A digest of what can change a run's results: the whole config, with the keys this run ignores
+    normalised (at alpha=1, the temperature and the soft loss). Jobs of equal keys give the same results,
+    so a sweep runs the first and the others reuse it; data, recipes and seeds stay part of the key."""
+    values = dataclasses.asdict(cfg)
+    if cfg.alpha == 1:
+        values.update(dict.fromkeys(IGNORED_AT_ALPHA_1))
+    return digest(values)
 
 
 def _build(cls, raw, prefix: str):
@@ -326,6 +350,7 @@ def _validate_target(spec: dict, name: str, builtin: tuple[str, ...], key: str, 
 
 
 def _validate(cfg: RunConfig) -> None:
+    from kd_runner.train.metrics import METRIC_NAMES
 
     _check(0 <= cfg.alpha <= 1, "alpha", cfg.alpha, "expected a number in [0, 1] (weight of the hard-label loss)")
     _check(cfg.temperature > 0, "temperature", cfg.temperature, "expected a number > 0")
@@ -335,6 +360,8 @@ def _validate(cfg: RunConfig) -> None:
     _one_of("memory_format", cfg.memory_format, MEMORY_FORMATS)
     _one_of("loader", cfg.loader, LOADERS)
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "expected a whole number >= 0")
+    _one_of("optimize_metric", cfg.optimize_metric, (*METRIC_NAMES, "best_student_acc"))
+    _check(cfg.seeds_per_trial >= 1, "seeds_per_trial", cfg.seeds_per_trial, "expected a whole number >= 1")
     _validate_stage(cfg.teacher, "teacher")
     _validate_stage(cfg.student, "student")
     _check(

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from kd_runner.config import RunConfig, config_digest
+from kd_runner.config import RunConfig, config_digest, result_key
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData, SplitData, sharded
 from kd_runner.data.loader import StreamedData
@@ -30,8 +31,9 @@ from kd_runner.models.custom import check_output
 from kd_runner.runtime import distributed, interrupt
 from kd_runner.runtime.compute import Compute, resolve_device
 from kd_runner.runtime.rng import seed_everything
+from kd_runner.status import Status
 from kd_runner.store import results, rundir
-from kd_runner.store.files import check_writable, save_torch, write_json
+from kd_runner.store.files import check_writable, save_torch, write_csv, write_json
 from kd_runner.teacher.ensemble import prepare_teachers
 from kd_runner.teacher.soft_targets import SoftTargets
 from kd_runner.train import engine
@@ -75,13 +77,20 @@ def _check_user_code(cfg: RunConfig) -> None:
         check_output(build_stage_model(stage, data, key), images, data.num_classes, what)
 
 
-def run(cfg: RunConfig, run_dir: Path | str | None, stop: Callable[[], object] = interrupt.requested) -> dict | None:
+def run(
+    cfg: RunConfig,
+    run_dir: Path | str | None,
+    stop: Callable[[], object] = interrupt.requested,
+    reuse_from: Path | str | None = None,
+) -> dict | None:
     """Run one experiment into `run_dir`; returns the record also written to result.json.
 
     A finished run of this config already in `run_dir` is returned as it is; an unfinished one resumes
-    from its checkpoints. When `stop()` turns true (SIGTERM/SIGINT), the run saves a checkpoint at the next
-    safe point, records itself as interrupted and raises RunInterrupted. A diverged run is recorded and
-    returned with status "diverged"; any other error is recorded (status, message, exit code) and raised.
+    from its checkpoints. When `reuse_from` holds a completed run of an equal result key (a sweep's
+    earlier job that this one cannot differ from), its results are recorded instead of training again.
+    When `stop()` turns true (SIGTERM/SIGINT), the run saves a checkpoint at the next safe point, records
+    itself as interrupted and raises RunInterrupted. A diverged run is recorded and returned with status
+    "diverged"; any other error is recorded (status, message, exit code) and raised.
 
     Under torchrun every process calls this: rank 0 with the run directory, records and writes; the
     others (run_dir=None) compute their part of the run, write nothing and return None.
@@ -92,7 +101,10 @@ def run(cfg: RunConfig, run_dir: Path | str | None, stop: Callable[[], object] =
         return _follow(cfg, device, shard, stop, digest)
     with rundir.claim(run_dir) as run_dir:
         finished = rundir.finished_record(run_dir, digest)
-        shard.broadcast((digest, finished is not None))
+        reused = None if finished else _reuse(cfg, run_dir, reuse_from, device)
+        shard.broadcast((digest, finished is not None or reused is not None))
+        if reused is not None:
+            return reused
         if finished is not None:
             log.info(
                 "skipped: %s already holds this config's %s run (config digest %s)", run_dir, finished["status"], digest
@@ -111,6 +123,19 @@ def run(cfg: RunConfig, run_dir: Path | str | None, stop: Callable[[], object] =
                 raise
             rundir.student_checkpoint(run_dir).unlink(missing_ok=True)  # a re-run would diverge again
             return record
+
+
+def _reuse(cfg: RunConfig, run_dir: Path, owner_dir: Path | str | None, device: torch.device) -> dict | None:
+    """Record `owner_dir`'s completed run as this job's (result.json with `reused_from`, and its metrics.csv);
+    None when there is nothing to reuse (no owner, or its run is not completed: then this job trains)."""
+    owner = None if owner_dir is None else rundir.previous_record(owner_dir)
+    if owner is None or owner.get("status") != Status.COMPLETED or owner.get("result_key") != result_key(cfg):
+        return None
+    write_csv(run_dir / "metrics.csv", pd.read_csv(Path(owner_dir) / "metrics.csv"))
+    record = results.reused_record(cfg, device, owner, Path(owner_dir))
+    write_json(run_dir / rundir.RESULT, record)
+    log.info("reused: %s holds a completed run of the same result key %s", owner_dir, record["result_key"])
+    return record
 
 
 def _follow(cfg: RunConfig, device: torch.device, shard: distributed.Shard, stop, digest: str) -> None:
@@ -139,7 +164,7 @@ def _experiment(
 ) -> dict:
     timings, start = {}, time.perf_counter()
     compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile)
-    compute.configure_backends()
+    compute.configure_backends(cfg.deterministic)
     data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
     loader = "dataloader" if cfg.loader == "dataloader" or data.streamed else "memory"
     split_data = StreamedData(data, compute, cfg.num_workers) if loader == "dataloader" else InMemoryData(data, compute)
@@ -184,7 +209,7 @@ def _experiment(
 
     outputs = RunOutputs(
         logits_source=targets.source,
-        compute={**compute.describe(), "loader": loader, "processes": shard.world},
+        compute={**compute.describe(), "loader": loader, "processes": shard.world, "deterministic": cfg.deterministic},
         transfer=describe_transfer(cfg, student_data),
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
         data=data.describe(),

@@ -45,10 +45,11 @@ SECTIONS = {
     "dataset": "Dataset keys",
     "transfer": "Transfer keys",
 }
-GROUP_ORDER = ("teacher", "student", "dataset", "transfer", "experiment", "recipe", "sweep")
+GROUP_ORDER = ("teacher", "student", "dataset", "transfer", "experiment", "recipe", "sweep", "hparams_search")
 GROUP_USE = {
     "recipe": "`+recipe@teacher=NAME`, `+recipe@student=NAME`; in a preset `- /recipe@teacher: NAME`",
     "sweep": "`sweep=NAME`, a multirun",
+    "hparams_search": "`hparams_search=NAME`, an Optuna search (extra `optuna`)",
 }
 
 

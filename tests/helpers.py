@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+from scipy import stats
 
 from kd_runner import cli
 from kd_runner.config import RunConfig, load_config
@@ -74,3 +75,28 @@ def compose_config(*overrides: str) -> RunConfig:
 
 def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     return json.loads((run_dir / "result.json").read_text()), pd.read_csv(run_dir / "metrics.csv")
+
+
+def scipy_statistics(results: list[dict]) -> dict:
+    """Independently of kd_runner.sweep.stats: per (alpha, temperature), the Student-t 95% CI of the mean
+    student_acc, and the gain over alpha=1 at the same temperature paired by seed with scipy's t-test."""
+    accs = {}
+    for r in results:
+        if r["status"] == "completed":
+            cfg = r["config"]
+            accs.setdefault((cfg["alpha"], cfg["temperature"]), {})[cfg["seed"]] = r["metrics"]["student_acc"]
+    out = {}
+    for (alpha, temperature), by_seed in accs.items():
+        values = list(by_seed.values())
+        mean, sem = sum(values) / len(values), stats.sem(values)
+        half = stats.t.ppf(0.975, len(values) - 1) * sem
+        out[alpha, temperature] = {"ci": (mean - half, mean + half)}
+        base = accs.get((1.0, temperature))
+        if alpha != 1 and base:
+            seeds = sorted(set(by_seed) & set(base))
+            diffs = [by_seed[s] - base[s] for s in seeds]
+            test = stats.ttest_rel([by_seed[s] for s in seeds], [base[s] for s in seeds])
+            mean = sum(diffs) / len(diffs)
+            half = stats.t.ppf(0.975, len(diffs) - 1) * stats.sem(diffs)
+            out[alpha, temperature] |= {"gain": mean, "gain_ci": (mean - half, mean + half), "p": test.pvalue}
+    return out

@@ -9,6 +9,7 @@ import math
 import pandas as pd
 import pytest
 import yaml
+from helpers import scipy_statistics
 from PIL import Image
 
 from kd_runner.errors import UserError
@@ -72,7 +73,8 @@ def test_two_swept_keys_and_the_gain_over_alpha1_at_the_same_temperature(tmp_pat
         [0.02**0.5 * 0.2, 0.02**0.5 * 0.1, 0.02**0.5 * 0.1, 0.0]
     )
     assert summary["best_student_acc_mean"].tolist() == pytest.approx([0.83, 0.92, 0.72, 0.76])
-    assert summary["student_acc_gain"].tolist() == pytest.approx([0.11, 0.16, 0.0, 0.0])
+    assert summary["student_acc_gain_mean"].tolist()[:2] == pytest.approx([0.11, 0.16])
+    assert summary["student_acc_gain_mean"][2:].isna().all()  # the baselines themselves
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert list(runs.columns[:5]) == ["job", "experiment", "alpha", "temperature", "seed"]
     curves = pd.read_csv(tmp_path / "curves.csv")
@@ -82,10 +84,40 @@ def test_two_swept_keys_and_the_gain_over_alpha1_at_the_same_temperature(tmp_pat
     assert first["train_loss_std"] == 0.0
 
 
+def test_ci_and_paired_gain_against_scipy_from_the_result_files(tmp_path):
+    # seed 3 of the distilled point failed: it pairs over seeds 0-2 only; the baseline has 4 seeds
+    accs = {(0, 2): [0.80, 0.86, 0.83, None], (1, 2): [0.70, 0.78, 0.71, 0.90], (0, 4): [0.72, 0.70, 0.74, 0.71]}
+    grid_sweep(tmp_path, accs)
+    results = []
+    for job in sorted(tmp_path.iterdir()):
+        result = json.loads((job / "result.json").read_text())
+        overrides = aggregate._split(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        config = {"alpha": float(overrides["alpha"]), "temperature": int(overrides["temperature"])}
+        results.append(result | {"config": config | {"seed": int(overrides["seed"])}})
+    expected = scipy_statistics(results)
+    summary = aggregate.aggregate([tmp_path], tmp_path).summary.set_index(["alpha", "temperature"])
+    for point, want in expected.items():
+        row = summary.loc[point]
+        assert (row["student_acc_ci95_low"], row["student_acc_ci95_high"]) == pytest.approx(want["ci"])
+        if "gain" in want:
+            assert row["student_acc_gain_mean"] == pytest.approx(want["gain"])
+            assert (row["student_acc_gain_ci95_low"], row["student_acc_gain_ci95_high"]) == pytest.approx(
+                want["gain_ci"]
+            )
+            assert row["student_acc_gain_p"] == pytest.approx(want["p"])
+    assert summary.loc[(0, 2), "student_acc_gain_n_pairs"] == 3
+    assert math.isnan(summary.loc[(0, 4), "student_acc_gain_mean"])  # no alpha=1 at T=4: nothing to pair with
+    markdown = (tmp_path / "summary.md").read_text()
+    low, high = expected[0, 2]["gain_ci"]
+    assert f"{expected[0, 2]['gain']:+.4f} [{low:+.4f}, {high:+.4f}] p={expected[0, 2]['p']:.3f} (3 seeds)" in markdown
+    assert ("(3 seeds) *" in markdown) == (low > 0 or high < 0)
+
+
 def test_no_gain_column_without_an_alpha1_point(tmp_path):
     grid_sweep(tmp_path, {(0, 2): [0.8], (0.5, 2): [0.9]})
     summary = aggregate.aggregate([tmp_path], tmp_path).summary
-    assert aggregate.GAIN not in summary
+    assert not any(column.startswith(aggregate.GAIN) for column in summary)
+    assert summary["student_acc_ci95_low"].isna().all()  # n=1: no CI either
     assert summary["alpha"].tolist() == [0.0, 0.5] and summary["student_acc_std"].isna().all()  # n=1: no std
     markdown = (tmp_path / "summary.md").read_text()
     assert "| 0 | 1 | 0 | 0.8000 | 0.9000 |" in markdown and "| 0.5 | 1 | 0 | 0.9000 | 0.9000 |" in markdown
@@ -121,7 +153,7 @@ def test_categorical_keys_failed_jobs_and_number_parsing(tmp_path):
 def test_plan_lists_jobs_that_never_started(tmp_path):
     grid_sweep(tmp_path, {(0, 2): [0.8, 0.9]})
     planned = [["experiment=smoke", f"alpha={a}", "temperature=2", f"seed={s}"] for a in (0, 1) for s in (0, 1)]
-    aggregate.write_plan(tmp_path, planned)
+    aggregate.write_plan(tmp_path, planned, {})
     tables = aggregate.aggregate([tmp_path], tmp_path)
     assert tables.keys == ["alpha"]
     assert tables.runs["status"].tolist() == ["completed", "completed", "not started", "not started"]

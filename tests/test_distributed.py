@@ -110,7 +110,10 @@ def test_preflight_under_torchrun_checks_the_batch_per_process_and_the_launcher(
     from kd_runner import cli
     from kd_runner.errors import UserError
 
+    cli.register_schema()  # as cli.main does
     monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=r"a search is not allowed under torchrun"):
+        cli.preflight(["experiment=smoke", "hparams_search=alpha_temperature"], multirun=False)
     with pytest.raises(UserError, match=r"student.batch_size=3 is not allowed: at least 4 with 2 processes"):
         cli.preflight(["experiment=smoke", "student.batch_size=3"], multirun=False)
     with pytest.raises(UserError, match=r"hydra/launcher=JoblibLauncher is not allowed under torchrun"):

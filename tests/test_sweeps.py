@@ -20,7 +20,7 @@ from PIL import Image
 
 from kd_runner import cli
 from kd_runner.sweep import cli as sweep_cli
-from kd_runner.sweep.aggregate import FINAL_METRICS, write_plan
+from kd_runner.sweep.aggregate import FINAL_METRICS, GAIN_COLUMNS, write_plan
 from kd_runner.train.metrics import METRIC_NAMES
 
 BIN = Path(sys.executable).parent
@@ -62,8 +62,8 @@ def test_summary_is_the_mean_and_sample_std_of_the_jobs(alpha_sweep):
     results = job_results(sweep)
     assert [r["status"] for r in results] == ["completed"] * 4
     summary = pd.read_csv(sweep / "summary.csv")
-    stats = [f"{m}_{s}" for m in FINAL_METRICS for s in ("mean", "std")]
-    assert list(summary.columns) == ["alpha", "n", "n_missing", *stats, "student_acc_gain"]
+    stats = [f"{m}_{s}" for m in FINAL_METRICS for s in ("mean", "std", "ci95_low", "ci95_high")]
+    assert list(summary.columns) == ["alpha", "n", "n_missing", *stats, *GAIN_COLUMNS]
     assert list(summary["alpha"]) == [0, 1] and list(summary["n"]) == [2, 2] and list(summary["n_missing"]) == [0, 0]
     for row in summary.to_dict("records"):
         point = [r["metrics"] for r in results if r["config"]["alpha"] == row["alpha"]]
@@ -73,11 +73,11 @@ def test_summary_is_the_mean_and_sample_std_of_the_jobs(alpha_sweep):
             assert_close(row[f"{name}_mean"], statistics.mean(values))
             assert_close(row[f"{name}_std"], statistics.stdev(values))
     baseline = summary.loc[summary.alpha == 1, "student_acc_mean"].item()
-    assert_close(
-        summary.loc[summary.alpha == 0, "student_acc_gain"].item(),
+    assert_close(  # both points completed both seeds: the paired mean is the difference of the means
+        summary.loc[summary.alpha == 0, "student_acc_gain_mean"].item(),
         summary.loc[summary.alpha == 0, "student_acc_mean"].item() - baseline,
     )
-    assert summary.loc[summary.alpha == 1, "student_acc_gain"].item() == 0.0
+    assert math.isnan(summary.loc[summary.alpha == 1, "student_acc_gain_mean"].item())
 
     markdown = (sweep / "summary.md").read_text()
     assert "| alpha | n | missing | student_acc |" in markdown and markdown in proc.stdout
@@ -267,6 +267,7 @@ def test_alpha_preset_runs_as_a_sweep_and_the_command_line_overrides_it(tmp_path
     ],
 )
 def test_presets_expand_to_five_values_times_five_seeds_in_preflight(preset, key, values):
+    cli.register_schema()  # as cli.main does
     plan = cli.preflight([f"sweep={preset}"], multirun=False)
     assert plan.multirun is True
     assert len(plan.configs) == 25
@@ -298,10 +299,13 @@ def test_submitit_local_launcher(tmp_path):
 @pytest.mark.slow
 def test_ray_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs the ray extra: pip install 'kd-runner[ray]'")
-    kd_run("-m", "experiment=smoke", "alpha=0,1", "hydra/launcher=ray", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    local = ("+hydra.launcher.ray.init._node_ip_address=127.0.0.1", "+hydra.launcher.ray.init.include_dashboard=false")
+    kd_run("-m", "experiment=smoke", "alpha=0,1", "hydra/launcher=ray", *local, "hydra.sweep.dir=sweep", cwd=tmp_path)
     runs = pd.read_csv(tmp_path / "sweep" / "runs.csv")
     assert list(runs["status"]) == ["completed"] * 2
-    assert sorted(runs["teacher_source"]) == ["cache", "trained"]
+    assert sorted(runs["teacher_source"]) == ["cache", "trained"]  # one teacher, through the cache's lock
+    commands = [r["command"][0] for r in job_results(tmp_path / "sweep")]
+    assert all(Path(c).name == "default_worker.py" for c in commands), commands  # each job ran in a Ray worker
 
 
 @pytest.mark.parametrize("subdir", ["same", "a${alpha}"])
@@ -316,7 +320,7 @@ def test_jobs_that_share_a_directory_are_refused_before_any_runs(subdir, tmp_pat
 def test_another_sweep_into_an_existing_sweep_directory_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     first = [f"experiment=smoke alpha={a} seed={s}".split() for a in (0, 1) for s in (0, 1)]
-    write_plan(tmp_path / "sweep", first)
+    write_plan(tmp_path / "sweep", first, {})
     err = usage_error_line(["-m", "experiment=smoke", "alpha=0", "seed=0,1", "hydra.sweep.dir=sweep"], capsys)
     assert "hydra.sweep.dir='sweep' holds another sweep (4 jobs, not these 2)" in err
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["sweep.json"]

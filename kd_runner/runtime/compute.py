@@ -10,7 +10,8 @@ One `Compute` per run, resolved from the config and the device:
   (measured faster for resnets on CPU too: docs/benchmarks.md) and contiguous on MPS.
 - `compile`: `torch.compile` each network in place. Compiled code is cached per process by the network's
   code, so the networks of later epochs and of later jobs of a sweep reuse it (no recompilation).
-- on CUDA, `cudnn.benchmark` picks the fastest convolution algorithms for the fixed batch shapes.
+- on CUDA, `cudnn.benchmark` picks the fastest convolution algorithms for the fixed batch shapes, unless
+  `deterministic` asks for reproducible kernels instead.
 - evaluation batches: large on accelerators (1024 images); on a CPU small enough that a conv net's
   activations stay in cache (about 32K input values per batch; measured in docs/benchmarks.md).
 """
@@ -18,6 +19,7 @@ One `Compute` per run, resolved from the config and the device:
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -103,9 +105,16 @@ class Compute:
             return 1024
         return max(16, min(1024, 2**15 // max(image_numel, 1)))
 
-    def configure_backends(self) -> None:
+    def configure_backends(self, deterministic: bool = False) -> None:
+        """cuDNN's fastest algorithms, or with `deterministic` the same results from run to run on the same
+        machine and software: deterministic cuDNN algorithms, cuBLAS's fixed workspace and
+        torch.use_deterministic_algorithms (an op with no deterministic kernel then raises). Process-wide."""
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(deterministic)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = not deterministic
+            torch.backends.cudnn.deterministic = deterministic
 
     def describe(self) -> dict:
         """The settings as plain values (result.json, cache keys)."""

@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 import kd_runner
-from kd_runner.config import config_digest
+from kd_runner.config import config_digest, result_key
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.models import count_parameters, model_size_mb
 from kd_runner.status import Status
@@ -98,6 +98,12 @@ def build_record(*, cfg, history, teacher, student_model, device, timings, outpu
     }
 
 
+def reused_record(cfg, device, owner: dict, owner_dir: Path) -> dict:
+    """result.json of a job that reuses the completed run in `owner_dir` (of an equal result_key): the owner's
+    results, this job's own identity, and `reused_from` saying whose results they are."""
+    return {**owner, **_identity(cfg, device), "reused_from": str(owner_dir)}
+
+
 def running_record(cfg, device) -> dict:
     """result.json while the run is in progress."""
     return {"status": Status.RUNNING, **_identity(cfg, device)}
@@ -123,6 +129,7 @@ def _identity(cfg, device) -> dict:
     return {
         "device": str(device),
         "config_digest": config_digest(cfg),
+        "result_key": result_key(cfg),
         "config": asdict(cfg),
         "versions": versions(),
         "command": sys.argv,

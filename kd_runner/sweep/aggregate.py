@@ -21,14 +21,18 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from kd_runner.config import RunConfig, result_key
 from kd_runner.errors import UserError
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv, write_json, write_text
+from kd_runner.sweep import stats
 from kd_runner.train.metrics import METRIC_NAMES
 
 FINAL_METRICS = (*METRIC_NAMES, "best_student_acc")
 CURVE_METRICS = ("train_loss", *METRIC_NAMES)
-GAIN = "student_acc_gain"  # student_acc_mean minus that of the alpha=1 (no distillation) point
+METRIC_STATS = ("mean", "std", "ci95_low", "ci95_high")
+GAIN = "student_acc_gain"  # student_acc minus that of the alpha=1 (no distillation) point, paired by seed
+GAIN_COLUMNS = [f"{GAIN}_{s}" for s in ("mean", "std", "ci95_low", "ci95_high", "p", "n_pairs")]
 PLAN = "sweep.json"  # the overrides of every job of a sweep, written when it starts
 
 
@@ -48,10 +52,28 @@ def job_dirs(sweep_dir: Path | str) -> list[Path]:
     return sorted(jobs, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
-def write_plan(sweep_dir: Path | str, jobs: list[list[str]]) -> None:
+def write_plan(sweep_dir: Path | str, jobs: list[list[str]], reuse: dict[int, str]) -> None:
     """Record the overrides of every job a sweep will run, so that an interrupted sweep still shows its
-    swept keys and the jobs that never started."""
-    write_json(Path(sweep_dir) / PLAN, {"jobs": jobs})
+    swept keys and the jobs that never started, and which jobs reuse an earlier one's results (`reuse_plan`)."""
+    write_json(Path(sweep_dir) / PLAN, {"jobs": jobs, "reuse": {str(num): owner for num, owner in reuse.items()}})
+
+
+def reuse_plan(jobs: list[tuple[RunConfig, str | None]]) -> dict[int, str]:
+    """For each job (config, job directory) whose result key (config.result_key) equals an earlier job's,
+    that earlier job's directory (absolute): such a job cannot give other results, so it reuses them."""
+    first, reuse = {}, {}
+    for num, (cfg, job_dir) in enumerate(jobs):
+        job_dir = None if job_dir is None else str(Path(job_dir).resolve())
+        owner = first.setdefault(result_key(cfg), job_dir)
+        if owner is not None and job_dir is not None and owner != job_dir:
+            reuse[num] = owner
+    return reuse
+
+
+def planned_reuse(sweep_dir: Path | str, num: int) -> str | None:
+    """The job directory whose results the sweep's plan has job `num` reuse; None: it runs."""
+    plan = Path(sweep_dir) / PLAN
+    return json.loads(plan.read_text()).get("reuse", {}).get(str(num)) if plan.is_file() else None
 
 
 def read_plan(sweep_dir: Path | str) -> list[list[str]] | None:
@@ -68,7 +90,7 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
     for sweep_dir in map(Path, sweep_dirs):
         if not sweep_dir.is_dir():
             raise UserError(f"{str(sweep_dir)!r}: no such directory")
-        started = [_read_job(job) for job in job_dirs(sweep_dir)]
+        started = [run for job in job_dirs(sweep_dir) for run in _read_job(job)]
         if not started:
             raise UserError(f"{str(sweep_dir)!r} holds no job directories (subdirectories with .hydra/overrides.yaml)")
         never = _never_started(sweep_dir, [given for given, *_ in started])  # the plan holds the given text
@@ -85,6 +107,7 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
         "error",
         "teacher_source",
         "teacher_cache_key",
+        "reused_from",
         *FINAL_METRICS,
         "run_dir",
     ]
@@ -109,24 +132,39 @@ def _split(overrides: list[str]) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
-def _read_job(job: Path) -> tuple[dict, dict, dict, pd.DataFrame | None]:
-    """A started job's overrides as given and with the values its run recorded, the rest of its runs.csv
-    row and, when it completed, the student rows of its metrics.csv."""
+def _read_job(job: Path) -> list[tuple[dict, dict, dict, pd.DataFrame | None]]:
+    """A started job's runs: the job itself, or the seed_<s> runs of a search trial with seeds_per_trial > 1
+    (see `_read_run`)."""
     given = _split(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
+    config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+    seeds = sorted(job.glob("seed_*"), key=lambda run: int(run.name.removeprefix("seed_")))
+    if seeds:
+        return [
+            _read_run(run, f"{job.name}/{run.name}", given, {**config, "seed": int(run.name.removeprefix("seed_"))})
+            for run in seeds
+        ]
+    return [_read_run(job, job.name, given, config)]
+
+
+def _read_run(job: Path, name: str, given: dict, config: dict) -> tuple[dict, dict, dict, pd.DataFrame | None]:
+    """A run's overrides as given and with the values its run recorded (the config in its result.json, which
+    no later job can overwrite; `config` while it has none), the rest of its runs.csv row and, when it
+    completed, the student rows of its metrics.csv."""
     result_path = job / "result.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {"status": Status.INCOMPLETE}
-    config = result.get("config") or yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+    config = result.get("config") or config
     overrides = {key: _recorded(config, key, value) for key, value in given.items()}
     status = Status.INCOMPLETE if result["status"] == Status.RUNNING else Status(result["status"])
     metrics = result.get("metrics", {})
     teacher = result.get("teacher", {})
     row = {
-        "job": job.name,
+        "job": name,
         "seed": config.get("seed"),
         "status": status.value,
         "error": result.get("message", "") if status != Status.COMPLETED else "",
         "teacher_source": teacher.get("source", ""),
         "teacher_cache_key": teacher.get("cache_key", ""),
+        "reused_from": Path(result["reused_from"]).name if "reused_from" in result else "",
         **{name: metrics.get(name, math.nan) for name in FINAL_METRICS},
         "run_dir": str(job),
     }
@@ -168,6 +206,7 @@ def _not_started_row(overrides: dict) -> dict:
         "error": "",
         "teacher_source": "",
         "teacher_cache_key": "",
+        "reused_from": "",
         **{name: math.nan for name in FINAL_METRICS},
         "run_dir": "",
     }
@@ -189,19 +228,23 @@ def points(frame: pd.DataFrame, keys: list[str]):
 
 
 def summarize(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per point: n completed jobs, n_missing (failed, incomplete or not started), mean and sample std."""
+    """One row per point: n completed jobs, n_missing (failed, incomplete or not started), then per metric the
+    mean, sample std and 95% CI of the mean; with an alpha=1 point, the paired gain over it (`paired_gains`)."""
     rows = []
     for point, jobs in points(runs, keys):
         done = jobs[jobs["status"] == Status.COMPLETED]
         row = {**point, "n": len(done), "n_missing": len(jobs) - len(done)}
         for name in FINAL_METRICS:
-            row[f"{name}_mean"] = done[name].mean()
-            row[f"{name}_std"] = done[name].std(ddof=1)  # NaN (an empty cell) when n < 2
+            values = done[name].dropna()
+            row[f"{name}_mean"] = values.mean()
+            row[f"{name}_std"] = values.std(ddof=1)  # NaN (an empty cell) when n < 2
+            row[f"{name}_ci95_low"], row[f"{name}_ci95_high"] = stats.mean_ci(values)
         rows.append(row)
-    stats = [f"{name}_{s}" for name in FINAL_METRICS for s in ("mean", "std")]
-    summary = pd.DataFrame(rows, columns=[*keys, "n", "n_missing", *stats])
+    columns = [f"{name}_{s}" for name in FINAL_METRICS for s in METRIC_STATS]
+    summary = pd.DataFrame(rows, columns=[*keys, "n", "n_missing", *columns])
     if "alpha" in keys and (summary["alpha"].apply(_is_one)).any():
-        summary[GAIN] = _gain_over_alpha1(summary, keys)
+        gains = paired_gains(runs, keys)
+        summary = pd.concat([summary, pd.DataFrame(gains, columns=GAIN_COLUMNS)], axis=1)
     return summary
 
 
@@ -209,18 +252,24 @@ def _is_one(value) -> bool:
     return isinstance(value, numbers.Real) and float(value) == 1.0
 
 
-def _gain_over_alpha1(summary: pd.DataFrame, keys: list[str]) -> list[float]:
-    """student_acc_mean minus that of the alpha=1 point with the same values of the other swept keys."""
+def paired_gains(runs: pd.DataFrame, keys: list[str]) -> list[dict]:
+    """Per point (in `points` order), student_acc minus that of the alpha=1 point with the same values of the
+    other swept keys, paired by seed (seeds completed in both; a seed run twice counts once, averaged):
+    stats.paired_gain's columns. Empty for the alpha=1 points themselves and where nothing pairs."""
+    done = runs[runs["status"] == Status.COMPLETED]
+    by_seed = [(point, rows.groupby("seed")["student_acc"].mean()) for point, rows in points(done, keys)]
     others = [k for k in keys if k != "alpha"]
-    baseline = {
-        tuple(row[k] for k in others): row["student_acc_mean"]
-        for row in summary.to_dict("records")
-        if _is_one(row["alpha"])
-    }
-    return [
-        row["student_acc_mean"] - baseline.get(tuple(row[k] for k in others), math.nan)
-        for row in summary.to_dict("records")
-    ]
+    baselines = {tuple(p[k] for k in others): accs for p, accs in by_seed if _is_one(p["alpha"])}
+    gains = {}
+    for point, accs in by_seed:
+        base = baselines.get(tuple(point[k] for k in others))
+        if base is None or _is_one(point["alpha"]):
+            continue
+        seeds = accs.index.intersection(base.index)
+        if len(seeds):
+            gain = stats.paired_gain(accs[seeds].to_numpy(), base[seeds].to_numpy())
+            gains[tuple(point.values())] = {f"{GAIN}_{k}": v for k, v in gain.items()}
+    return [gains.get(tuple(point.values()), {}) for point, _ in points(runs, keys)]
 
 
 def mean_curves(runs: pd.DataFrame, histories: list[pd.DataFrame | None], keys: list[str]) -> pd.DataFrame:
@@ -255,10 +304,25 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
 
 
+def _gain_cell(row: dict) -> str:
+    """The gain cell, e.g. "+0.0500 [+0.0100, +0.0900] p=0.020 (3 seeds) *": the star when the CI excludes 0."""
+    mean, low, high = (row[f"{GAIN}_{s}"] for s in ("mean", "ci95_low", "ci95_high"))
+    if math.isnan(mean):
+        return "-"
+    if math.isnan(low):
+        return f"{mean:+.4f} (1 seed)"
+    p = row[f"{GAIN}_p"]
+    star = " *" if low > 0 or high < 0 else ""
+    p_text = "p=-" if math.isnan(p) else f"p={p:.3f}"
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] {p_text} ({row[f'{GAIN}_n_pairs']:.0f} seeds){star}"
+
+
 def summary_markdown(summary: pd.DataFrame, keys: list[str]) -> str:
-    """summary.csv for people: one row per point, "mean ± std" cells (std over seeds, ddof=1)."""
+    """summary.csv for people: one row per point, "mean ± std" cells (std over seeds, ddof=1), and the paired
+    gain over alpha=1 with its 95% CI and p-value when there is one."""
     swept = " x ".join(keys) if keys else "no key (seeds only)"
-    header = [*keys, "n", "missing", *FINAL_METRICS] + ([GAIN] if GAIN in summary else [])
+    has_gain = f"{GAIN}_mean" in summary
+    header = [*keys, "n", "missing", *FINAL_METRICS] + ([GAIN] if has_gain else [])
     lines = [
         f"# Sweep over {swept}",
         "",
@@ -270,9 +334,14 @@ def summary_markdown(summary: pd.DataFrame, keys: list[str]) -> str:
     for row in summary.to_dict("records"):
         cells = [format_value(row[k]) for k in keys] + [str(row["n"]), str(row["n_missing"])]
         cells += [_cell(row[f"{name}_mean"], row[f"{name}_std"]) for name in FINAL_METRICS]
-        if GAIN in summary:
-            cells.append("-" if math.isnan(row[GAIN]) else f"{row[GAIN]:+.4f}")
+        if has_gain:
+            cells.append(_gain_cell(row))
         lines.append("| " + " | ".join(cells) + " |")
-    if GAIN in summary:
-        lines += ["", f"{GAIN}: student_acc_mean minus that of alpha=1 (no distillation) at the same other keys."]
+    if has_gain:
+        lines += [
+            "",
+            f"{GAIN}: student_acc minus that of alpha=1 (no distillation) at the same other keys, paired by seed: "
+            "mean [95% CI of the mean] and the paired t-test p-value over the seeds both points completed; "
+            "* marks a CI that excludes zero.",
+        ]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kd_runner.errors import UserError
 from kd_runner.status import Status
-from kd_runner.sweep import aggregate, report
+from kd_runner.sweep import aggregate, report, search
 
 TABLES = ("runs.csv", "summary.csv", "curves.csv", "summary.md")
 STATUSES = [s.value for s in Status if s != Status.RUNNING]  # the order of the sweep's "jobs:" line
@@ -24,13 +24,19 @@ def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
     """Tables and plots of `sweep_dirs` into `out_dir`, and a summary on stdout. True when every job completed."""
     tables = aggregate.aggregate(sweep_dirs, out_dir)
     plots = report.write_plots(out_dir)
+    studies = [d for d in sweep_dirs if (Path(d) / search.STUDY_DB).is_file()]
+    if len(studies) == 1:  # an Optuna search (several studies are not merged)
+        plots += search.write_search_outputs(studies[0], out_dir)
     runs = tables.runs
     print(tables.markdown)
     counts = runs["status"].value_counts()
     print("jobs: " + ", ".join(f"{counts[status]} {status}" for status in STATUSES if status in counts))
     for job in runs[runs["status"].isin([Status.FAILED, Status.INCOMPLETE])].to_dict("records"):
         print(f"  {job['status']}: {job['run_dir']}" + (f": {job['error']}" if job["error"] else ""))
-    sources = runs["teacher_source"].value_counts()
+    reused = runs["reused_from"].astype(bool).sum()
+    if reused:
+        print(f"reused: {reused} job(s) recorded an equal earlier job's results instead of training (see reused_from)")
+    sources = runs[runs["reused_from"] == ""]["teacher_source"].value_counts()
     if sources.get("trained", 0) or sources.get("cache", 0):
         print(
             f"teacher: fine-tuned in {sources.get('trained', 0)} job(s), loaded from the cache in "
