@@ -31,7 +31,7 @@ CURVE_PANELS = (  # metric, title, axis label
     ("student_loss", "student loss (cross-entropy)", "cross-entropy on the true labels"),
     ("logit_gap", "logit gap |teacher - student|", "mean absolute logit difference"),
 )
-PERCENT = ("student_acc", "teacher_acc", GAIN)  # fractions, drawn in percent
+PERCENT = ("student_acc", "teacher_acc", f"{GAIN}_mean")  # fractions, drawn in percent
 KEY_LABELS = {
     "alpha": "alpha (weight of the hard-label loss; 1 = no distillation)",
     "temperature": "temperature T",
@@ -54,7 +54,7 @@ def write_plots(sweep_dir: Path | str) -> list[str]:
         figures["curves"] = _curves_figure(curves, keys)
     if len(summary):
         figures["final_accuracy"] = _final_accuracy_figure(summary, keys)
-    if GAIN in summary and summary[GAIN].notna().any():
+    if f"{GAIN}_mean" in summary and summary[f"{GAIN}_mean"].notna().any():
         figures["accuracy_gain"] = _gain_figure(summary, keys)
     return [name for stem, fig in figures.items() for name in _save(fig, sweep_dir, stem)]
 
@@ -219,20 +219,23 @@ def _final_accuracy_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
 
 
 def _gain_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
-    """student_acc_gain in percentage points against alpha (0 at alpha=1, the no-distillation baseline)."""
+    """The gain over alpha=1 (paired by seed) in percentage points against alpha, with its 95% CI."""
     x = XAxis.of(summary, keys)
     fig = Figure(figsize=(8, 5.2), layout="constrained")
     ax = fig.subplots()
     series = list(x.series(summary, keys))
     for i, ((point, rows), color) in enumerate(zip(series, _colors(len(series), sequential=False))):
         label = _label(point) if point else "student"
-        ax.plot(x.positions(rows), rows[GAIN] * 100, color=color, linestyle=_line_style(i), marker="o", label=label)
+        mean = rows[f"{GAIN}_mean"] * 100
+        ci = [mean - rows[f"{GAIN}_ci95_low"] * 100, rows[f"{GAIN}_ci95_high"] * 100 - mean]
+        ax.errorbar(x.positions(rows), mean, yerr=ci, color=color, linestyle=_line_style(i), marker="o", capsize=3,
+                    label=label)
     ax.axhline(0.0, color="0.35", linestyle="--", label="no distillation (alpha = 1)")
     x.draw(ax, summary)
     ax.set_ylabel("student accuracy gain over alpha = 1 (percentage points)")
     ax.set_title(
         f"Gain from distillation, sweep over {_swept(keys)}\n"
-        f"(difference of mean final accuracies, {_seeds_note(summary['n'])})"
+        f"(mean paired difference of final accuracies, error bars: 95% CI; {_seeds_note(summary['n'])})"
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="best")
