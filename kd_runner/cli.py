@@ -372,8 +372,8 @@ def hydra_main(raw: DictConfig) -> float | None:
     cfg = start_job(raw, run_dir, multirun)
     runs = search.trial_runs(cfg, run_dir)
     reuse_from = planned_reuse(job.sweep.dir, job.job.num) if multirun and len(runs) == 1 else None
-    label = (job.job.num, list(job.overrides.task))
-    records = [run_job(job_cfg, job_dir, reuse_from, label if multirun else None) for job_cfg, job_dir in runs]
+    label = (job.job.num, list(job.overrides.task)) if multirun else None
+    records = [run_job(job_cfg, job_dir, reuse_from, label) for job_cfg, job_dir in runs]
     return search.trial_value(cfg, records)
 
 
