@@ -24,6 +24,17 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE = ("none", "backbone")
 LOADERS = ("memory", "dataloader")
 VAL_SPLITS = ("test", "holdout")
+# each distillation method and the DistillConfig parameters it takes (conf/distill/<method>.yaml sets their defaults)
+METHOD_PARAMS = {
+    "kd": (),
+    "dkd": ("weight_tckd", "weight_nckd", "warmup"),
+    "dist": ("beta", "gamma"),
+    "fitnet": ("weight_hint",),
+    "at": ("beta",),
+    "rkd": ("weight_distance", "weight_angle"),
+}
+FEATURE_METHODS = ("fitnet", "at", "rkd")
+STANDARDIZABLE = ("kd", "dkd")
 
 
 @dataclass
@@ -81,6 +92,25 @@ class TransferConfig:
 
 
 @dataclass
+class DistillConfig:
+    """The distillation method and its parameters; a parameter is set exactly when the method takes it
+    (METHOD_PARAMS). docs/methods.md gives each method's equation and paper."""
+
+    method: str = "kd"  # kd | dkd | dist | fitnet | at | rkd
+    standardize: bool = False  # z-score both models' logits before the softmax (kd with kl/soft_ce, dkd)
+    weight_tckd: typing.Optional[float] = None  # dkd: weight of the target-class term (the paper's alpha)
+    weight_nckd: typing.Optional[float] = None  # dkd: weight of the non-target-class term (the paper's beta)
+    warmup: typing.Optional[int] = None  # dkd: epochs over which the DKD term grows linearly to full weight
+    beta: typing.Optional[float] = None  # dist: inter-class relation weight; at: the paper's beta
+    gamma: typing.Optional[float] = None  # dist: intra-class relation weight
+    weight_hint: typing.Optional[float] = None  # fitnet: weight of the hint (MSE) loss
+    weight_distance: typing.Optional[float] = None  # rkd: weight of the distance-wise loss
+    weight_angle: typing.Optional[float] = None  # rkd: weight of the angle-wise loss
+    student_layers: typing.List[str] = field(default_factory=list)  # feature methods ([]: the model's default)
+    teacher_layers: typing.List[str] = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StageConfig = field(default_factory=StageConfig)
@@ -89,6 +119,7 @@ class RunConfig:
     alpha: float = 0.5  # weight of the hard-label loss: 1 = no distillation, 0 = pure distillation
     temperature: float = 4.0
     soft_loss: str = "kl"
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -224,6 +255,7 @@ def _validate(cfg: RunConfig) -> None:
     )
     _validate_dataset(cfg.dataset, "dataset")
     _validate_transfer(cfg)
+    _validate_distill(cfg)
 
 
 def _validate_dataset(d: DatasetConfig, key: str) -> None:
@@ -267,4 +299,40 @@ def _validate_transfer(cfg: RunConfig) -> None:
         "alpha",
         cfg.alpha,
         "0 with transfer.labeled=false (unlabeled transfer data: the hard-label term has no labels)",
+    )
+
+
+def _validate_distill(cfg: RunConfig) -> None:
+    d = cfg.distill
+    _one_of("distill.method", d.method, tuple(METHOD_PARAMS))
+    takes = METHOD_PARAMS[d.method]
+    for name in sorted({p for params in METHOD_PARAMS.values() for p in params}):
+        value = getattr(d, name)
+        if name in takes:
+            _check(value is not None and value >= 0, f"distill.{name}", value, f"a number >= 0 for distill={d.method}")
+        else:
+            allowed = f"unset: distill={d.method} takes " + (", ".join(takes) or "no parameters")
+            _check(value is None, f"distill.{name}", value, allowed)
+    feature = d.method in FEATURE_METHODS
+    for key in ("student_layers", "teacher_layers"):
+        value = getattr(d, key)
+        _check(feature or not value, f"distill.{key}", value, f"[] for distill={d.method} (it uses logits only)")
+    _check(
+        not d.standardize or (d.method in STANDARDIZABLE and cfg.soft_loss != "mse"),
+        "distill.standardize",
+        d.standardize,
+        "false except with distill=kd (soft_loss kl or soft_ce) and distill=dkd",
+    )
+    _check(d.method == "kd" or cfg.soft_loss == "kl", "soft_loss", cfg.soft_loss, "kl unless distill=kd")
+    _check(
+        d.method != "dkd" or cfg.transfer.labeled,
+        "distill.method",
+        d.method,
+        "not dkd with transfer.labeled=false (DKD needs the labels)",
+    )
+    _check(
+        not feature or cfg.teacher.ensemble == 1,
+        "teacher.ensemble",
+        cfg.teacher.ensemble,
+        f"1 with distill={d.method} (features come from one teacher)",
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from kd_runner.config import RunConfig, config_digest
+from kd_runner.config import FEATURE_METHODS, RunConfig, config_digest
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData, SplitData, sharded
 from kd_runner.data.loader import StreamedData
@@ -32,9 +32,8 @@ from kd_runner.store import results, rundir
 from kd_runner.store.files import check_writable, save_torch, write_json
 from kd_runner.teacher.ensemble import prepare_teachers
 from kd_runner.teacher.soft_targets import SoftTargets
-from kd_runner.train import engine
+from kd_runner.train import distill, engine
 from kd_runner.train.checkpoint import StageCheckpoint
-from kd_runner.train.losses import distillation_loss
 from kd_runner.train.metrics import compute_metrics, per_class_accuracy
 
 log = logging.getLogger(__name__)
@@ -141,6 +140,8 @@ def _experiment(
         log.info("transfer set: %s", describe_transfer(cfg, student_data))
     if cfg.student.weights_path or cfg.student.pretrained:
         build_stage_model(cfg.student, data)
+    if cfg.distill.method in FEATURE_METHODS:  # a layer that is not there fails before the teacher trains
+        _check_layers(cfg, data, split_data)
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
     teacher = shard.main_first(lambda: prepare_teachers(cfg, data, split_data, cfg.progress, stop))
     timings["teacher_s"] = teacher.seconds
@@ -151,7 +152,7 @@ def _experiment(
     if run_dir is not None and shard.world == 1:
         checkpoint = StageCheckpoint(rundir.student_checkpoint(run_dir), config_digest(cfg), "student")
     student_data = sharded(student_data, shard)
-    history, student = _train_student(cfg, data, student_data, targets, checkpoint, shard.agreed(stop))
+    history, student, state = _train_student(cfg, data, student_data, targets, checkpoint, shard.agreed(stop))
     timings["student_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
@@ -171,12 +172,21 @@ def _experiment(
         outputs=outputs,
     )
     if run_dir is not None:
-        _write_outputs(run_dir, record, student, teacher.history, history, checkpoint)
+        _write_outputs(run_dir, record, student, state, teacher.history, history, checkpoint)
     return record
 
 
-def _write_outputs(run_dir: Path, record: dict, student, teacher_rows, student_rows, checkpoint) -> None:
+def _check_layers(cfg: RunConfig, data, split_data: SplitData) -> None:
+    """Resolve the feature method's layers on freshly built models of both architectures (one line if wrong)."""
+    models = [build_stage_model(s, data).to(split_data.device) for s in (cfg.student, cfg.teacher)]
+    for tap in distill.feature_taps(cfg, *models, distill.sample_batch(split_data)):
+        tap.remove()
+
+
+def _write_outputs(run_dir: Path, record: dict, student, state, teacher_rows, student_rows, checkpoint) -> None:
     save_torch({k: v.detach().cpu() for k, v in student.state_dict().items()}, run_dir / "student.pt")
+    if state.regressors is not None:  # the method's trained parameters (FitNets' regressors), beside the student
+        save_torch({k: v.detach().cpu() for k, v in state.regressors.state_dict().items()}, run_dir / "distill.pt")
     rows = [{"stage": "teacher", **r} for r in teacher_rows] + [{"stage": "student", **r} for r in student_rows]
     results.write_metrics_csv(run_dir / "metrics.csv", rows)
     write_json(run_dir / rundir.RESULT, record)
@@ -185,21 +195,23 @@ def _write_outputs(run_dir: Path, record: dict, student, teacher_rows, student_r
 
 
 def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, checkpoint, stop):
-    """Distill the student from the teacher's logits; the teacher itself never enters the student's graph."""
+    """Distill the student with the configured method (kd_runner.train.distill); the teacher itself never
+    enters the student's graph. The method's state trains and is checkpointed with the student."""
     seed_everything(cfg.seed)
     student = d.compute.prepare(build_stage_model(cfg.student, data))
-
-    def objective(logits, idx, labels, inputs):
-        teacher_logits = None if cfg.alpha == 1 else targets.batch(idx, inputs)  # alpha=1 needs no teacher
-        return distillation_loss(logits, teacher_logits, labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
+    model, objective = distill.build(cfg, student, targets, d)
 
     def evaluate() -> dict:
-        d.shard.sync_buffers(student)
+        parts = model.state.take_parts(d.shard)  # before rank 0's buffers (the tally among them) replace the others'
+        d.shard.sync_buffers(model)
         logits = engine.predict(student, d, d.val.images)
-        return compute_metrics(logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
+        metrics = compute_metrics(logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
+        metrics["objective"] = objective.validation(model, d, logits, d.val.labels)  # at this epoch's warm-up
+        model.state.epoch += 1
+        return {**metrics, **parts}
 
     history = engine.fit(
-        d.shard.wrap(student),
+        d.shard.wrap(model),
         d,
         stage="student",
         recipe=cfg.student,
@@ -212,7 +224,7 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
     )
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
-    return history, student
+    return history, student, model.state
 
 
 def _per_class_accuracy(student, targets: SoftTargets, d: SplitData, num_classes: int) -> dict:

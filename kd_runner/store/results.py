@@ -17,9 +17,10 @@ from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.models import count_parameters, model_size_mb
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv
+from kd_runner.train.distill import PART_COLUMNS
 from kd_runner.train.metrics import METRIC_NAMES
 
-CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES)
+CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES, *PART_COLUMNS)
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
