@@ -102,7 +102,7 @@ class Objective:
     def logit_parts(self, student: Tensor, teacher: Tensor, labels: Tensor) -> dict[str, Tensor]:
         d, temperature = self.d, self.cfg.temperature
         if d.standardize:
-            student, teacher = standardize(student.float()), standardize(teacher.detach().float())
+            student, teacher = standardize(student), standardize(teacher.detach())
         if d.method == "kd":
             return {"loss_kd": soft_loss(student, teacher, temperature, self.cfg.soft_loss)}
         if d.method == "dist":

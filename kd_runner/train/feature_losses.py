@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kd_runner.train.logit_losses import wide
+
 
 def match_size(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     """Two N x C x H x W maps brought to the smaller spatial size by adaptive average pooling."""
@@ -31,7 +33,7 @@ class HintRegressors(nn.Module):
     def forward(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
         losses = []
         for regress, fs, ft in zip(self.regressors, student, teacher):
-            fs, ft = match_size(regress(fs).float(), ft.detach().float())
+            fs, ft = match_size(regress(wide(fs)), wide(ft.detach()))
             losses.append(F.mse_loss(fs, ft))
         return torch.stack(losses).sum()
 
@@ -40,7 +42,7 @@ def attention_map(features: Tensor) -> Tensor:
     """The spatial attention map of Zagoruyko & Komodakis (ICLR 2017, Eq. 2 with p = 2): the channel
     mean of |F|^2, flattened and L2-normalised per sample (the mean differs from the sum by a factor the
     normalisation removes)."""
-    return F.normalize(features.float().pow(2).mean(dim=1).flatten(1), dim=1)
+    return F.normalize(wide(features).pow(2).mean(dim=1).flatten(1), dim=1)
 
 
 def attention_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
@@ -57,7 +59,7 @@ def rkd_distance(student: Tensor, teacher: Tensor) -> Tensor:
     """RKD-D (Park et al., CVPR 2019, Eq. 4-5): Huber loss between the pairwise distances of the
     embeddings, each normalised by its mean over the pairs i != j; averaged over all N x N entries as
     in the authors' code."""
-    return F.smooth_l1_loss(_normalised_distances(student.float()), _normalised_distances(teacher.detach().float()))
+    return F.smooth_l1_loss(_normalised_distances(wide(student)), _normalised_distances(wide(teacher.detach())))
 
 
 def _normalised_distances(e: Tensor) -> Tensor:
@@ -70,7 +72,7 @@ def _normalised_distances(e: Tensor) -> Tensor:
 def rkd_angle(student: Tensor, teacher: Tensor) -> Tensor:
     """RKD-A (Park et al., CVPR 2019, Eq. 6-7): Huber loss between the cosines of the angles formed by
     every triplet of embeddings, cos(angle at j of i, k) = <e_ij, e_kj> with e_ij = (t_i - t_j) / ||t_i - t_j||."""
-    return F.smooth_l1_loss(_angles(student.float()), _angles(teacher.detach().float()))
+    return F.smooth_l1_loss(_angles(wide(student)), _angles(wide(teacher.detach())))
 
 
 def _angles(e: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 """The logit-based distillation terms beyond Hinton's KD, written from their papers' equations.
 
-Each function takes student and teacher logits (N x C) and returns per-term scalars (batch means) in
-float32; the caller weighs them (kd_runner.train.distill). The teacher logits are detached here.
+Each function takes student and teacher logits (N x C) and returns the terms in at least float32
+(float64 stays float64, so the tests can check them to 1e-6); the caller weighs them
+(kd_runner.train.distill). The teacher logits are detached here.
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def wide(x: Tensor) -> Tensor:
+    """`x` in float32, or float64 if it is float64 already (half precision loses the small probabilities)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
@@ -27,7 +33,7 @@ def dkd_terms(student: Tensor, teacher: Tensor, labels: Tensor, temperature: flo
     NCKD = KL(p^_T || p^_S) over the non-target classes renormalised among themselves. The paper's
     identity KD = TCKD + (1 - p_t^T) * NCKD holds per sample.
     """
-    s, t = student.float() / temperature, teacher.detach().float() / temperature
+    s, t = wide(student) / temperature, wide(teacher.detach()) / temperature
     target = F.one_hot(labels, s.shape[-1]).bool()
     rest = (~target).nonzero()[:, 1].view(len(s), -1)  # the non-target classes of each sample
     binary_s, binary_t = _binary_log_probs(s, labels, rest), _binary_log_probs(t, labels, rest)
@@ -50,8 +56,8 @@ def dist_terms(student: Tensor, teacher: Tensor, temperature: float, eps: float 
     """Inter- and intra-class relation losses of DIST (Huang et al., NeurIPS 2022, Eq. 5-7), T^2-scaled
     as in the authors' code: 1 - mean Pearson correlation of the softened predictions per sample (over
     the classes), and per class (over the batch)."""
-    p_s = F.softmax(student.float() / temperature, dim=-1)
-    p_t = F.softmax(teacher.detach().float() / temperature, dim=-1)
+    p_s = F.softmax(wide(student) / temperature, dim=-1)
+    p_t = F.softmax(wide(teacher.detach()) / temperature, dim=-1)
     scale = temperature * temperature
     inter = 1 - _pearson(p_s, p_t, eps).mean()
     intra = 1 - _pearson(p_s.T, p_t.T, eps).mean()
