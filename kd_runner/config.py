@@ -330,6 +330,7 @@ def _validate_distill(cfg: RunConfig) -> None:
         d.method,
         "not dkd with transfer.labeled=false (DKD needs the labels)",
     )
+    _check(not feature or not cfg.compile, "compile", cfg.compile, f"false with distill={d.method} (hooked layers)")
     _check(
         not feature or cfg.teacher.ensemble == 1,
         "teacher.ensemble",

@@ -9,6 +9,7 @@ result.json always says how the run stands (kd_runner.status).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -178,7 +179,8 @@ def _experiment(
 
 def _check_layers(cfg: RunConfig, data, split_data: SplitData) -> None:
     """Resolve the feature method's layers on freshly built models of both architectures (one line if wrong)."""
-    models = [build_stage_model(s, data).to(split_data.device) for s in (cfg.student, cfg.teacher)]
+    stages = [dataclasses.replace(s, pretrained=False, weights_path=None) for s in (cfg.student, cfg.teacher)]
+    models = [build_stage_model(s, data).to(split_data.device) for s in stages]  # the architectures only
     for tap in distill.feature_taps(cfg, *models, distill.sample_batch(split_data)):
         tap.remove()
 
@@ -224,6 +226,7 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
     )
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
+    objective.close()
     return history, student, model.state
 
 

@@ -84,6 +84,7 @@ def test_a_feature_layer_mistake_is_one_line_and_exit_2_before_the_teacher_train
         (["distill=dist", "distill.standardize=true"], "distill.standardize"),
         (["distill=kd", "distill.student_layers=[pool]"], "distill.student_layers"),
         (["distill=rkd", "teacher.ensemble=2"], "teacher.ensemble=2 is not allowed: 1 with distill=rkd"),
+        (["distill=at", "compile=true"], "compile=True is not allowed: false with distill=at"),
     ],
 )
 def test_a_method_parameter_mistake_is_a_usage_error(args, words, capsys):

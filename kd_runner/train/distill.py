@@ -124,6 +124,11 @@ class Objective:
             "loss_rkd_angle": d.weight_angle * fl.rkd_angle(student[0], teacher[0]),
         }
 
+    def close(self) -> None:
+        """Remove the feature hooks: the models compute as before the stage."""
+        for tap in self.taps or ():
+            tap.remove()
+
     def _teacher_features(self, inputs: Tensor) -> list[Tensor]:
         """The teacher's activations on the student's batch, in inference mode (never in the student's graph)."""
         with torch.inference_mode(), self.targets.data.compute.autocast():
