@@ -103,7 +103,8 @@ def summary(record: dict, run_dir: Path) -> str:
     m, models, cfg = record["metrics"], record["models"], record["config"]
     lines = [
         f"kd-run {record['status']}: {models['teacher']['name']} -> {models['student']['name']} on "
-        f"{cfg['dataset']['name']}, alpha={cfg['alpha']} T={cfg['temperature']} soft_loss={cfg['soft_loss']} "
+        f"{cfg['dataset']['name']}, distill={cfg['distill']['method']} alpha={cfg['alpha']} T={cfg['temperature']} "
+        f"soft_loss={cfg['soft_loss']} "
         f"seed={cfg['seed']} ({record['device']})",
         f"  teacher: {record['teacher']['source']}, {models['teacher']['params']:,} params "
         f"({models['teacher']['size_mb']:.2f} MB), acc {m['teacher_acc']:.4f}",
