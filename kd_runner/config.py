@@ -26,6 +26,17 @@ FREEZE = ("none", "backbone")
 LOADERS = ("memory", "dataloader")
 VAL_SPLITS = ("test", "holdout")
 AUGMENT = (True, False, "none", "crop_flip", "resized_crop_flip")
+# each distillation method and the DistillConfig parameters it takes (conf/distill/<method>.yaml sets their defaults)
+METHOD_PARAMS = {
+    "kd": (),
+    "dkd": ("weight_tckd", "weight_nckd", "warmup"),
+    "dist": ("beta", "gamma"),
+    "fitnet": ("weight_hint",),
+    "at": ("beta",),
+    "rkd": ("weight_distance", "weight_angle"),
+}
+FEATURE_METHODS = ("fitnet", "at", "rkd")
+STANDARDIZABLE = ("kd", "dkd")
 
 
 @dataclass
@@ -156,6 +167,39 @@ class TransferConfig:
 
 
 @dataclass
+class DistillConfig:
+    """The distillation method and its parameters; a parameter is set exactly when the method takes it
+    (METHOD_PARAMS). docs/methods.md gives each method's equation and paper."""
+
+    method: str = field(default="kd", metadata={"doc": "kd | dkd | dist | fitnet | at | rkd (docs/methods.md)"})
+    standardize: bool = field(
+        default=False, metadata={"doc": "z-score both models' logits before the softmax (kd with kl/soft_ce, dkd)"}
+    )
+    weight_tckd: float | None = field(
+        default=None, metadata={"doc": "dkd: weight of the target-class term (the paper's alpha)"}
+    )
+    weight_nckd: float | None = field(
+        default=None, metadata={"doc": "dkd: weight of the non-target-class term (the paper's beta)"}
+    )
+    warmup: int | None = field(
+        default=None, metadata={"doc": "dkd: epochs over which the DKD term grows linearly to full weight"}
+    )
+    beta: float | None = field(
+        default=None, metadata={"doc": "dist: inter-class relation weight; at: the paper's beta"}
+    )
+    gamma: float | None = field(default=None, metadata={"doc": "dist: intra-class relation weight"})
+    weight_hint: float | None = field(default=None, metadata={"doc": "fitnet: weight of the hint (MSE) loss"})
+    weight_distance: float | None = field(default=None, metadata={"doc": "rkd: weight of the distance-wise loss"})
+    weight_angle: float | None = field(default=None, metadata={"doc": "rkd: weight of the angle-wise loss"})
+    student_layers: list[str] = field(
+        default_factory=list, metadata={"doc": "feature methods: the student's layers ([]: the model's default)"}
+    )
+    teacher_layers: list[str] = field(
+        default_factory=list, metadata={"doc": "feature methods: the teacher's layers, paired with student_layers"}
+    )
+
+
+@dataclass
 class RunConfig:
     teacher: TeacherConfig = field(
         default_factory=TeacherConfig, metadata={"doc": "the teacher stage: its network and training recipe"}
@@ -176,6 +220,9 @@ class RunConfig:
     temperature: float = field(default=4.0, metadata={"doc": "softening temperature T > 0 of the soft targets"})
     soft_loss: str = field(
         default="kl", metadata={"doc": "kl (Hinton, T^2-scaled) | soft_ce (T^2-scaled) | mse (raw logits, ignores T)"}
+    )
+    distill: DistillConfig = field(
+        default_factory=DistillConfig, metadata={"doc": "the distillation method and its parameters (distill=NAME)"}
     )
     seed: int = field(default=0, metadata={"doc": "seed of the student stage (initialisation, shuffling)"})
     device: str = field(default="auto", metadata={"doc": "auto (cuda > mps > cpu) | cpu | cuda | mps"})
@@ -379,6 +426,7 @@ def _validate(cfg: RunConfig) -> None:
     )
     _validate_dataset(cfg.dataset, "dataset")
     _validate_transfer(cfg)
+    _validate_distill(cfg)
 
 
 def _validate_dataset(d: DatasetConfig, key: str) -> None:
@@ -427,6 +475,43 @@ def _validate_transfer(cfg: RunConfig) -> None:
         "alpha",
         cfg.alpha,
         "0 with transfer.labeled=false (unlabeled transfer data: the hard-label term has no labels)",
+    )
+
+
+def _validate_distill(cfg: RunConfig) -> None:
+    d = cfg.distill
+    _one_of("distill.method", d.method, tuple(METHOD_PARAMS))
+    takes = METHOD_PARAMS[d.method]
+    for name in sorted({p for params in METHOD_PARAMS.values() for p in params}):
+        value = getattr(d, name)
+        if name in takes:
+            _check(value is not None and value >= 0, f"distill.{name}", value, f"a number >= 0 for distill={d.method}")
+        else:
+            allowed = f"unset: distill={d.method} takes " + (", ".join(takes) or "no parameters")
+            _check(value is None, f"distill.{name}", value, allowed)
+    feature = d.method in FEATURE_METHODS
+    for key in ("student_layers", "teacher_layers"):
+        value = getattr(d, key)
+        _check(feature or not value, f"distill.{key}", value, f"[] for distill={d.method} (it uses logits only)")
+    _check(
+        not d.standardize or (d.method in STANDARDIZABLE and cfg.soft_loss != "mse"),
+        "distill.standardize",
+        d.standardize,
+        "false except with distill=kd (soft_loss kl or soft_ce) and distill=dkd",
+    )
+    _check(d.method == "kd" or cfg.soft_loss == "kl", "soft_loss", cfg.soft_loss, "kl unless distill=kd")
+    _check(
+        d.method != "dkd" or cfg.transfer.labeled,
+        "distill.method",
+        d.method,
+        "not dkd with transfer.labeled=false (DKD needs the labels)",
+    )
+    _check(not feature or not cfg.compile, "compile", cfg.compile, f"false with distill={d.method} (hooked layers)")
+    _check(
+        not feature or cfg.teacher.ensemble == 1,
+        "teacher.ensemble",
+        cfg.teacher.ensemble,
+        f"1 with distill={d.method} (features come from one teacher)",
     )
 
 

@@ -9,6 +9,7 @@ result.json always says how the run stands (kd_runner.status).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kd_runner.config import RunConfig, config_digest, result_key
+from kd_runner.config import FEATURE_METHODS, RunConfig, config_digest, result_key
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData, SplitData, sharded
 from kd_runner.data.loader import StreamedData
@@ -36,9 +37,8 @@ from kd_runner.store import results, rundir
 from kd_runner.store.files import check_writable, save_torch, write_csv, write_json
 from kd_runner.teacher.ensemble import prepare_teachers
 from kd_runner.teacher.soft_targets import SoftTargets
-from kd_runner.train import engine
+from kd_runner.train import distill, engine
 from kd_runner.train.checkpoint import StageCheckpoint
-from kd_runner.train.losses import distillation_loss
 from kd_runner.train.metrics import compute_metrics, per_class_accuracy
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,8 @@ def _experiment(
     engine.check_steps(len(student_data.train), cfg.student, shard, "student")
     if cfg.student.weights_path or cfg.student.pretrained:
         build_stage_model(cfg.student, data, "student")
+    if cfg.distill.method in FEATURE_METHODS:  # a layer that is not there fails before the teacher trains
+        _check_layers(cfg, data, split_data)
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
     recorder = results.EpochRecorder(run_dir, results.running_record(cfg, device))
     teacher_epochs = partial(recorder.record, "teacher")
@@ -203,7 +205,7 @@ def _experiment(
     if run_dir is not None and shard.world == 1:
         checkpoint = StageCheckpoint(rundir.student_checkpoint(run_dir), config_digest(cfg), "student")
     student_data = sharded(student_data, shard)
-    history, student = _train_student(cfg, data, student_data, targets, checkpoint, shard.agreed(stop), recorder)
+    history, student, state = _train_student(cfg, data, student_data, targets, checkpoint, shard.agreed(stop), recorder)
     timings["student_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
@@ -224,12 +226,25 @@ def _experiment(
         outputs=outputs,
     )
     if run_dir is not None:
-        _write_outputs(run_dir, record, student, teacher.history, history, checkpoint)
+        _write_outputs(run_dir, record, student, state, teacher.history, history, checkpoint)
     return record
 
 
-def _write_outputs(run_dir: Path, record: dict, student, teacher_rows, student_rows, checkpoint) -> None:
+def _check_layers(cfg: RunConfig, data, split_data: SplitData) -> None:
+    """Resolve the feature method's layers on freshly built models of both architectures (one line if wrong)."""
+    stages = {
+        name: dataclasses.replace(getattr(cfg, name), pretrained=False, weights_path=None)
+        for name in ("student", "teacher")
+    }  # the architectures only
+    models = [build_stage_model(stage, data, name).to(split_data.device) for name, stage in stages.items()]
+    for tap in distill.feature_taps(cfg, *models, distill.sample_batch(split_data)):
+        tap.remove()
+
+
+def _write_outputs(run_dir: Path, record: dict, student, state, teacher_rows, student_rows, checkpoint) -> None:
     save_torch(_cpu_state(student), run_dir / "student.pt")
+    if state.regressors is not None:  # the method's trained parameters (FitNets' regressors), beside the student
+        save_torch(_cpu_state(state.regressors), run_dir / "distill.pt")
     rows = [{"stage": "teacher", **r} for r in teacher_rows] + [{"stage": "student", **r} for r in student_rows]
     results.write_metrics_csv(run_dir / "metrics.csv", rows)
     write_json(run_dir / rundir.RESULT, record)
@@ -242,23 +257,15 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 
 
 def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, checkpoint, stop, recorder):
-    """Distill the student from the teacher's logits; the teacher itself never enters the student's graph.
+    """Distill the student with the configured method (kd_runner.train.distill); the teacher itself never
+    enters the student's graph. The method's state trains and is checkpointed with the student.
 
     After every epoch `recorder` writes its metrics and, on a new best validation student_acc, the
     student is saved as student_best.pt (before the epoch's checkpoint, so a resume never misses one)."""
     seed_everything(cfg.seed)
     student = d.compute.prepare(build_stage_model(cfg.student, data, "student"))
-
-    def objective(logits, idx, labels, inputs):
-        teacher_logits = None if cfg.alpha == 1 else targets.batch(idx, inputs)  # alpha=1 needs no teacher
-        return distillation_loss(logits, teacher_logits, labels, cfg.alpha, cfg.temperature, cfg.soft_loss)
-
-    def evaluate() -> dict:
-        d.shard.sync_buffers(student)
-        logits = engine.predict(student, d, d.val.images)
-        return compute_metrics(
-            logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss, targets.val_targets
-        )
+    model, objective = distill.build(cfg, student, targets, d)
+    evaluate = _student_evaluation(cfg, model, student, objective, targets, d)
 
     def on_epoch(rows: list[dict]) -> None:
         recorder.record("student", rows)
@@ -266,7 +273,7 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
             save_torch(_cpu_state(student), recorder.run_dir / results.BEST_STUDENT)
 
     history = engine.fit(
-        d.shard.wrap(student),
+        d.shard.wrap(model),
         d,
         stage="student",
         recipe=cfg.student,
@@ -281,7 +288,26 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
         on_epoch(history)
-    return history, student
+    objective.close()
+    return history, student, model.state
+
+
+def _student_evaluation(cfg: RunConfig, model, student, objective, targets: SoftTargets, d: SplitData):
+    """The student's validation after an epoch: the metrics, the objective at this epoch's weights (a
+    warm-up's), and the epoch's mean of each part of the training loss."""
+
+    def evaluate() -> dict:
+        parts = model.state.take_parts(d.shard)  # before rank 0's buffers (the tally among them) replace the others'
+        d.shard.sync_buffers(model)
+        logits = engine.predict(student, d, d.val.images)
+        metrics = compute_metrics(
+            logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss, targets.val_targets
+        )
+        metrics["objective"] = objective.validation(model, d, logits, d.val.labels)  # at this epoch's warm-up
+        model.state.epoch += 1
+        return {**metrics, **parts}
+
+    return evaluate
 
 
 def _per_class_accuracy(student, targets: SoftTargets, d: SplitData, num_classes: int) -> dict:

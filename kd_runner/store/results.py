@@ -17,9 +17,10 @@ from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.models import count_parameters, model_size_mb
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv, write_json
+from kd_runner.train.distill import PART_COLUMNS
 from kd_runner.train.metrics import METRIC_NAMES, TOP5_NAMES
 
-CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES, *TOP5_NAMES)
+CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES, *TOP5_NAMES, *PART_COLUMNS)
 BEST_STUDENT = "student_best.pt"  # the student of the epoch with the best validation student_acc
 
 
@@ -141,7 +142,8 @@ def summary(record: dict, run_dir: Path) -> str:
     m, models, cfg = record["metrics"], record["models"], record["config"]
     lines = [
         f"kd-run {record['status']}: {models['teacher']['name']} -> {models['student']['name']} on "
-        f"{cfg['dataset']['name']}, alpha={cfg['alpha']} T={cfg['temperature']} soft_loss={cfg['soft_loss']} "
+        f"{cfg['dataset']['name']}, distill={cfg['distill']['method']} alpha={cfg['alpha']} T={cfg['temperature']} "
+        f"soft_loss={cfg['soft_loss']} "
         f"seed={cfg['seed']} ({record['device']})",
         f"  teacher: {record['teacher']['source']}, {models['teacher']['params']:,} params "
         f"({models['teacher']['size_mb']:.2f} MB), acc {m['teacher_acc']:.4f}",

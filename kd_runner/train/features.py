@@ -1,0 +1,72 @@
+"""Activations at named layers of any model, by forward hooks (one mechanism for built-in and user
+models), and the default layers a feature method uses when the config names none."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kd_runner.errors import UserError
+
+
+class FeatureTap:
+    """Keeps the output of each named submodule of `model` at every forward pass, flattened to N x D
+    when `flat` (embeddings)."""
+
+    def __init__(self, model: nn.Module, names: list[str], key: str, flat: bool = False):
+        modules = dict(model.named_modules())
+        for name in names:
+            if name not in modules or not name:
+                known = ", ".join(n for n in modules if n)
+                raise UserError(f"{key}: the model has no layer {name!r}; its layers: {known}")
+        self.names, self.flat, self.outputs = list(names), flat, {}
+        self.handles = [modules[n].register_forward_hook(self._keeper(n)) for n in names]
+
+    def _keeper(self, name: str):
+        def keep(module, inputs, output):
+            self.outputs[name] = output.flatten(1) if self.flat else output
+
+        return keep
+
+    def features(self) -> list[Tensor]:
+        """The activations of the last forward pass, in the order of the names."""
+        return [self.outputs[n] for n in self.names]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def default_layers(model: nn.Module, sample: Tensor, embedding: bool, key: str) -> list[str]:
+    """The layer a feature method uses when `key` names none, found by running `sample` once.
+
+    Among the model's top-level children in the order they run: for `embedding` (RKD) the one that runs
+    just before the last (the head), else the last one whose output is a map (N x C x H x W) with H*W > 1.
+    """
+    order = _run_order(model, sample)
+    if embedding:
+        if len(order) < 2:
+            raise UserError(f"{key}: no default for a model of one top-level layer; name the embedding layer")
+        return [order[-2][0]]
+    maps = [name for name, out in order if out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1]
+    if not maps:
+        raise UserError(f"{key}: the model has no top-level layer that outputs a feature map; name one")
+    return [maps[-1]]
+
+
+def _run_order(model: nn.Module, sample: Tensor) -> list[tuple[str, Tensor]]:
+    tap = FeatureTap(model, [name for name, _ in model.named_children()], "layers")
+    try:
+        probe(model, sample)
+    finally:
+        tap.remove()
+    return list(tap.outputs.items())  # filled in the order the children ran
+
+
+def probe(model: nn.Module, sample: Tensor) -> None:
+    """One forward pass in eval mode without gradients (the training state and the buffers are untouched)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(sample)
+    model.train(was_training)

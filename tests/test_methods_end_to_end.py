@@ -1,0 +1,91 @@
+"""Every distillation method in real runs on the smoke config with a small conv student: its parts in
+metrics.csv add up to the training loss, its state is saved, a stop in the middle of an epoch resumes
+exactly; and the feature methods' layer mistakes are one line with exit 2 before the teacher trains."""
+
+import pandas as pd
+import pytest
+import torch
+from helpers import compose_config, kd_run, read_run, usage_error_line
+from test_resume import stop_after
+
+from kd_runner import pipeline
+from kd_runner.errors import RunInterrupted
+from kd_runner.train.distill import METHOD_PARTS
+
+ARGS = ("experiment=smoke", "student=cnn", "student.width=8", "student.depth=2", "alpha=0.3")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("methods-cache")
+
+
+@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd"])
+def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch(method, cache, tmp_path):
+    cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}")
+    ref = pipeline.run(cfg, tmp_path / "ref")
+    _, rows = read_run(tmp_path / "ref")
+    student = rows[rows.stage == "student"]
+    parts = student[list(METHOD_PARTS[method])]
+    assert parts.notna().all().all() and (parts > 0).all().all()
+    expected = 0.3 * student.loss_ce + 0.7 * parts.sum(axis=1)
+    pd.testing.assert_series_equal(student.train_loss, expected, check_names=False, rtol=1e-5)
+    assert (tmp_path / "ref" / "distill.pt").exists() == (method == "fitnet")
+
+    with pytest.raises(RunInterrupted) as exc:  # teacher cached: 1 check at the start, then 23 batches an epoch
+        pipeline.run(cfg, tmp_path / "run", stop=stop_after(30))
+    assert (exc.value.stage, exc.value.epoch) == ("student", 2)
+    resumed = pipeline.run(cfg, tmp_path / "run")
+    assert resumed["metrics"] == ref["metrics"]
+    pd.testing.assert_frame_equal(read_run(tmp_path / "run")[1], rows, check_exact=True)
+    if method == "fitnet":
+        saved = [torch.load(p / "distill.pt", weights_only=True) for p in (tmp_path / "ref", tmp_path / "run")]
+        assert saved[0].keys() == saved[1].keys() and all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+
+
+def test_the_default_kd_run_logs_ce_and_kd_parts(cache, tmp_path):
+    pipeline.run(compose_config(*ARGS, f"cache_dir={cache}"), tmp_path / "run")
+    student = read_run(tmp_path / "run")[1].query("stage == 'student'")
+    pd.testing.assert_series_equal(
+        student.train_loss, 0.3 * student.loss_ce + 0.7 * student.loss_kd, check_names=False, rtol=1e-6
+    )
+    assert student[["loss_tckd", "loss_hint", "loss_at"]].isna().all().all()
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (
+            ["student=mlp", "distill=at", "distill.student_layers=[body]"],
+            "layer 'body' of the student outputs (2, 8); distill=at needs feature maps",
+        ),
+        (
+            ["student=mlp", "distill=fitnet"],
+            "student_layers: the model has no top-level layer that outputs a feature map",
+        ),
+        (
+            ["distill=fitnet", "distill.teacher_layers=[layer3]"],
+            "the model has no layer 'layer3'; its layers: features",
+        ),
+    ],
+)
+def test_a_feature_layer_mistake_is_one_line_and_exit_2_before_the_teacher_trains(args, words, tmp_path):
+    proc = kd_run(*ARGS, *args, "hydra.run.dir=run", "cache_dir=cache", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and words in proc.stderr
+    assert not (tmp_path / "cache" / "teachers").exists()
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["distill=at", "distill.gamma=1"], "distill.gamma=1.0 is not allowed: unset: distill=at takes beta"),
+        (["distill=dkd", "distill.weight_nckd=-1"], "distill.weight_nckd=-1.0 is not allowed: a number >= 0"),
+        (["distill=dist", "distill.standardize=true"], "distill.standardize"),
+        (["distill=kd", "distill.student_layers=[pool]"], "distill.student_layers"),
+        (["distill=rkd", "teacher.ensemble=2"], "teacher.ensemble=2 is not allowed: 1 with distill=rkd"),
+        (["distill=at", "compile=true"], "compile=True is not allowed: false with distill=at"),
+    ],
+)
+def test_a_method_parameter_mistake_is_a_usage_error(args, words, capsys):
+    assert words in usage_error_line([*args, "experiment=smoke"], capsys)
