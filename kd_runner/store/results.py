@@ -25,7 +25,11 @@ BEST_STUDENT = "student_best.pt"  # the student of the epoch with the best valid
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
-    write_csv(path, pd.DataFrame(rows, columns=list(CSV_COLUMNS)))
+    """One row per stage and epoch; the top-5 and loss-part columns only where a row has them (the
+    dataset has more than 5 classes; the method has those parts)."""
+    optional = (*TOP5_NAMES, *PART_COLUMNS)
+    columns = [c for c in CSV_COLUMNS if c not in optional or any(c in row for row in rows)]
+    write_csv(path, pd.DataFrame(rows, columns=columns))
 
 
 def best_row(history: list[dict]) -> dict:
