@@ -32,6 +32,7 @@ from kd_runner import pipeline
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.runtime import distributed, interrupt
+from kd_runner.runtime.compute import cpu_cores
 from kd_runner.status import Status
 from kd_runner.store import rundir
 from kd_runner.store.results import summary
@@ -244,10 +245,25 @@ def compose_job(compose, overrides: list[str], multirun: bool) -> tuple[RunConfi
     composed = compose("config", overrides=overrides, return_hydra_config=True)
     key, job_dir = job_directory(composed.hydra, multirun)
     with open_dict(composed):
-        del composed["hydra"]
-    cfg = load_config(OmegaConf.to_container(composed, resolve=True))
+        hydra_cfg = composed.pop("hydra")
+    cfg = job_config(composed, hydra_cfg, multirun)
     pipeline.check_job(cfg, job_dir, dir_key=key, processes=distributed.launched_world_size())
     return cfg, job_dir
+
+
+def job_config(raw: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> RunConfig:
+    """A job's typed config. Under a parallel launcher `threads=0` (all cores) becomes the job's share of
+    the cores, so parallel jobs do not oversubscribe them and record the thread count they computed with."""
+    values = OmegaConf.to_container(raw, resolve=True)
+    if multirun and values.get("threads") == 0 and "n_jobs" in hydra_cfg.launcher:
+        values["threads"] = parallel_threads(hydra_cfg.launcher.n_jobs, cpu_cores())
+    return load_config(values)
+
+
+def parallel_threads(n_jobs: int | None, cores: int) -> int:
+    """Each job's threads when `n_jobs` jobs run at once (joblib's count: -1 all cores, -2 all but one)."""
+    parallel = n_jobs if n_jobs and n_jobs > 0 else max(1, cores + 1 + (n_jobs or -cores))
+    return max(1, cores // parallel)
 
 
 def check_launcher(hydra_cfg: DictConfig, multirun: bool) -> None:
@@ -304,7 +320,7 @@ def hydra_main(raw: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        cfg = load_config(OmegaConf.to_container(raw, resolve=True))
+        cfg = job_config(raw, HydraConfig.get(), multirun)
         record = pipeline.run(cfg, run_dir)
     except RunInterrupted as exc:
         raise JobStopped(exc, interrupt.requested()) from None

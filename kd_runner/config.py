@@ -170,6 +170,10 @@ class RunConfig:
         metadata={"doc": "memory: whole splits on the device | dataloader: DataLoader workers stream batches"},
     )
     num_workers: int = field(default=2, metadata={"doc": "DataLoader worker processes (loader=dataloader)"})
+    threads: int = field(
+        default=0,
+        metadata={"doc": "CPU threads of a job (CPU results depend on it): 0 = all cores, shared by parallel jobs"},
+    )
 
 
 def load_config(raw: typing.Mapping) -> RunConfig:
@@ -278,6 +282,7 @@ def _validate(cfg: RunConfig) -> None:
     _one_of("memory_format", cfg.memory_format, MEMORY_FORMATS)
     _one_of("loader", cfg.loader, LOADERS)
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "expected a whole number >= 0")
+    _check(cfg.threads >= 0, "threads", cfg.threads, "expected a whole number >= 0 (0: all cores)")
     _validate_stage(cfg.teacher, "teacher")
     _validate_stage(cfg.student, "student")
     _check(

@@ -121,7 +121,7 @@ def _experiment(
     cfg: RunConfig, run_dir: Path | None, device: torch.device, shard: distributed.Shard, stop: Callable[[], object]
 ) -> dict:
     timings, start = {}, time.perf_counter()
-    compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile)
+    compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile, cfg.threads)
     compute.configure_backends()
     data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
     split_data = (
@@ -164,7 +164,7 @@ def _experiment(
 
     outputs = RunOutputs(
         logits_source=targets.source,
-        compute={**compute.describe(), "loader": cfg.loader, "processes": shard.world},
+        compute={**compute.describe(), "threads": compute.threads, "loader": cfg.loader, "processes": shard.world},
         transfer=describe_transfer(cfg, student_data),
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
     )
