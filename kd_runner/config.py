@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE = ("none", "backbone")
 LOADERS = ("memory", "dataloader")
 VAL_SPLITS = ("test", "holdout")
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (seeded with every run) takes 32-bit seeds
 
 
 @dataclass
@@ -272,8 +273,15 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
         _check(path is None or Path(path).is_file(), f"{key}.{name}", path, "no such file; expected a saved state dict")
 
 
-def _validate(cfg: RunConfig) -> None:
+def _check_seed(key: str, seed: int, count: int = 1) -> None:
+    """`count` seeds from `seed` on (an ensemble uses seed, seed+1, ...) must all be valid numpy seeds."""
+    top = SEED_MAX - count + 1
+    _check(0 <= seed <= top, key, seed, f"expected a whole number in [0, {top}]")
 
+
+def _validate(cfg: RunConfig) -> None:
+    _check_seed("seed", cfg.seed)
+    _check_seed("teacher.seed", cfg.teacher.seed, max(cfg.teacher.ensemble, 1))
     _check(0 <= cfg.alpha <= 1, "alpha", cfg.alpha, "expected a number in [0, 1] (weight of the hard-label loss)")
     _check(cfg.temperature > 0, "temperature", cfg.temperature, "expected a number > 0")
     _one_of("soft_loss", cfg.soft_loss, SOFT_LOSSES)
@@ -319,6 +327,7 @@ def _validate_dataset(d: DatasetConfig, key: str) -> None:
         d.download,
         f"false for {d.name}: torchvision downloads only " + ", ".join(DOWNLOADABLE),
     )
+    _check_seed(f"{key}.split_seed", d.split_seed)
     _check(0 < d.val_fraction < 1, f"{key}.val_fraction", d.val_fraction, "expected a number in (0, 1)")
     _check(d.num_samples >= 2, f"{key}.num_samples", d.num_samples, "expected a whole number >= 2")
     _check(d.image_size >= 4, f"{key}.image_size", d.image_size, "expected a whole number >= 4")
