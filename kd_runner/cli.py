@@ -40,6 +40,8 @@ from kd_runner.sweep.aggregate import job_dirs, read_plan, write_plan
 from kd_runner.sweep.cli import finish_sweep
 
 CONFIG_MODULE = "kd_runner.conf"
+# Hydra's flags that print something and run no job: they go straight to Hydra (long and short forms)
+INFO_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
 log = logging.getLogger("kd_runner")
 
 
@@ -88,13 +90,11 @@ class JobStopped(BaseException):
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     register_schema()
-    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):  # --help, --cfg, ...
+    if any(a.split("=", 1)[0] in INFO_FLAGS for a in argv):  # --help, --cfg, ...: Hydra prints, no job runs
         sys.argv = [sys.argv[0], *argv]
         return hydra_main()
     try:
-        plan = preflight(
-            [a for a in argv if a not in ("-m", "--multirun")], multirun="-m" in argv or "--multirun" in argv
-        )
+        plan = preflight(job_overrides(argv), multirun="-m" in argv or "--multirun" in argv)
     except UserError as exc:
         fail(exc)
     if distributed.launched_rank() > 0:
@@ -113,6 +113,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(RunInterrupted.exit_code)
     if code:
         sys.exit(code)
+
+
+def job_overrides(argv: list[str]) -> list[str]:
+    """The overrides of a call that runs jobs; a Hydra flag the preflight cannot check is refused, so no job
+    ever runs (or writes) unchecked."""
+    flags = [a.split("=", 1)[0] for a in argv if a.startswith("-") and a not in ("-m", "--multirun")]
+    if flags:
+        info = ", ".join(f for f in INFO_FLAGS if f.startswith("--"))
+        raise UserError(
+            f"{flags[0]} is not supported by kd-run: it runs jobs of its own config (conf/config.yaml) given "
+            f"overrides and -m/--multirun; these flags only print: {info}"
+        )
+    return [a for a in argv if a not in ("-m", "--multirun")]
 
 
 def run_single() -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from helpers import usage_error_line
 
+from kd_runner import cli
+
 SEED_TOP = "4294967295"
 PREFLIGHT_CASES = [
     (["seed=-1"], ["seed=-1", f"[0, {SEED_TOP}]"]),
@@ -24,4 +26,29 @@ def test_refused_in_the_preflight_with_one_line(args, expected, tmp_path, monkey
     err = usage_error_line(["experiment=smoke", *args], capsys)
     for text in expected:
         assert text in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "alpha=0,2", "--config-name", "config"],
+        ["--config-path", "elsewhere", "alpha=0.5"],
+        ["-cn=other", "alpha=0.5"],
+        ["--run", "alpha=2"],
+    ],
+)
+def test_no_hydra_flag_turns_off_the_preflight(args, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    err = usage_error_line(["experiment=smoke", *args], capsys)
+    assert "is not allowed" in err or "is not supported by kd-run" in err
+    assert list(tmp_path.iterdir()) == []  # no job ran, nothing was written
+
+
+@pytest.mark.parametrize("flags", [["--cfg=job"], ["-c", "job"], ["--info"]])
+def test_informational_flags_still_go_to_hydra(flags, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["kd-run"])
+    cli.main(["experiment=smoke", *flags])
+    assert capsys.readouterr().out.strip()
     assert list(tmp_path.iterdir()) == []
