@@ -13,6 +13,7 @@ from helpers import compose_config
 from kd_runner import pipeline
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData
+from kd_runner.models import build_model
 from kd_runner.runtime.compute import Compute
 from kd_runner.store.files import sha256_file
 from kd_runner.teacher import stage
@@ -61,6 +62,34 @@ def test_a_damaged_entry_is_reported_in_one_line_removed_and_rebuilt(cached, tmp
     assert record["teacher"]["source"] == "trained"
     assert record["metrics"] == first["metrics"]  # the rebuilt teacher is the same teacher
     assert sha256_file(weights) == json.loads(manifest.read_text())["sha256"]  # a whole entry again
+
+
+def rewrite_entry(weights, manifest, obj=None, **fields):
+    """Replace an entry's content, with a manifest whose checksum matches (damage no checksum can see)."""
+    if obj is not None:
+        torch.save(obj, weights)
+    old = json.loads(manifest.read_text())
+    kept = {k: v for k, v in {**old, **fields}.items() if v is not None}  # a field set to None is left out
+    manifest.write_text(json.dumps({**kept, "sha256": sha256_file(weights)}))
+
+
+DIGITS = {"in_channels": 1, "num_classes": 10, "image_size": 8}
+BAD_CONTENT = {
+    "a tensor": lambda w, m: rewrite_entry(w, m, torch.zeros(3)),
+    "another network": lambda w, m: rewrite_entry(w, m, build_model("mlp", **DIGITS).state_dict()),
+    "pickled code": lambda w, m: rewrite_entry(w, m, build_model("cnn", **DIGITS)),
+    "no history": lambda w, m: rewrite_entry(w, m, history=None),
+}
+
+
+@pytest.mark.parametrize("content", list(BAD_CONTENT))
+def test_an_entry_with_a_matching_checksum_but_bad_content_is_rebuilt(cached, tmp_path, caplog, content):
+    cfg, first, teachers = cached
+    BAD_CONTENT[content](*entry_files(teachers))
+    record = pipeline.run(cfg, tmp_path / "run")
+    assert "corrupted or incomplete: removed, fine-tuning again" in caplog.text
+    assert record["teacher"]["source"] == "trained" and record["metrics"] == first["metrics"]
+    assert pipeline.run(cfg, tmp_path / "again")["teacher"]["source"] == "cache"  # a whole entry again
 
 
 def test_a_half_written_entry_is_never_read(cached, tmp_path, caplog):

@@ -88,16 +88,20 @@ def publish_checked(obj, entry: Path, **manifest) -> None:
     write_json(entry.with_suffix(".json"), {"sha256": sha256_file(data), **manifest})
 
 
-def load_checked(entry: Path, what: str, redo: str) -> tuple[object, dict] | None:
-    """(object, manifest) of an entry made by `publish_checked`, or None when there is none. An entry
-    whose file does not match its manifest is reported ("`what` ... removed, `redo`"), removed, and None."""
+def load_checked(entry: Path, what: str, redo: str, fits=None) -> tuple[object, dict] | None:
+    """(object, manifest) of an entry made by `publish_checked`, or None when there is none. An entry that
+    is unreadable, does not match its manifest, or whose content `fits(obj, manifest)` rejects (another
+    network's weights, pickled code, a manifest without its fields) is reported ("`what` ... removed,
+    `redo`"), removed, and None."""
     data, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
     if not manifest_path.is_file():
         return None
-    with suppress(ValueError, KeyError, TypeError, OSError, RuntimeError):  # unreadable: broken
+    with suppress(Exception):  # whatever makes it unreadable (JSON, I/O, pickled code, torch), it is broken
         manifest = json.loads(manifest_path.read_text())
         if data.is_file() and sha256_file(data) == manifest["sha256"]:
-            return torch.load(data, map_location="cpu", weights_only=True), manifest
+            obj = torch.load(data, map_location="cpu", weights_only=True)
+            if fits is None or fits(obj, manifest):
+                return obj, manifest
     log.warning("%s %s is corrupted or incomplete: removed, %s", what, entry, redo)
     data.unlink(missing_ok=True)
     manifest_path.unlink(missing_ok=True)

@@ -85,11 +85,8 @@ def teacher_logits(
 
 def _load(entry: Path, rows: int) -> torch.Tensor | None:
     """The cached logits of `rows` samples, or None when there is no valid entry (a broken one is removed)."""
-    loaded = load_checked(entry, "teacher logits cache entry", "computing again")
-    if loaded is None:
-        return None
-    logits, manifest = loaded
-    if not isinstance(logits, torch.Tensor) or list(logits.shape) != manifest.get("shape") or len(logits) != rows:
-        log.warning("teacher logits cache entry %s does not fit %d samples: computing again", entry, rows)
-        return None
-    return logits
+    def fits(logits, manifest) -> bool:
+        return isinstance(logits, torch.Tensor) and list(logits.shape) == manifest.get("shape") and len(logits) == rows
+
+    loaded = load_checked(entry, "teacher logits cache entry", "computing again", fits)
+    return None if loaded is None else loaded[0]

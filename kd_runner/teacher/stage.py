@@ -138,7 +138,14 @@ def _save_entry(model, history: list[dict], entry: Path, cfg: RunConfig) -> None
 
 def _load_entry(model, entry: Path) -> list[dict] | None:
     """The cached history after loading the weights into `model`, or None when there is no valid entry."""
-    loaded = load_checked(entry, "teacher cache entry", "fine-tuning again")
+    def fits(state, manifest) -> bool:
+        return (
+            isinstance(state, dict)
+            and state_dict_mismatch(model, state) is None
+            and isinstance(manifest.get("history"), list)
+        )
+
+    loaded = load_checked(entry, "teacher cache entry", "fine-tuning again", fits)
     if loaded is None:
         return None
     state, manifest = loaded
