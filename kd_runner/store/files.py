@@ -7,6 +7,7 @@ whether the writer finished, crashed or was killed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -110,15 +111,27 @@ def load_checked(entry: Path, what: str, redo: str, fits=None) -> tuple[object, 
 
 @contextmanager
 def file_lock(path: Path | str) -> Iterator[None]:
-    """An exclusive inter-process lock (flock) held for the duration of the block."""
+    """An exclusive inter-process lock (flock) held for the duration of the block.
+
+    In a folder this process may only read (a shared, read-only cache) the lock file is opened read-only,
+    which flock accepts; without one there, no process can write the folder, so reading needs no lock.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fd = os.open(path, os.O_RDONLY) if path.exists() else None
+    if fd is None:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager

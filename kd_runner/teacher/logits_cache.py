@@ -26,7 +26,7 @@ from torch import nn
 
 from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
-from kd_runner.store.files import digest, file_lock, load_checked, publish_checked, tensors_digest
+from kd_runner.store.files import check_writable, digest, file_lock, load_checked, publish_checked, tensors_digest
 from kd_runner.train import engine
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def teacher_logits(
             entry = folder / f"{key}-{split}"
             cached = _load(entry, len(images))
             if cached is None:
+                check_writable(folder, "cache_dir")
                 cached = engine.predict(model, d, images).cpu()
                 publish_checked(cached, entry, shape=list(cached.shape))
                 computed.append(split)
@@ -85,6 +86,7 @@ def teacher_logits(
 
 def _load(entry: Path, rows: int) -> torch.Tensor | None:
     """The cached logits of `rows` samples, or None when there is no valid entry (a broken one is removed)."""
+
     def fits(logits, manifest) -> bool:
         return isinstance(logits, torch.Tensor) and list(logits.shape) == manifest.get("shape") and len(logits) == rows
 
