@@ -52,3 +52,20 @@ def test_informational_flags_still_go_to_hydra(flags, tmp_path, monkeypatch, cap
     cli.main(["experiment=smoke", *flags])
     assert capsys.readouterr().out.strip()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_directory_name_too_long_for_the_file_system(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    err = usage_error_line(["experiment=smoke", f"hydra.run.dir={'x' * 300}"], capsys)
+    assert "hydra.run.dir='xxx" in err and "File name too long" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", ["[]", '"a string"', "3"])
+def test_a_result_json_that_is_no_record(content, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "result.json").write_text(content)
+    err = usage_error_line(["experiment=smoke", "hydra.run.dir=run"], capsys)
+    assert "result.json holds a JSON" in err and "not a kd-run record" in err
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["result.json"]

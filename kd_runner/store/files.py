@@ -161,7 +161,10 @@ def remove_stale_temps(folder: Path | str, prefix: str = "") -> None:
 def check_writable(path: Path | str, key: str) -> None:
     """Raise UserError unless `path` is, or can be created as, a directory this process may write in."""
     target = Path(path).absolute()
-    existing = next(p for p in (target, *target.parents) if p.exists())
+    try:
+        existing = next(p for p in (target, *target.parents) if p.exists())
+    except OSError as exc:  # a name longer than the file system allows, a loop of links, ...
+        raise UserError(f"{key}={str(path)!r} cannot be created: {exc.strerror}") from None
     if not existing.is_dir():
         raise UserError(f"{key}={str(path)!r} cannot be created: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
