@@ -25,6 +25,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE = ("none", "backbone")
 LOADERS = ("memory", "dataloader")
 VAL_SPLITS = ("test", "holdout")
+# beyond these, logits / T or the T^2 scaling overflow float32: a NaN that would read as a learning-rate problem
+TEMPERATURES = (0.01, 100)
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding (seeded with every run) takes 32-bit seeds
 
 
@@ -144,7 +146,9 @@ class RunConfig:
         default=0.5,
         metadata={"doc": "weight of the hard-label loss in [0, 1]: 1 = no distillation, 0 = pure distillation"},
     )
-    temperature: float = field(default=4.0, metadata={"doc": "softening temperature T > 0 of the soft targets"})
+    temperature: float = field(
+        default=4.0, metadata={"doc": "softening temperature T of the soft targets, in [0.01, 100]"}
+    )
     soft_loss: str = field(
         default="kl", metadata={"doc": "kl (Hinton, T^2-scaled) | soft_ce (T^2-scaled) | mse (raw logits, ignores T)"}
     )
@@ -283,7 +287,12 @@ def _validate(cfg: RunConfig) -> None:
     _check_seed("seed", cfg.seed)
     _check_seed("teacher.seed", cfg.teacher.seed, max(cfg.teacher.ensemble, 1))
     _check(0 <= cfg.alpha <= 1, "alpha", cfg.alpha, "expected a number in [0, 1] (weight of the hard-label loss)")
-    _check(cfg.temperature > 0, "temperature", cfg.temperature, "expected a number > 0")
+    _check(
+        TEMPERATURES[0] <= cfg.temperature <= TEMPERATURES[1],
+        "temperature",
+        cfg.temperature,
+        f"expected a number in [{TEMPERATURES[0]}, {TEMPERATURES[1]}] (softening; Hinton et al. use 1 to 20)",
+    )
     _one_of("soft_loss", cfg.soft_loss, SOFT_LOSSES)
     _one_of("device", cfg.device, DEVICES)
     _one_of("precision", cfg.precision, PRECISIONS)

@@ -17,6 +17,8 @@ PREFLIGHT_CASES = [
     (["teacher.seed=4294967295", "teacher.ensemble=2"], ["teacher.seed=4294967295", "[0, 4294967294]"]),
     (["dataset.split_seed=-1"], ["dataset.split_seed=-1", f"[0, {SEED_TOP}]"]),
     (["transfer=digits", "transfer.dataset.split_seed=-1"], ["transfer.dataset.split_seed=-1"]),
+    (["temperature=1e-200"], ["temperature=1e-200", "[0.01, 100]"]),
+    (["temperature=1e200"], ["temperature=1e+200", "[0.01, 100]"]),
 ]
 
 
