@@ -3,10 +3,15 @@ gives one line naming the key or file, exit 2, and nothing written (docs/errors.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 from helpers import usage_error_line
 
 from kd_runner import cli
+from kd_runner.errors import UserError
+from kd_runner.store.files import read_state_dict
 
 SEED_TOP = "4294967295"
 PREFLIGHT_CASES = [
@@ -71,3 +76,21 @@ def test_a_result_json_that_is_no_record(content, tmp_path, monkeypatch, capsys)
     err = usage_error_line(["experiment=smoke", "hydra.run.dir=run"], capsys)
     assert "result.json holds a JSON" in err and "not a kd-run record" in err
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["result.json"]
+
+
+class RunsCode:
+    """Unpickling this runs `os.system`: what a malicious checkpoint does."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize(
+    "obj,name", [({"w": RunsCode()}, "system"), (torch.nn.Linear(2, 2), "torch.nn.modules.linear.Linear")]
+)
+def test_a_checkpoint_with_pickled_code_is_named_as_such_with_this_torch(obj, name, tmp_path):
+    path = tmp_path / "code.pt"
+    torch.save(obj, path)
+    with pytest.raises(UserError) as refused:
+        read_state_dict(path, "teacher.checkpoint")
+    assert "holds pickled code or objects" in str(refused.value) and name in str(refused.value)
