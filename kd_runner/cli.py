@@ -23,7 +23,7 @@ from pathlib import Path
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -320,6 +320,11 @@ def hydra_message(exc: HydraException) -> str:
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
         group, _, option = exc.missing_cfg_file.rpartition("/")
         return f"{group}={option!r} is not allowed: one of: {', '.join(sorted(exc.options))}"
+    if isinstance(exc, OverrideParseException):  # e.g. unquoted characters outside Hydra's grammar (é, spaces)
+        return (
+            f"cannot parse the override {exc.override!r}: check its syntax; a value with characters other than "
+            "ASCII letters, digits, _ - . / must be quoted, e.g. 'dataset.root=\"données\"' in the shell"
+        )
     cause = exc.__cause__
     if cause is not None and hasattr(cause, "full_key"):
         reason = str(cause).strip().splitlines()[0]

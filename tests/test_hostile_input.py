@@ -94,3 +94,10 @@ def test_a_checkpoint_with_pickled_code_is_named_as_such_with_this_torch(obj, na
     with pytest.raises(UserError) as refused:
         read_state_dict(path, "teacher.checkpoint")
     assert "holds pickled code or objects" in str(refused.value) and name in str(refused.value)
+
+
+@pytest.mark.parametrize("override", ["dataset.root=données", "alpha=0,,1"])
+def test_an_override_hydra_cannot_parse_says_to_quote(override, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    err = usage_error_line(["experiment=smoke", override], capsys)
+    assert f"cannot parse the override '{override}'" in err and "must be quoted" in err
