@@ -259,6 +259,11 @@ def compose_job(compose, overrides: list[str], multirun: bool) -> tuple[RunConfi
     key, job_dir = job_directory(composed.hydra, multirun)
     with open_dict(composed):
         hydra_cfg = composed.pop("hydra")
+    if hydra_cfg.job.chdir:  # the job would read relative paths from its run directory, the preflight from here
+        raise UserError(
+            "hydra.job.chdir=true is not supported: kd-run reads relative paths (dataset.root, teacher.checkpoint, "
+            "cache_dir, ...) from the directory it starts in and writes into hydra.run.dir without it"
+        )
     cfg = job_config(composed, hydra_cfg, multirun)
     pipeline.check_job(cfg, job_dir, dir_key=key, processes=distributed.launched_world_size())
     return cfg, job_dir

@@ -253,9 +253,10 @@ def _one_of(key: str, value, options) -> None:
 
 
 def _validate_stage(stage: StageConfig, key: str) -> None:
-    from kd_runner.models import MODEL_NAMES
+    from kd_runner.models import MODEL_NAMES, check_pretrained
 
     _one_of(f"{key}.name", stage.name, MODEL_NAMES)
+    check_pretrained(stage.name, stage.pretrained, stage.weights_path, f"{key}.pretrained")
     _one_of(f"{key}.optimizer", stage.optimizer, OPTIMIZERS)
     _one_of(f"{key}.scheduler", stage.scheduler, SCHEDULERS)
     _one_of(f"{key}.freeze", stage.freeze, FREEZE)

@@ -101,3 +101,18 @@ def test_an_override_hydra_cannot_parse_says_to_quote(override, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     err = usage_error_line(["experiment=smoke", override], capsys)
     assert f"cannot parse the override '{override}'" in err and "must be quoted" in err
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["teacher.pretrained=true"], "teacher.pretrained=True is not allowed: false for cnn"),
+        (["student.pretrained=true"], "student.pretrained=True is not allowed: false for mlp"),
+        (["hydra.job.chdir=true", "teacher.checkpoint=t.pt", "teacher.epochs=0"], "hydra.job.chdir=true is not"),
+    ],
+)
+def test_settings_the_job_would_fail_on_are_refused_in_the_preflight(args, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torch.save({}, tmp_path / "t.pt")
+    assert expected in usage_error_line(["experiment=smoke", *args], capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.pt"]
