@@ -4,14 +4,15 @@ gives one line naming the key or file, exit 2, and nothing written (docs/errors.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import torch
-from helpers import usage_error_line
+from helpers import compose_config, usage_error_line
 
-from kd_runner import cli
+from kd_runner import cli, pipeline
 from kd_runner.errors import UserError
-from kd_runner.store.files import read_state_dict
+from kd_runner.store.files import read_state_dict, remove_orphan_temps
 
 SEED_TOP = "4294967295"
 PREFLIGHT_CASES = [
@@ -116,3 +117,29 @@ def test_settings_the_job_would_fail_on_are_refused_in_the_preflight(args, expec
     torch.save({}, tmp_path / "t.pt")
     assert expected in usage_error_line(["experiment=smoke", *args], capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["t.pt"]
+
+
+def test_temporary_files_of_killed_writers_are_removed_and_a_live_writers_kept(tmp_path):
+    dead = _finished_pid()
+    orphan, live = tmp_path / f".curves.png.{dead}.tmp", tmp_path / f".runs.csv.{os.getpid()}.tmp"
+    orphan.write_bytes(b"half a plot")
+    live.write_bytes(b"being written")
+    remove_orphan_temps(tmp_path)
+    assert not orphan.exists() and live.exists()
+
+
+def _finished_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporary_files_in_the_teacher_logits_cache_are_removed(tmp_path):
+    cfg = compose_config("experiment=smoke", f"cache_dir={tmp_path / 'cache'}", "teacher.epochs=1", "student.epochs=1")
+    pipeline.run(cfg, tmp_path / "a")
+    folder = tmp_path / "cache" / "teacher_logits"
+    (entry,) = folder.glob("*-val.pt")
+    stale = folder / f".{entry.name}.99999999.tmp"
+    stale.write_bytes(b"partial")
+    pipeline.run(cfg, tmp_path / "b")
+    assert not stale.exists()

@@ -158,6 +158,25 @@ def remove_stale_temps(folder: Path | str, prefix: str = "") -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_orphan_temps(folder: Path | str) -> None:
+    """Delete the temporary files of `atomic_path` writers that are gone (the name holds the writer's pid):
+    safe without a lock, as a live writer's file is kept."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def check_writable(path: Path | str, key: str) -> None:
     """Raise UserError unless `path` is, or can be created as, a directory this process may write in."""
     target = Path(path).absolute()

@@ -26,7 +26,15 @@ from torch import nn
 
 from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
-from kd_runner.store.files import check_writable, digest, file_lock, load_checked, publish_checked, tensors_digest
+from kd_runner.store.files import (
+    check_writable,
+    digest,
+    file_lock,
+    load_checked,
+    publish_checked,
+    remove_stale_temps,
+    tensors_digest,
+)
 from kd_runner.train import engine
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,7 @@ def teacher_logits(
     folder = Path(cache_dir) / "teacher_logits"
     logits, computed = {}, []
     with file_lock(folder / f"{key}.lock"):
+        remove_stale_temps(folder, key)  # of a writer killed while it published this entry
         for split in splits:
             images = getattr(d, split).images
             entry = folder / f"{key}-{split}"
