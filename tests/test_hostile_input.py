@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 import torch
-from helpers import compose_config, usage_error_line
+from helpers import compose_config, kd_run, usage_error_line
 
-from kd_runner import cli, pipeline
+from kd_runner import pipeline
 from kd_runner.errors import UserError
 from kd_runner.store.files import read_state_dict, remove_orphan_temps
 
@@ -54,11 +54,8 @@ def test_no_hydra_flag_turns_off_the_preflight(args, tmp_path, monkeypatch, caps
 
 
 @pytest.mark.parametrize("flags", [["--cfg=job"], ["-c", "job"], ["--info"]])
-def test_informational_flags_still_go_to_hydra(flags, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["kd-run"])
-    cli.main(["experiment=smoke", *flags])
-    assert capsys.readouterr().out.strip()
+def test_informational_flags_still_go_to_hydra(flags, tmp_path):
+    assert kd_run("experiment=smoke", *flags, cwd=tmp_path).stdout.strip()
     assert list(tmp_path.iterdir()) == []
 
 
