@@ -26,7 +26,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -35,6 +35,7 @@ from kd_runner import pipeline
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.runtime import distributed, interrupt
+from kd_runner.runtime.compute import cpu_cores
 from kd_runner.status import Status
 from kd_runner.store import rundir
 from kd_runner.store.results import job_line, summary
@@ -43,6 +44,8 @@ from kd_runner.sweep.aggregate import job_dirs, planned_reuse, read_plan, reuse_
 from kd_runner.sweep.cli import finish_sweep
 
 CONFIG_MODULE = "kd_runner.conf"
+# Hydra's flags that print something and run no job: they go straight to Hydra (long and short forms)
+INFO_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
 log = logging.getLogger("kd_runner")
 
 
@@ -92,15 +95,12 @@ class JobStopped(BaseException):
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     register_schema()
-    rest, search_path = config_dir_override(argv)
-    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in rest):  # --help, --cfg, ...
+    if any(a.split("=", 1)[0] in INFO_FLAGS for a in argv):  # --help, --cfg, ...: Hydra prints, no job runs
         sys.argv = [sys.argv[0], *argv]
         return hydra_main()
     try:
-        plan = preflight(
-            [a for a in rest if a not in ("-m", "--multirun")] + search_path,
-            multirun="-m" in rest or "--multirun" in rest,
-        )
+        rest, search_path = config_dir_override(argv)
+        plan = preflight(job_overrides(rest) + search_path, multirun="-m" in rest or "--multirun" in rest)
     except UserError as exc:
         fail(exc)
     if distributed.launched_rank() > 0:
@@ -134,6 +134,19 @@ def config_dir_override(argv: list[str]) -> tuple[list[str], list[str]]:
             rest.append(arg)
     paths = ", ".join(quoted("file://" + os.path.abspath(d)) for d in dirs)
     return rest, [f"hydra.searchpath=[{paths}]"] if dirs else []
+
+
+def job_overrides(argv: list[str]) -> list[str]:
+    """The overrides of a call that runs jobs; a Hydra flag the preflight cannot check is refused, so no job
+    ever runs (or writes) unchecked."""
+    flags = [a.split("=", 1)[0] for a in argv if a.startswith("-") and a not in ("-m", "--multirun")]
+    if flags:
+        info = ", ".join(f for f in INFO_FLAGS if f.startswith("--"))
+        raise UserError(
+            f"{flags[0]} is not supported by kd-run: it runs jobs of its own config (conf/config.yaml) given "
+            f"overrides and -m/--multirun; these flags only print: {info}"
+        )
+    return [a for a in argv if a not in ("-m", "--multirun")]
 
 
 def run_single() -> int:
@@ -301,10 +314,30 @@ def compose_job(compose, overrides: list[str], multirun: bool, known: bool) -> t
     composed = compose("config", overrides=overrides, return_hydra_config=True)
     key, job_dir = job_directory(composed.hydra, multirun) if known else ("hydra.sweep.dir", None)
     with open_dict(composed):
-        del composed["hydra"]
-    cfg = load_config(OmegaConf.to_container(composed, resolve=True))
+        hydra_cfg = composed.pop("hydra")
+    if hydra_cfg.job.chdir:  # the job would read relative paths from its run directory, the preflight from here
+        raise UserError(
+            "hydra.job.chdir=true is not supported: kd-run reads relative paths (dataset.root, teacher.checkpoint, "
+            "cache_dir, ...) from the directory it starts in and writes into hydra.run.dir without it"
+        )
+    cfg = job_config(composed, hydra_cfg, multirun)
     pipeline.check_job(cfg, job_dir, dir_key=key, processes=distributed.launched_world_size())
     return cfg, job_dir
+
+
+def job_config(raw: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> RunConfig:
+    """A job's typed config. Under a parallel launcher `threads=0` (all cores) becomes the job's share of
+    the cores, so parallel jobs do not oversubscribe them and record the thread count they computed with."""
+    values = OmegaConf.to_container(raw, resolve=True)
+    if multirun and values.get("threads") == 0 and "n_jobs" in hydra_cfg.launcher:
+        values["threads"] = parallel_threads(hydra_cfg.launcher.n_jobs, cpu_cores())
+    return load_config(values)
+
+
+def parallel_threads(n_jobs: int | None, cores: int) -> int:
+    """Each job's threads when `n_jobs` jobs run at once (joblib's count: -1 all cores, -2 all but one)."""
+    parallel = n_jobs if n_jobs and n_jobs > 0 else max(1, cores + 1 + (n_jobs or -cores))
+    return max(1, cores // parallel)
 
 
 def check_launcher(hydra_cfg: DictConfig, multirun: bool, known: bool) -> None:
@@ -351,6 +384,11 @@ def hydra_message(exc: HydraException) -> str:
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
         group, _, option = exc.missing_cfg_file.rpartition("/")
         return f"{group}={option!r} is not allowed: one of: {', '.join(sorted(exc.options))}"
+    if isinstance(exc, OverrideParseException):  # e.g. unquoted characters outside Hydra's grammar (é, spaces)
+        return (
+            f"cannot parse the override {exc.override!r}: check its syntax; a value with characters other than "
+            "ASCII letters, digits, _ - . / must be quoted, e.g. 'dataset.root=\"données\"' in the shell"
+        )
     cause = exc.__cause__
     if cause is not None and hasattr(cause, "full_key"):
         reason = str(cause).strip().splitlines()[0]
@@ -382,7 +420,7 @@ def start_job(raw: DictConfig, run_dir: Path, multirun: bool) -> RunConfig:
     they run (Optuna): a mistake stops the sweep with one line and exit 2, and the job's directory (only
     Hydra's .hydra/ and log so far) is removed."""
     try:
-        cfg = load_config(OmegaConf.to_container(raw, resolve=True))
+        cfg = job_config(raw, HydraConfig.get(), multirun)
         if multirun:
             pipeline.check_job(cfg, run_dir, dir_key="hydra.sweep.dir", processes=distributed.launched_world_size())
         return cfg

@@ -37,6 +37,9 @@ METHOD_PARAMS = {
 }
 FEATURE_METHODS = ("fitnet", "at", "rkd")
 STANDARDIZABLE = ("kd", "dkd")
+# beyond these, logits / T or the T^2 scaling overflow float32: a NaN that would read as a learning-rate problem
+TEMPERATURES = (0.01, 100)
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (seeded with every run) takes 32-bit seeds
 
 
 @dataclass
@@ -217,7 +220,9 @@ class RunConfig:
         default=0.5,
         metadata={"doc": "weight of the hard-label loss in [0, 1]: 1 = no distillation, 0 = pure distillation"},
     )
-    temperature: float = field(default=4.0, metadata={"doc": "softening temperature T > 0 of the soft targets"})
+    temperature: float = field(
+        default=4.0, metadata={"doc": "softening temperature T of the soft targets, in [0.01, 100]"}
+    )
     soft_loss: str = field(
         default="kl", metadata={"doc": "kl (Hinton, T^2-scaled) | soft_ce (T^2-scaled) | mse (raw logits, ignores T)"}
     )
@@ -260,6 +265,10 @@ class RunConfig:
     )
     seeds_per_trial: int = field(
         default=1, metadata={"doc": "seeds a search trial runs (seed, seed+1, ...); its value is their mean"}
+    )
+    threads: int = field(
+        default=0,
+        metadata={"doc": "CPU threads of a job (CPU results depend on it): 0 = all cores, shared by parallel jobs"},
     )
 
 
@@ -354,9 +363,11 @@ def _one_of(key: str, value, options) -> None:
 
 
 def _validate_stage(stage: StageConfig, key: str) -> None:
-    from kd_runner.models import MODEL_NAMES
+    from kd_runner.models import MODEL_NAMES, check_pretrained
 
     _validate_target(stage.model, stage.name, MODEL_NAMES, f"{key}.model", f"{key}.name")
+    if stage.model["_target_"] is None:
+        check_pretrained(stage.name, stage.pretrained, stage.weights_path, f"{key}.pretrained")
     _one_of(f"{key}.optimizer", stage.optimizer, OPTIMIZERS)
     _one_of(f"{key}.scheduler", stage.scheduler, SCHEDULERS)
     _one_of(f"{key}.freeze", stage.freeze, FREEZE)
@@ -396,11 +407,24 @@ def _validate_target(spec: dict, name: str, builtin: tuple[str, ...], key: str, 
     )
 
 
+def _check_seed(key: str, seed: int, count: int = 1) -> None:
+    """`count` seeds from `seed` on (an ensemble uses seed, seed+1, ...) must all be valid numpy seeds."""
+    top = SEED_MAX - count + 1
+    _check(0 <= seed <= top, key, seed, f"expected a whole number in [0, {top}]")
+
+
 def _validate(cfg: RunConfig) -> None:
     from kd_runner.train.metrics import METRIC_NAMES
 
+    _check_seed("seed", cfg.seed)
+    _check_seed("teacher.seed", cfg.teacher.seed, max(cfg.teacher.ensemble, 1))
     _check(0 <= cfg.alpha <= 1, "alpha", cfg.alpha, "expected a number in [0, 1] (weight of the hard-label loss)")
-    _check(cfg.temperature > 0, "temperature", cfg.temperature, "expected a number > 0")
+    _check(
+        TEMPERATURES[0] <= cfg.temperature <= TEMPERATURES[1],
+        "temperature",
+        cfg.temperature,
+        f"expected a number in [{TEMPERATURES[0]}, {TEMPERATURES[1]}] (softening; Hinton et al. use 1 to 20)",
+    )
     _one_of("soft_loss", cfg.soft_loss, SOFT_LOSSES)
     _one_of("device", cfg.device, DEVICES)
     _one_of("precision", cfg.precision, PRECISIONS)
@@ -409,6 +433,7 @@ def _validate(cfg: RunConfig) -> None:
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "expected a whole number >= 0")
     _one_of("optimize_metric", cfg.optimize_metric, (*METRIC_NAMES, "best_student_acc"))
     _check(cfg.seeds_per_trial >= 1, "seeds_per_trial", cfg.seeds_per_trial, "expected a whole number >= 1")
+    _check(cfg.threads >= 0, "threads", cfg.threads, "expected a whole number >= 0 (0: all cores)")
     _validate_stage(cfg.teacher, "teacher")
     _validate_stage(cfg.student, "student")
     _check(
@@ -451,6 +476,7 @@ def _validate_dataset(d: DatasetConfig, key: str) -> None:
         d.download,
         f"false for {d.name}: torchvision downloads only " + ", ".join(DOWNLOADABLE),
     )
+    _check_seed(f"{key}.split_seed", d.split_seed)
     _check(0 < d.val_fraction < 1, f"{key}.val_fraction", d.val_fraction, "expected a number in (0, 1)")
     _check(d.num_samples >= 2, f"{key}.num_samples", d.num_samples, "expected a whole number >= 2")
     _check(d.image_size >= 4, f"{key}.image_size", d.image_size, "expected a whole number >= 4")

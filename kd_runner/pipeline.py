@@ -163,7 +163,7 @@ def _experiment(
     cfg: RunConfig, run_dir: Path | None, device: torch.device, shard: distributed.Shard, stop: Callable[[], object]
 ) -> dict:
     timings, start = {}, time.perf_counter()
-    compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile)
+    compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile, cfg.threads)
     compute.configure_backends(cfg.deterministic)
     data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
     loader = "dataloader" if cfg.loader == "dataloader" or data.streamed else "memory"
@@ -211,7 +211,13 @@ def _experiment(
 
     outputs = RunOutputs(
         logits_source=targets.source,
-        compute={**compute.describe(), "loader": loader, "processes": shard.world, "deterministic": cfg.deterministic},
+        compute={
+            **compute.describe(),
+            "threads": compute.threads,
+            "loader": loader,
+            "processes": shard.world,
+            "deterministic": cfg.deterministic,
+        },
         transfer=describe_transfer(cfg, student_data),
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
         data=data.describe(),

@@ -136,8 +136,10 @@ def test_sweep_over_two_custom_students_from_a_config_dir(user_package):
 @pytest.mark.parametrize("module", ["nets", "data"])
 def test_teacher_key_follows_the_model_and_dataset_source(user_package, module):
     cfg = compose_config(
-        "teacher.name=tiny", "teacher.model._target_=mypkg.nets.TinyNet",
-        "dataset.name=blobs", "dataset.factory._target_=mypkg.data.blobs",
+        "teacher.name=tiny",
+        "teacher.model._target_=mypkg.nets.TinyNet",
+        "dataset.name=blobs",
+        "dataset.factory._target_=mypkg.data.blobs",
     )
     data = InMemoryData(build_dataset(cfg.dataset), Compute(torch.device("cpu")))
     key = teacher_key(cfg, data)

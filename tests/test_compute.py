@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 def test_auto_resolves_to_fp32_and_channels_last_on_cpu():
     c = Compute.resolve(CPU)
     assert (c.precision, c.memory_format, c.compile) == ("fp32", "channels_last", False)
-    assert Compute.resolve(CPU, "bf16", "channels_last", True) == Compute(CPU, "bf16", "channels_last", True)
+    assert Compute.resolve(CPU, "bf16", "channels_last", True, 1) == Compute(CPU, "bf16", "channels_last", True, 1)
     assert not Compute(CPU).grad_scaler().is_enabled()
     assert Compute(CPU, "fp16").grad_scaler().is_enabled()
 

@@ -49,8 +49,15 @@ def test_every_schema_field_has_a_one_line_doc(cls):
 def test_key_docs_walks_the_nested_schema():
     keys = [key for key, _, _ in key_docs()]
     assert len(keys) == len(set(keys))
-    assert {"alpha", "teacher.lr", "teacher.ensemble", "student.milestones", "dataset.root",
-            "transfer.dataset", "transfer.exclude_classes"} <= set(keys)
+    assert {
+        "alpha",
+        "teacher.lr",
+        "teacher.ensemble",
+        "student.milestones",
+        "dataset.root",
+        "transfer.dataset",
+        "transfer.exclude_classes",
+    } <= set(keys)
     assert not {"teacher", "student", "dataset", "transfer", "student.ensemble"} & set(keys)
     defaults = {key: default for key, default, _ in key_docs()}
     assert (defaults["alpha"], defaults["student.milestones"], defaults["transfer.dataset"]) == (0.5, [], None)

@@ -15,7 +15,7 @@ from kd_runner.data import Split, build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute
-from kd_runner.store.files import publish_checked
+from kd_runner.store.files import publish_checked, sha256_file
 from kd_runner.teacher import logits_cache
 from kd_runner.train import engine
 
@@ -83,6 +83,20 @@ def test_entry_of_another_size_is_not_used(tmp_path):
     val_json.write_text(json.dumps({**manifest, "shape": [3, 10]}))
     logits, source = logits_cache.teacher_logits(model, "k", d, SPLITS, tmp_path)
     assert source == "computed" and logits["val"].shape == (len(d.val), 10)
+
+
+def test_an_entry_holding_pickled_code_is_removed_and_recomputed(tmp_path, caplog):
+    """Its checksum matches its manifest, but weights-only loading refuses it: broken, never a crash."""
+    model, data, d = teacher_and_data()
+    good, _ = logits_cache.teacher_logits(model, "k", d, SPLITS, tmp_path)
+    (val_pt,) = (tmp_path / "teacher_logits").glob("*-val.pt")
+    torch.save(model, val_pt)
+    manifest = json.loads(val_pt.with_suffix(".json").read_text())
+    val_pt.with_suffix(".json").write_text(json.dumps({**manifest, "sha256": sha256_file(val_pt)}))
+    with caplog.at_level(logging.WARNING):
+        logits, source = logits_cache.teacher_logits(model, "k", d, SPLITS, tmp_path)
+    assert source == "computed" and "corrupted or incomplete" in caplog.text
+    assert torch.equal(logits["val"], good["val"])
 
 
 def test_key_depends_on_teacher_data_and_precision():

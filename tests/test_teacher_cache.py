@@ -3,7 +3,10 @@ a half-written entry (weights without their manifest, temporary files of a kille
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import os
 
 import pytest
 import torch
@@ -13,6 +16,8 @@ from helpers import compose_config
 from kd_runner import pipeline
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData
+from kd_runner.errors import UserError
+from kd_runner.models import build_model
 from kd_runner.runtime.compute import Compute
 from kd_runner.store.files import sha256_file
 from kd_runner.teacher import stage
@@ -61,6 +66,56 @@ def test_a_damaged_entry_is_reported_in_one_line_removed_and_rebuilt(cached, tmp
     assert record["teacher"]["source"] == "trained"
     assert record["metrics"] == first["metrics"]  # the rebuilt teacher is the same teacher
     assert sha256_file(weights) == json.loads(manifest.read_text())["sha256"]  # a whole entry again
+
+
+def rewrite_entry(weights, manifest, obj=None, **fields):
+    """Replace an entry's content, with a manifest whose checksum matches (damage no checksum can see)."""
+    if obj is not None:
+        torch.save(obj, weights)
+    old = json.loads(manifest.read_text())
+    kept = {k: v for k, v in {**old, **fields}.items() if v is not None}  # a field set to None is left out
+    manifest.write_text(json.dumps({**kept, "sha256": sha256_file(weights)}))
+
+
+DIGITS = {"in_channels": 1, "num_classes": 10, "image_size": 8}
+BAD_CONTENT = {
+    "a tensor": lambda w, m: rewrite_entry(w, m, torch.zeros(3)),
+    "another network": lambda w, m: rewrite_entry(w, m, build_model("mlp", **DIGITS).state_dict()),
+    "pickled code": lambda w, m: rewrite_entry(w, m, build_model("cnn", **DIGITS)),
+    "no history": lambda w, m: rewrite_entry(w, m, history=None),
+}
+
+
+@pytest.mark.parametrize("content", list(BAD_CONTENT))
+def test_an_entry_with_a_matching_checksum_but_bad_content_is_rebuilt(cached, tmp_path, caplog, content):
+    cfg, first, teachers = cached
+    BAD_CONTENT[content](*entry_files(teachers))
+    record = pipeline.run(cfg, tmp_path / "run")
+    assert "corrupted or incomplete: removed, fine-tuning again" in caplog.text
+    assert record["teacher"]["source"] == "trained" and record["metrics"] == first["metrics"]
+    assert pipeline.run(cfg, tmp_path / "again")["teacher"]["source"] == "cache"  # a whole entry again
+
+
+def read_only(monkeypatch, folder):
+    """Make `folder` behave as on a read-only file system (the tests may run as root, whom modes do not stop)."""
+    real_open, real_access = os.open, os.access
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(folder)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "access", lambda p, mode: real_access(p, mode) and not str(p).startswith(str(folder)))
+
+
+def test_a_read_only_cache_serves_its_teachers_and_refuses_new_ones_in_one_line(cached, tmp_path, monkeypatch):
+    cfg, first, teachers = cached
+    read_only(monkeypatch, teachers.parent)
+    assert pipeline.run(cfg, tmp_path / "run")["metrics"] == first["metrics"]
+    other = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, seed=1))
+    with pytest.raises(UserError, match=r"cache_dir=.*teachers' cannot be written: .* read-only file system"):
+        pipeline.run(other, tmp_path / "other")
 
 
 def test_a_half_written_entry_is_never_read(cached, tmp_path, caplog):

@@ -26,6 +26,15 @@ def register(name: str):
     return add
 
 
+def check_pretrained(name: str, pretrained: bool, weights_path: str | None, key: str = "pretrained") -> None:
+    """`pretrained` needs a torchvision family and no weights file (`key` names the setting in the error)."""
+    if pretrained and weights_path is not None:
+        raise ConfigError(key, pretrained, "false when weights_path is set (the file supplies the weights)")
+    if pretrained and name not in torchvision_nets.FAMILIES:
+        families = ", ".join(torchvision_nets.FAMILIES)
+        raise ConfigError(key, pretrained, f"false for {name}: ImageNet weights exist for {families}")
+
+
 def build_model(
     name: str,
     *,
@@ -47,12 +56,8 @@ def build_model(
     if builder is None:
         raise ConfigError("model", name, "one of: " + ", ".join(MODEL_NAMES))
     dims = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
-    if pretrained and weights_path is not None:
-        raise ConfigError("pretrained", pretrained, "false when weights_path is set (the file supplies the weights)")
+    check_pretrained(name, pretrained, weights_path)
     if pretrained:
-        if name not in torchvision_nets.FAMILIES:
-            families = ", ".join(torchvision_nets.FAMILIES)
-            raise ConfigError("pretrained", pretrained, f"false for {name}: ImageNet weights exist for {families}")
         return torchvision_nets.build_pretrained(name, **dims)
     model = builder(**dims, width=width, depth=depth)
     if weights_path is None:

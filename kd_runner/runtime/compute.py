@@ -10,6 +10,8 @@ One `Compute` per run, resolved from the config and the device:
   (measured faster for resnets on CPU too: docs/benchmarks.md) and contiguous on MPS.
 - `compile`: `torch.compile` each network in place. Compiled code is cached per process by the network's
   code, so the networks of later epochs and of later jobs of a sweep reuse it (no recompilation).
+- `threads`: the CPU threads of torch's operators. A CPU result depends on it (reductions split
+  differently), so it is part of what the cache keys see; `0` (the config's default) is every core.
 - on CUDA, `cudnn.benchmark` picks the fastest convolution algorithms for the fixed batch shapes, unless
   `deterministic` asks for reproducible kernels instead.
 - evaluation batches: large on accelerators (1024 images); on a CPU small enough that a conv net's
@@ -49,10 +51,18 @@ class Compute:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (resolved, never auto)
     memory_format: str = "contiguous"  # channels_last | contiguous (resolved, never auto)
     compile: bool = False
+    threads: int = 0  # torch's CPU threads (resolved: > 0; 0 leaves the process's setting)
 
     @classmethod
-    def resolve(cls, device: torch.device, precision: str = "auto", memory_format: str = "auto", compile: bool = False):
-        """The settings for `device`, with every `auto` replaced by that device's default."""
+    def resolve(
+        cls,
+        device: torch.device,
+        precision: str = "auto",
+        memory_format: str = "auto",
+        compile: bool = False,
+        threads: int = 0,
+    ):
+        """The settings for `device`, with every `auto` (and `threads=0`) replaced by that device's default."""
         cuda = device.type == "cuda"
         if precision == "auto":
             precision = ("bf16" if _native_bf16() else "fp16") if cuda else "fp32"
@@ -60,7 +70,7 @@ class Compute:
             raise ConfigError("precision", precision, "fp16 or fp32 on this GPU (it has no bf16 support)")
         if memory_format == "auto":
             memory_format = "channels_last" if device.type in ("cuda", "cpu") else "contiguous"
-        return cls(device, precision, memory_format, compile)
+        return cls(device, precision, memory_format, compile, threads or cpu_cores())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -106,9 +116,12 @@ class Compute:
         return max(16, min(1024, 2**15 // max(image_numel, 1)))
 
     def configure_backends(self, deterministic: bool = False) -> None:
-        """cuDNN's fastest algorithms, or with `deterministic` the same results from run to run on the same
-        machine and software: deterministic cuDNN algorithms, cuBLAS's fixed workspace and
-        torch.use_deterministic_algorithms (an op with no deterministic kernel then raises). Process-wide."""
+        """The process's CPU threads, and cuDNN's fastest algorithms or, with `deterministic`, the same
+        results from run to run on the same machine and software: deterministic cuDNN algorithms, cuBLAS's
+        fixed workspace and torch.use_deterministic_algorithms (an op with no deterministic kernel then
+        raises). Process-wide."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(deterministic)
@@ -117,13 +130,22 @@ class Compute:
             torch.backends.cudnn.deterministic = deterministic
 
     def describe(self) -> dict:
-        """The settings as plain values (result.json, cache keys)."""
-        return {
+        """The settings that change the numbers, as plain values (result.json, cache keys): on a CPU the
+        thread count too."""
+        described = {
             "device": self.device.type,
             "precision": self.precision,
             "memory_format": self.memory_format,
             "compile": self.compile,
         }
+        if self.device.type == "cpu":
+            described["threads"] = self.threads
+        return described
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. under taskset or a cluster's allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _native_bf16() -> bool:

@@ -7,6 +7,7 @@ whether the writer finished, crashed or was killed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -88,16 +89,20 @@ def publish_checked(obj, entry: Path, **manifest) -> None:
     write_json(entry.with_suffix(".json"), {"sha256": sha256_file(data), **manifest})
 
 
-def load_checked(entry: Path, what: str, redo: str) -> tuple[object, dict] | None:
-    """(object, manifest) of an entry made by `publish_checked`, or None when there is none. An entry
-    whose file does not match its manifest is reported ("`what` ... removed, `redo`"), removed, and None."""
+def load_checked(entry: Path, what: str, redo: str, fits=None) -> tuple[object, dict] | None:
+    """(object, manifest) of an entry made by `publish_checked`, or None when there is none. An entry that
+    is unreadable, does not match its manifest, or whose content `fits(obj, manifest)` rejects (another
+    network's weights, pickled code, a manifest without its fields) is reported ("`what` ... removed,
+    `redo`"), removed, and None."""
     data, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
     if not manifest_path.is_file():
         return None
-    with suppress(ValueError, KeyError, TypeError, OSError, RuntimeError):  # unreadable: broken
+    with suppress(Exception):  # whatever makes it unreadable (JSON, I/O, pickled code, torch), it is broken
         manifest = json.loads(manifest_path.read_text())
         if data.is_file() and sha256_file(data) == manifest["sha256"]:
-            return torch.load(data, map_location="cpu", weights_only=True), manifest
+            obj = torch.load(data, map_location="cpu", weights_only=True)
+            if fits is None or fits(obj, manifest):
+                return obj, manifest
     log.warning("%s %s is corrupted or incomplete: removed, %s", what, entry, redo)
     data.unlink(missing_ok=True)
     manifest_path.unlink(missing_ok=True)
@@ -106,15 +111,27 @@ def load_checked(entry: Path, what: str, redo: str) -> tuple[object, dict] | Non
 
 @contextmanager
 def file_lock(path: Path | str) -> Iterator[None]:
-    """An exclusive inter-process lock (flock) held for the duration of the block."""
+    """An exclusive inter-process lock (flock) held for the duration of the block.
+
+    In a folder this process may only read (a shared, read-only cache) the lock file is opened read-only,
+    which flock accepts; without one there, no process can write the folder, so reading needs no lock.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fd = os.open(path, os.O_RDONLY) if path.exists() else None
+    if fd is None:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager
@@ -141,10 +158,32 @@ def remove_stale_temps(folder: Path | str, prefix: str = "") -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_orphan_temps(folder: Path | str) -> None:
+    """Delete the temporary files of `atomic_path` writers that are gone (the name holds the writer's pid):
+    safe without a lock, as a live writer's file is kept."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def check_writable(path: Path | str, key: str) -> None:
     """Raise UserError unless `path` is, or can be created as, a directory this process may write in."""
     target = Path(path).absolute()
-    existing = next(p for p in (target, *target.parents) if p.exists())
+    try:
+        existing = next(p for p in (target, *target.parents) if p.exists())
+    except OSError as exc:  # a name longer than the file system allows, a loop of links, ...
+        raise UserError(f"{key}={str(path)!r} cannot be created: {exc.strerror}") from None
     if not existing.is_dir():
         raise UserError(f"{key}={str(path)!r} cannot be created: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -174,10 +213,12 @@ def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
 
 def load_failure_reason(exc: Exception) -> str:
     """Why `torch.load(..., weights_only=True)` failed, in a few words instead of torch's long advice."""
-    code = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    if code:
+    text = str(exc)
+    if "Weights only load failed" in text:  # torch's words for a pickle that imports something
+        code = re.search(r"unsupported global:?(?: GLOBAL)? (\S+)", text, re.IGNORECASE)  # both wordings of torch
+        named = f" ({code.group(1)})" if code else ""
         return (
-            f"it holds pickled code or objects ({code.group(1)}), which weights-only loading refuses; "
+            f"it holds pickled code or objects{named}, which weights-only loading refuses; "
             "save a plain state dict (model.state_dict()) instead"
         )
     return f"the file is truncated, corrupted or not a PyTorch file ({type(exc).__name__})"

@@ -27,11 +27,17 @@ def previous_record(run_dir: Path | str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError:  # written atomically, so only damage from outside can cause this
         raise UserError(
             f"{path} is not valid JSON: delete it (the run then starts over) or use another directory"
         ) from None
+    if not isinstance(record, dict):
+        raise UserError(
+            f"{path} holds a JSON {type(record).__name__}, not a kd-run record: delete it (the run then starts "
+            "over) or use another directory"
+        )
+    return record
 
 
 def finished_record(run_dir: Path | str, digest: str) -> dict | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kd_runner.errors import UserError
 from kd_runner.status import Status
+from kd_runner.store.files import remove_orphan_temps
 from kd_runner.sweep import aggregate, report, search
 
 TABLES = ("runs.csv", "summary.csv", "curves.csv", "summary.md")
@@ -22,6 +23,7 @@ STATUSES = [s.value for s in Status if s != Status.RUNNING]  # the order of the 
 
 def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
     """Tables and plots of `sweep_dirs` into `out_dir`, and a summary on stdout. True when every job completed."""
+    remove_orphan_temps(out_dir)  # e.g. a plot whose writer was killed
     tables = aggregate.aggregate(sweep_dirs, out_dir)
     plots = report.write_plots(out_dir)
     studies = [d for d in sweep_dirs if (Path(d) / search.STUDY_DB).is_file()]

@@ -228,8 +228,9 @@ def _gain_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
         label = _label(point) if point else "student"
         mean = rows[f"{GAIN}_mean"] * 100
         ci = [mean - rows[f"{GAIN}_ci95_low"] * 100, rows[f"{GAIN}_ci95_high"] * 100 - mean]
-        ax.errorbar(x.positions(rows), mean, yerr=ci, color=color, linestyle=_line_style(i), marker="o", capsize=3,
-                    label=label)
+        ax.errorbar(
+            x.positions(rows), mean, yerr=ci, color=color, linestyle=_line_style(i), marker="o", capsize=3, label=label
+        )
     ax.axhline(0.0, color="0.35", linestyle="--", label="no distillation (alpha = 1)")
     x.draw(ax, summary)
     ax.set_ylabel("student accuracy gain over alpha = 1 (percentage points)")

@@ -26,7 +26,15 @@ from torch import nn
 
 from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
-from kd_runner.store.files import digest, file_lock, load_checked, publish_checked, tensors_digest
+from kd_runner.store.files import (
+    check_writable,
+    digest,
+    file_lock,
+    load_checked,
+    publish_checked,
+    remove_stale_temps,
+    tensors_digest,
+)
 from kd_runner.train import engine
 
 log = logging.getLogger(__name__)
@@ -73,11 +81,13 @@ def teacher_logits(
     folder = Path(cache_dir) / "teacher_logits"
     logits, computed = {}, []
     with file_lock(folder / f"{key}.lock"):
+        remove_stale_temps(folder, key)  # of a writer killed while it published this entry
         for split in splits:
             images = getattr(d, split).images
             entry = folder / f"{key}-{split}"
             cached = _load(entry, len(images))
             if cached is None:
+                check_writable(folder, "cache_dir")
                 cached = engine.predict(model, d, images).cpu()
                 publish_checked(cached, entry, shape=list(cached.shape))
                 computed.append(split)
@@ -89,11 +99,9 @@ def teacher_logits(
 
 def _load(entry: Path, rows: int) -> torch.Tensor | None:
     """The cached logits of `rows` samples, or None when there is no valid entry (a broken one is removed)."""
-    loaded = load_checked(entry, "teacher logits cache entry", "computing again")
-    if loaded is None:
-        return None
-    logits, manifest = loaded
-    if not isinstance(logits, torch.Tensor) or list(logits.shape) != manifest.get("shape") or len(logits) != rows:
-        log.warning("teacher logits cache entry %s does not fit %d samples: computing again", entry, rows)
-        return None
-    return logits
+
+    def fits(logits, manifest) -> bool:
+        return isinstance(logits, torch.Tensor) and list(logits.shape) == manifest.get("shape") and len(logits) == rows
+
+    loaded = load_checked(entry, "teacher logits cache entry", "computing again", fits)
+    return None if loaded is None else loaded[0]

@@ -29,6 +29,7 @@ from kd_runner.models import build_stage_model
 from kd_runner.models.torchvision_nets import pretrained_weights
 from kd_runner.runtime.rng import seed_everything
 from kd_runner.store.files import (
+    check_writable,
     digest,
     file_lock,
     load_checked,
@@ -104,6 +105,7 @@ def prepare_teacher(
         history = _load_entry(model, entry)
         source = "cache"
         if history is None:
+            check_writable(entry.parent, "cache_dir")  # a read-only cache serves its teachers, it takes none
             log.info("teacher: fine-tuning %s for %d epochs (cache key %s)", cfg.teacher.name, cfg.teacher.epochs, key)
             checkpoint = StageCheckpoint(entry.with_suffix(".ckpt"), key, "teacher")
             history = _fine_tune(model, cfg, device_data, progress, checkpoint, stop, on_epoch)
@@ -145,7 +147,15 @@ def _save_entry(model, history: list[dict], entry: Path, cfg: RunConfig) -> None
 
 def _load_entry(model, entry: Path) -> list[dict] | None:
     """The cached history after loading the weights into `model`, or None when there is no valid entry."""
-    loaded = load_checked(entry, "teacher cache entry", "fine-tuning again")
+
+    def fits(state, manifest) -> bool:
+        return (
+            isinstance(state, dict)
+            and state_dict_mismatch(model, state) is None
+            and isinstance(manifest.get("history"), list)
+        )
+
+    loaded = load_checked(entry, "teacher cache entry", "fine-tuning again", fits)
     if loaded is None:
         return None
     state, manifest = loaded
