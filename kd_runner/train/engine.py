@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -138,58 +139,70 @@ def fit(
     stop: Callable[[], object] | None = None,
     on_epoch: Callable[[list[dict]], object] | None = None,
 ) -> list[dict]:
-    """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs; after each, `evaluate()` on
-    the whole validation split.
-
-    Returns one row per epoch: epoch, the learning rate used, the mean training loss and the metrics.
-    With a `checkpoint`, the stage first continues from the one saved before (if any), then saves one
-    after every epoch; when `stop()` turns true it saves one at the next batch boundary and raises
-    RunInterrupted. A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last
-    good epoch). Every epoch is logged in one line (kd_runner.train.progress) and then, before its checkpoint,
-    `on_epoch(rows so far)` records it; `progress` shows a per-batch bar on a terminal.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = make_optimizer(model.parameters(), recipe)
-    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch(len(data.train), recipe.batch_size))
-    scaler = data.compute.grad_scaler()
-    position, rows = EpochPosition.start(1, optimizer, generator), []
-    if checkpoint is not None:
-        position, rows = checkpoint.restore(model, optimizer, scheduler, data.device, scaler) or (position, rows)
-    save = (
-        (lambda: None)
-        if checkpoint is None
-        else (lambda: checkpoint.save(model, optimizer, scheduler, position, rows, scaler))
-    )
+    """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs, `evaluate()` after each; one
+    row per epoch (epoch, lr, mean training loss, metrics). With a `checkpoint`, continue from it and save
+    after every epoch; when `stop()` turns true, save at the next batch boundary and raise RunInterrupted.
+    A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last good epoch). Each
+    epoch is logged in one line, then `on_epoch(rows so far)` records it; `progress`: a per-batch bar."""
+    run = StageRun.start(model, data, recipe, seed, checkpoint)
     epoch_log = EpochLog(stage, recipe.epochs)
-    while position.epoch <= recipe.epochs:
+    while run.position.epoch <= recipe.epochs:
         epoch_log.start()
-        bar = BatchBar(stage, position.epoch, recipe.epochs, len(data.train), progress)
+        bar = BatchBar(stage, run.position.epoch, recipe.epochs, len(data.train), progress)
         train_loss = train_epoch(
             model,
             data,
             batch_size=recipe.batch_size,
-            generator=generator,
-            optimizer=optimizer,
-            scheduler=scheduler,
+            generator=run.generator,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
             loss_fn=loss_fn,
-            position=position,
+            position=run.position,
             stop=stop,
-            scaler=scaler,
+            scaler=run.scaler,
             on_batch=bar.update,
         )
         bar.close()
         if train_loss is None:
-            save()
-            raise RunInterrupted(stage, position.epoch, position.batches)
-        row = {"epoch": position.epoch, "lr": position.lr, "train_loss": train_loss, **evaluate()}
+            run.save(model, checkpoint)
+            raise RunInterrupted(stage, run.position.epoch, run.position.batches)
+        row = {"epoch": run.position.epoch, "lr": run.position.lr, "train_loss": train_loss, **evaluate()}
         check_finite(row, stage, recipe)
-        rows.append(row)
+        run.rows.append(row)
         epoch_log.done(row)
         if on_epoch is not None:
-            on_epoch(rows)
-        position = EpochPosition.start(position.epoch + 1, optimizer, generator)
-        save()
-    return rows
+            on_epoch(run.rows)
+        run.position = EpochPosition.start(run.position.epoch + 1, run.optimizer, run.generator)
+        run.save(model, checkpoint)
+    return run.rows
+
+
+@dataclass
+class StageRun:
+    """What a stage carries from batch to batch and epoch to epoch, and saves in its checkpoint."""
+
+    generator: torch.Generator  # shuffling and augmentation draws
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler  # fp16 loss scaling (a pass-through otherwise)
+    position: EpochPosition
+    rows: list[dict]  # one per finished epoch
+
+    @classmethod
+    def start(cls, model, data: SplitData, recipe: StageConfig, seed: int, checkpoint: StageCheckpoint | None):
+        """A fresh stage, or the one `checkpoint` saved (same shuffles, same optimizer state)."""
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = make_optimizer(model.parameters(), recipe)
+        scheduler = make_scheduler(optimizer, recipe, steps_per_epoch(len(data.train), recipe.batch_size))
+        scaler = data.compute.grad_scaler()
+        position, rows = EpochPosition.start(1, optimizer, generator), []
+        if checkpoint is not None:
+            position, rows = checkpoint.restore(model, optimizer, scheduler, data.device, scaler) or (position, rows)
+        return cls(generator, optimizer, scheduler, scaler, position, rows)
+
+    def save(self, model, checkpoint: StageCheckpoint | None) -> None:
+        if checkpoint is not None:
+            checkpoint.save(model, self.optimizer, self.scheduler, self.position, self.rows, self.scaler)
 
 
 def check_finite(row: dict, stage: str, recipe: StageConfig) -> None:
