@@ -21,7 +21,7 @@ from kd_runner.config import RunConfig, config_digest
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData, SplitData, sharded
 from kd_runner.data.loader import StreamedData
-from kd_runner.data.transfer import describe_transfer, transfer_data
+from kd_runner.data.transfer import describe_transfer, raise_omitted_bias, transfer_data
 from kd_runner.data.vision import check_root
 from kd_runner.errors import Diverged, RunInterrupted
 from kd_runner.models import build_stage_model
@@ -158,7 +158,7 @@ def _experiment(
     outputs = RunOutputs(
         logits_source=targets.source,
         compute={**compute.describe(), "loader": cfg.loader, "processes": shard.world},
-        transfer=describe_transfer(cfg, student_data),
+        transfer=describe_transfer(cfg, student_data, history[-1].get("omitted_bias")),
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
     )
     record = results.build_record(
@@ -212,6 +212,8 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
     )
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
+    if cfg.transfer.omitted_bias is not None:  # the final metrics are those of the corrected student
+        history[-1].update(omitted_bias=raise_omitted_bias(cfg, student, targets.teacher, d), **evaluate())
     return history, student
 
 

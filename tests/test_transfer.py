@@ -13,7 +13,7 @@ from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TransferConf
 from kd_runner.data import Dataset, Split
 from kd_runner.data.augment import Augmentation
 from kd_runner.data.device import InMemoryData
-from kd_runner.data.transfer import transfer_data
+from kd_runner.data.transfer import raise_omitted_bias, transfer_data
 from kd_runner.errors import UserError
 from kd_runner.runtime.compute import Compute
 from kd_runner.teacher.ensemble import TeacherEnsemble, combine_logits
@@ -153,6 +153,53 @@ def test_transfer_mistakes_are_one_line_user_errors(transfer, message):
     with pytest.raises(UserError) as err:
         transfer_data(_cfg(**transfer), data, InMemoryData(data, Compute(torch.device("cpu"))))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+class _Tiny(nn.Module):
+    """A linear classifier with its head named as the registered models name theirs (fc)."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(192, classes))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _teacher_and_student(held_back: float):
+    """A teacher that finds class 3 unlikely, and a student equal to it but with class 3's bias lower."""
+    torch.manual_seed(0)
+    teacher = _Tiny()
+    with torch.no_grad():
+        teacher.fc[1].bias[3] -= 6.0
+    student = _Tiny()
+    student.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        student.fc[1].bias[3] -= held_back
+    return teacher, student
+
+
+def test_omitted_bias_adds_the_given_value_to_the_excluded_classes_only():
+    teacher, student = _teacher_and_student(2.0)
+    before = student.fc[1].bias.clone()
+    data = _dataset()
+    d = transfer_data(_cfg(exclude_classes=[3, 1]), data, InMemoryData(data, Compute(torch.device("cpu"))))
+    added = raise_omitted_bias(_cfg(exclude_classes=[3, 1], omitted_bias="3.5"), student, teacher, d)
+    assert added == {3: 3.5, 1: 3.5}
+    assert torch.allclose(student.fc[1].bias - before, torch.tensor([0.0, 3.5, 0.0, 3.5]))
+
+
+def test_auto_omitted_bias_gives_back_what_the_student_holds_back_from_the_teacher():
+    """The student gives class 3 a 2.5 lower logit than the teacher: auto finds about 2.5 from the training
+    inputs, and afterwards the two agree on the class's probability."""
+    teacher, student = _teacher_and_student(2.5)
+    data = _dataset()
+    cfg = _cfg(exclude_classes=[3], omitted_bias="auto")
+    d = transfer_data(cfg, data, InMemoryData(data, Compute(torch.device("cpu"))))
+    added = raise_omitted_bias(cfg, student, teacher, d)
+    assert list(added) == [3] and 2.4 < added[3] < 2.5 + 1e-6
+    t, s = (engine.predict(m, d, d.val.images).softmax(1)[:, 3] for m in (teacher, student))
+    assert torch.allclose(t, s, rtol=0.1)
 
 
 def test_ensemble_members_are_separate_cached_teachers(tmp_path):

@@ -6,18 +6,23 @@ the student distilled on the target and evaluated on the target's validation spl
 `transfer.exclude_classes` leaves classes out of the transfer set (Hinton's omitted-digit experiment); the
 validation split keeps them, so per-class accuracy shows what the student learnt about them from the
 soft targets alone. `transfer.labeled=false` declares the transfer labels unused (the config then requires
-alpha=0). The transfer set is normalised with the teacher's dataset statistics: the teacher's outputs are
+alpha=0). `transfer.omitted_bias` applies Hinton's correction after distillation: the student, taught
+the excluded classes by soft targets only, predicts them too rarely, so their output biases are raised.
+The transfer set is normalised with the teacher's dataset statistics: the teacher's outputs are
 only meaningful on inputs prepared the way it was trained.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset, Split, build_dataset
 from kd_runner.data.device import SplitData
 from kd_runner.errors import UserError
+from kd_runner.models import classifier_head
+from kd_runner.train import engine
 
 
 def _shape(d: Dataset) -> str:
@@ -55,8 +60,8 @@ def transfer_data(cfg: RunConfig, data: Dataset, device_data: SplitData) -> Spli
     return device_data.like(student)
 
 
-def describe_transfer(cfg: RunConfig, student_data: SplitData) -> dict:
-    """The transfer set as recorded in result.json."""
+def describe_transfer(cfg: RunConfig, student_data: SplitData, omitted_bias: dict | None = None) -> dict:
+    """The transfer set as recorded in result.json, with the bias added to each excluded class (if any)."""
     t = cfg.transfer
     return {
         "dataset": cfg.dataset.name if t.dataset is None else t.dataset.name,
@@ -65,4 +70,29 @@ def describe_transfer(cfg: RunConfig, student_data: SplitData) -> dict:
         "labeled": t.labeled,
         "exclude_classes": list(t.exclude_classes),
         "augmented": student_data.augmentation is not None,
+        "omitted_bias": cfg.transfer.omitted_bias,
+        "omitted_bias_added": omitted_bias,
     }
+
+
+def raise_omitted_bias(cfg: RunConfig, student: nn.Module, teacher: nn.Module, d: SplitData) -> dict[int, float]:
+    """Raise the student's output bias of each class left out of the transfer set; returns class -> amount.
+
+    A number is added as given (Hinton et al. raised the 3s' bias by 3.5). `auto` adds, per class, the mean
+    gap between the teacher's and the student's log-probability of that class over the transfer inputs: a
+    bias shift moves the student's log-probability of a rarely predicted class by about as much, so this
+    matches the student's average belief in the class to the teacher's, from training inputs only (no
+    validation label is looked at).
+    """
+    t = cfg.transfer
+    if t.omitted_bias == "auto":
+        gap = engine.predict(teacher, d, d.train.images).log_softmax(1)
+        gap -= engine.predict(student, d, d.train.images).log_softmax(1)
+        amounts = {c: float(gap[:, c].mean()) for c in t.exclude_classes}
+    else:
+        amounts = dict.fromkeys(t.exclude_classes, float(t.omitted_bias))
+    output_layer = [m for m in classifier_head(student).modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        for c, amount in amounts.items():
+            output_layer.bias[c] += amount
+    return amounts
