@@ -102,6 +102,13 @@ def test_summary_md_states_the_teacher_and_the_no_distillation_baseline_above_th
     assert "- teacher_acc: 0.9000\n- no distillation (alpha=1): not in this sweep" in markdown
 
 
+def test_plots_of_a_key_swept_over_null_and_text(tmp_path):
+    for num, value in enumerate(("null", "auto", "3.5")):
+        make_job(tmp_path, num, [f"transfer.omitted_bias={value}", "seed=0"], 0, 0.8 + 0.01 * num)
+    aggregate.aggregate([tmp_path], tmp_path)
+    assert report.write_plots(tmp_path) == ["curves.png", "final_accuracy.png"]
+
+
 def test_categorical_keys_failed_jobs_and_number_parsing(tmp_path):
     num = 0
     for student in ("mlp", "cnn"):
