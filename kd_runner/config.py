@@ -127,7 +127,7 @@ class TransferConfig:
         default=None,
         metadata={
             "doc": "after distillation raise the student's output bias of each excluded class by this number, or "
-            "auto: by the mean gap of the teacher's and student's log-probability of it on the transfer set"
+            "auto: by T * log((1/classes) / its share of the soft targets) (docs/datasets.md)"
         },
     )
 
@@ -351,6 +351,12 @@ def _validate_transfer(cfg: RunConfig) -> None:
         "transfer.omitted_bias",
         t.omitted_bias,
         "null unless transfer.exclude_classes names classes left out",
+    )
+    _check(
+        t.omitted_bias != "auto" or (cfg.alpha < 1 and cfg.soft_loss != "mse"),
+        "transfer.omitted_bias",
+        t.omitted_bias,
+        "a number with alpha=1 or soft_loss=mse (auto reads the soft targets at temperature T)",
     )
     _check(
         t.labeled or cfg.alpha == 0,

@@ -24,6 +24,10 @@ CASES = [
         ["transfer.omitted_bias='high'", "auto or a number"],
     ),
     (["transfer.omitted_bias=auto"], ["transfer.omitted_bias='auto'", "null unless transfer.exclude_classes"]),
+    (
+        ["transfer.exclude_classes=[3]", "transfer.omitted_bias=auto", "alpha=1"],
+        ["transfer.omitted_bias='auto'", "a number with alpha=1 or soft_loss=mse"],
+    ),
     (["teacher.ensemble=0"], ["teacher.ensemble=0", ">= 1"]),
     (
         ["teacher.ensemble=2", "teacher.epochs=0", f"teacher.checkpoint={__file__}"],

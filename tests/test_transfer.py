@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -166,21 +167,8 @@ class _Tiny(nn.Module):
         return self.fc(x)
 
 
-def _teacher_and_student(held_back: float):
-    """A teacher that finds class 3 unlikely, and a student equal to it but with class 3's bias lower."""
-    torch.manual_seed(0)
-    teacher = _Tiny()
-    with torch.no_grad():
-        teacher.fc[1].bias[3] -= 6.0
-    student = _Tiny()
-    student.load_state_dict(teacher.state_dict())
-    with torch.no_grad():
-        student.fc[1].bias[3] -= held_back
-    return teacher, student
-
-
 def test_omitted_bias_adds_the_given_value_to_the_excluded_classes_only():
-    teacher, student = _teacher_and_student(2.0)
+    teacher, student = _Tiny(), _Tiny()
     before = student.fc[1].bias.clone()
     data = _dataset()
     d = transfer_data(_cfg(exclude_classes=[3, 1]), data, InMemoryData(data, Compute(torch.device("cpu"))))
@@ -189,17 +177,28 @@ def test_omitted_bias_adds_the_given_value_to_the_excluded_classes_only():
     assert torch.allclose(student.fc[1].bias - before, torch.tensor([0.0, 3.5, 0.0, 3.5]))
 
 
-def test_auto_omitted_bias_gives_back_what_the_student_holds_back_from_the_teacher():
-    """The student gives class 3 a 2.5 lower logit than the teacher: auto finds about 2.5 from the training
-    inputs, and afterwards the two agree on the class's probability."""
-    teacher, student = _teacher_and_student(2.5)
+@pytest.mark.parametrize(
+    "teacher_bias,alpha,expected",
+    [
+        (0.0, 0.0, 0.0),  # the soft targets already give class 3 its equal share 1/4: nothing to correct
+        (-4.0, 0.5, 2 * math.log(0.25 / (0.5 * math.exp(-2) / (math.exp(-2) + 3)))),  # T=2: 4.899
+    ],
+)
+def test_auto_omitted_bias_restores_the_equal_share_the_soft_targets_withheld(teacher_bias, alpha, expected):
+    """A teacher with zero weights gives every input the same soft targets, so the excluded class's share of
+    the student's targets is known in closed form: auto adds T * log((1/K) / share)."""
+    teacher, student = _Tiny(), _Tiny()
+    with torch.no_grad():
+        teacher.fc[1].weight.zero_()
+        teacher.fc[1].bias.zero_()
+        teacher.fc[1].bias[3] = teacher_bias
+    before = student.fc[1].bias.clone()
     data = _dataset()
-    cfg = _cfg(exclude_classes=[3], omitted_bias="auto")
+    cfg = dataclasses.replace(_cfg(exclude_classes=[3], omitted_bias="auto"), alpha=alpha, temperature=2.0)
     d = transfer_data(cfg, data, InMemoryData(data, Compute(torch.device("cpu"))))
     added = raise_omitted_bias(cfg, student, teacher, d)
-    assert list(added) == [3] and 2.4 < added[3] < 2.5 + 1e-6
-    t, s = (engine.predict(m, d, d.val.images).softmax(1)[:, 3] for m in (teacher, student))
-    assert torch.allclose(t, s, rtol=0.1)
+    assert list(added) == [3] and added[3] == pytest.approx(expected, abs=1e-5)
+    assert torch.allclose(student.fc[1].bias - before, torch.tensor([0.0, 0.0, 0.0, expected]), atol=1e-5)
 
 
 def test_ensemble_members_are_separate_cached_teachers(tmp_path):

@@ -14,6 +14,8 @@ only meaningful on inputs prepared the way it was trained.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -78,17 +80,18 @@ def describe_transfer(cfg: RunConfig, student_data: SplitData, omitted_bias: dic
 def raise_omitted_bias(cfg: RunConfig, student: nn.Module, teacher: nn.Module, d: SplitData) -> dict[int, float]:
     """Raise the student's output bias of each class left out of the transfer set; returns class -> amount.
 
-    A number is added as given (Hinton et al. raised the 3s' bias by 3.5). `auto` adds, per class, the mean
-    gap between the teacher's and the student's log-probability of that class over the transfer inputs: a
-    bias shift moves the student's log-probability of a rarely predicted class by about as much, so this
-    matches the student's average belief in the class to the teacher's, from training inputs only (no
-    validation label is looked at).
+    A number is added as given (Hinton et al. raised the 3s' bias by 3.5). `auto` corrects the prior the
+    student was trained under: a left-out class c made up only `share_c = (1 - alpha) * mean_x softmax(t(x)/T)_c`
+    of its training targets (the soft targets' part; no hard label is c) instead of an equal share 1/K of
+    the data, and the student matched those targets at temperature T, so its logit of c is raised by
+    `T * log((1/K) / share_c)`. It reads the teacher's outputs on the transfer inputs only, no label.
     """
     t = cfg.transfer
     if t.omitted_bias == "auto":
-        gap = engine.predict(teacher, d, d.train.images).log_softmax(1)
-        gap -= engine.predict(student, d, d.train.images).log_softmax(1)
-        amounts = {c: float(gap[:, c].mean()) for c in t.exclude_classes}
+        soft = (engine.predict(teacher, d, d.train.images) / cfg.temperature).softmax(1)
+        share = (1 - cfg.alpha) * soft.mean(0)
+        prior = 1 / soft.shape[1]
+        amounts = {c: cfg.temperature * math.log(prior / float(share[c])) for c in t.exclude_classes}
     else:
         amounts = dict.fromkeys(t.exclude_classes, float(t.omitted_bias))
     output_layer = [m for m in classifier_head(student).modules() if isinstance(m, nn.Linear)][-1]
