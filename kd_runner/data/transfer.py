@@ -72,7 +72,7 @@ def describe_transfer(cfg: RunConfig, student_data: SplitData, omitted_bias: dic
         "labeled": t.labeled,
         "exclude_classes": list(t.exclude_classes),
         "augmented": student_data.augmentation is not None,
-        "omitted_bias": cfg.transfer.omitted_bias,
+        "omitted_bias": t.omitted_bias,
         "omitted_bias_added": omitted_bias,
     }
 
