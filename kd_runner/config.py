@@ -167,6 +167,13 @@ class TransferConfig:
     exclude_classes: list[int] = field(
         default_factory=list, metadata={"doc": "classes left out of the transfer set, e.g. [3]"}
     )
+    omitted_bias: str | None = field(
+        default=None,
+        metadata={
+            "doc": "after distillation raise the student's output bias of each excluded class by this number, or "
+            "auto: by T * log((1/classes) / its share of the soft targets) (docs/datasets.md)"
+        },
+    )
 
 
 @dataclass
@@ -497,6 +504,24 @@ def _validate_transfer(cfg: RunConfig) -> None:
         "distinct class indices >= 0, e.g. [3]",
     )
     _check(
+        t.omitted_bias is None or t.omitted_bias == "auto" or _is_number(t.omitted_bias),
+        "transfer.omitted_bias",
+        t.omitted_bias,
+        "auto or a number, e.g. 3.5",
+    )
+    _check(
+        t.omitted_bias is None or len(excluded) > 0,
+        "transfer.omitted_bias",
+        t.omitted_bias,
+        "null unless transfer.exclude_classes names classes left out",
+    )
+    _check(
+        t.omitted_bias != "auto" or (cfg.alpha < 1 and cfg.soft_loss != "mse"),
+        "transfer.omitted_bias",
+        t.omitted_bias,
+        "a number with alpha=1 or soft_loss=mse (auto reads the soft targets at temperature T)",
+    )
+    _check(
         t.labeled or cfg.alpha == 0,
         "alpha",
         cfg.alpha,
@@ -539,6 +564,13 @@ def _validate_distill(cfg: RunConfig) -> None:
         cfg.teacher.ensemble,
         f"1 with distill={d.method} (features come from one teacher)",
     )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def key_docs(cls: type = RunConfig, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any, str]]:

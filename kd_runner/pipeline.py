@@ -24,7 +24,7 @@ from kd_runner.config import FEATURE_METHODS, RunConfig, config_digest, result_k
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData, SplitData, sharded
 from kd_runner.data.loader import StreamedData
-from kd_runner.data.transfer import describe_transfer, transfer_data
+from kd_runner.data.transfer import describe_transfer, raise_omitted_bias, transfer_data
 from kd_runner.data.vision import check_root
 from kd_runner.errors import Diverged, RunInterrupted
 from kd_runner.models import build_stage_model
@@ -39,6 +39,7 @@ from kd_runner.teacher.ensemble import prepare_teachers
 from kd_runner.teacher.soft_targets import SoftTargets
 from kd_runner.train import distill, engine
 from kd_runner.train.checkpoint import StageCheckpoint
+from kd_runner.train.distill import PART_COLUMNS
 from kd_runner.train.metrics import compute_metrics, per_class_accuracy
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def _experiment(
             "processes": shard.world,
             "deterministic": cfg.deterministic,
         },
-        transfer=describe_transfer(cfg, student_data),
+        transfer=describe_transfer(cfg, student_data, history[-1].get("omitted_bias")),
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
         data=data.describe(),
     )
@@ -294,6 +295,9 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
         on_epoch(history)
+    if cfg.transfer.omitted_bias is not None:  # the final metrics are those of the corrected student
+        corrected = {k: v for k, v in evaluate().items() if k not in PART_COLUMNS}  # the parts stay the epoch's
+        history[-1].update(omitted_bias=raise_omitted_bias(cfg, student, targets.teacher, d), **corrected)
     objective.close()
     return history, student, model.state
 

@@ -124,6 +124,23 @@ def test_no_gain_column_without_an_alpha1_point(tmp_path):
     assert "0.9000 ±" not in markdown
 
 
+def test_summary_md_states_the_teacher_and_the_no_distillation_baseline_above_the_table(tmp_path):
+    grid_sweep(tmp_path / "a", {(0, 4): [0.80, 0.84], (1, 4): [0.70, 0.72]}, teacher_acc=0.95)
+    markdown = aggregate.aggregate([tmp_path / "a"], tmp_path / "a").markdown
+    told = markdown.index("- teacher_acc: 0.9500\n- no distillation (alpha=1): student_acc 0.7100 ± 0.0141\n")
+    assert told < markdown.index("| alpha |")
+    grid_sweep(tmp_path / "t", {(0.5, 2): [0.8], (0.5, 4): [0.9]})  # a temperature sweep: no alpha=1 point
+    markdown = aggregate.aggregate([tmp_path / "t"], tmp_path / "t").markdown
+    assert "- teacher_acc: 0.9000\n- no distillation (alpha=1): not in this sweep" in markdown
+
+
+def test_plots_of_a_key_swept_over_null_and_text(tmp_path):
+    for num, value in enumerate(("null", "auto", "3.5")):
+        make_job(tmp_path, num, [f"transfer.omitted_bias={value}", "seed=0"], 0, 0.8 + 0.01 * num)
+    aggregate.aggregate([tmp_path], tmp_path)
+    assert report.write_plots(tmp_path) == ["curves.png", "final_accuracy.png"]
+
+
 def test_categorical_keys_failed_jobs_and_number_parsing(tmp_path):
     num = 0
     for student in ("mlp", "cnn"):

@@ -19,6 +19,15 @@ CASES = [
     (["transfer.exclude_classes=[-1]"], ["transfer.exclude_classes=[-1]", "distinct class indices >= 0"]),
     (["transfer.exclude_classes=[3,3]"], ["transfer.exclude_classes=[3, 3]", "distinct"]),
     (["transfer.exclude_classes=3"], ["transfer.exclude_classes", "not a ListConfig, list or tuple"]),
+    (
+        ["transfer.exclude_classes=[3]", "transfer.omitted_bias=high"],
+        ["transfer.omitted_bias='high'", "auto or a number"],
+    ),
+    (["transfer.omitted_bias=auto"], ["transfer.omitted_bias='auto'", "null unless transfer.exclude_classes"]),
+    (
+        ["transfer.exclude_classes=[3]", "transfer.omitted_bias=auto", "alpha=1"],
+        ["transfer.omitted_bias='auto'", "a number with alpha=1 or soft_loss=mse"],
+    ),
     (["teacher.ensemble=0"], ["teacher.ensemble=0", ">= 1"]),
     (
         ["teacher.ensemble=2", "teacher.epochs=0", f"teacher.checkpoint={__file__}"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -53,6 +54,8 @@ def test_cifar10_with_device_augmentation(files, tmp_path):
         "labeled": True,
         "exclude_classes": [],
         "augmented": True,
+        "omitted_bias": None,
+        "omitted_bias_added": None,
     }
     # colour-coded classes survive crops and flips: far above chance (0.1) after three tiny epochs
     assert result["metrics"]["teacher_acc"] > 0.3 and result["metrics"]["student_acc"] > 0.3
@@ -83,6 +86,7 @@ def test_mnist_with_an_excluded_class(files, tmp_path):
         "dataset=mnist",
         f"dataset.root={files / 'data'}",
         "transfer.exclude_classes=[3]",
+        "transfer.omitted_bias=auto",
         "teacher=mlp",
         "teacher.width=64",
         *TINY[2:],
@@ -93,6 +97,9 @@ def test_mnist_with_an_excluded_class(files, tmp_path):
     labels = torchvision.datasets.MNIST(files / "data", train=True).targets
     assert result["transfer"]["train_samples"] == int((labels != 3).sum()) < len(labels)
     assert result["transfer"]["exclude_classes"] == [3]
+    assert result["transfer"]["omitted_bias"] == "auto"
+    assert list(result["transfer"]["omitted_bias_added"]) == ["3"]  # the amount auto found for the 3s
+    assert math.isfinite(result["transfer"]["omitted_bias_added"]["3"])
     per_class = _per_class(result, 10)
     assert all(a is not None for a in per_class["student"])  # the validation split still has every class
     assert result["metrics"]["teacher_acc"] > 0.8  # the teacher learnt every class, 3 included

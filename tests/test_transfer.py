@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TransferConf
 from kd_runner.data import Dataset, Split
 from kd_runner.data.augment import Augmentation
 from kd_runner.data.device import InMemoryData
-from kd_runner.data.transfer import transfer_data
+from kd_runner.data.transfer import raise_omitted_bias, transfer_data
 from kd_runner.errors import UserError
 from kd_runner.runtime.compute import Compute
 from kd_runner.teacher.ensemble import TeacherEnsemble, combine_logits
@@ -154,6 +155,51 @@ def test_transfer_mistakes_are_one_line_user_errors(transfer, message):
     with pytest.raises(UserError) as err:
         transfer_data(_cfg(**transfer), data, InMemoryData(data, Compute(torch.device("cpu"))))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+class _Tiny(nn.Module):
+    """A linear classifier with its head named as the registered models name theirs (fc)."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(192, classes))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_omitted_bias_adds_the_given_value_to_the_excluded_classes_only():
+    teacher, student = _Tiny(), _Tiny()
+    before = student.fc[1].bias.clone()
+    data = _dataset()
+    d = transfer_data(_cfg(exclude_classes=[3, 1]), data, InMemoryData(data, Compute(torch.device("cpu"))))
+    added = raise_omitted_bias(_cfg(exclude_classes=[3, 1], omitted_bias="3.5"), student, teacher, d)
+    assert added == {3: 3.5, 1: 3.5}
+    assert torch.allclose(student.fc[1].bias - before, torch.tensor([0.0, 3.5, 0.0, 3.5]))
+
+
+@pytest.mark.parametrize(
+    "teacher_bias,alpha,expected",
+    [
+        (0.0, 0.0, 0.0),  # the soft targets already give class 3 its equal share 1/4: nothing to correct
+        (-4.0, 0.5, 2 * math.log(0.25 / (0.5 * math.exp(-2) / (math.exp(-2) + 3)))),  # T=2: 4.899
+    ],
+)
+def test_auto_omitted_bias_restores_the_equal_share_the_soft_targets_withheld(teacher_bias, alpha, expected):
+    """A teacher with zero weights gives every input the same soft targets, so the excluded class's share of
+    the student's targets is known in closed form: auto adds T * log((1/K) / share)."""
+    teacher, student = _Tiny(), _Tiny()
+    with torch.no_grad():
+        teacher.fc[1].weight.zero_()
+        teacher.fc[1].bias.zero_()
+        teacher.fc[1].bias[3] = teacher_bias
+    before = student.fc[1].bias.clone()
+    data = _dataset()
+    cfg = dataclasses.replace(_cfg(exclude_classes=[3], omitted_bias="auto"), alpha=alpha, temperature=2.0)
+    d = transfer_data(cfg, data, InMemoryData(data, Compute(torch.device("cpu"))))
+    added = raise_omitted_bias(cfg, student, teacher, d)
+    assert list(added) == [3] and added[3] == pytest.approx(expected, abs=1e-5)
+    assert torch.allclose(student.fc[1].bias - before, torch.tensor([0.0, 0.0, 0.0, expected]), atol=1e-5)
 
 
 def test_ensemble_members_are_separate_cached_teachers(tmp_path):

@@ -317,6 +317,24 @@ def _gain_cell(row: dict) -> str:
     return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] {p_text} ({row[f'{GAIN}_n_pairs']:.0f} seeds){star}"
 
 
+def _story_lines(summary: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The teacher's accuracy and the no-distillation baseline, so the table reads on its own."""
+    teacher = summary["teacher_acc_mean"].dropna().round(4).unique()
+    if len(teacher) == 1:
+        lines = [f"- teacher_acc: {teacher[0]:.4f}"]
+    else:
+        lines = ["- teacher_acc: " + ("differs by point (its column)" if len(teacher) else "- (no completed job)")]
+    baseline = summary[summary["alpha"].apply(_is_one)] if "alpha" in keys else summary.iloc[:0]
+    if len(baseline) == 1:
+        acc = _cell(baseline["student_acc_mean"].iloc[0], baseline["student_acc_std"].iloc[0])
+        lines.append(f"- no distillation (alpha=1): student_acc {acc}")
+    elif len(baseline) > 1:
+        lines.append("- no distillation (alpha=1): student_acc in the alpha=1 rows")
+    else:
+        lines.append("- no distillation (alpha=1): not in this sweep (add alpha=1 to the swept values to compare)")
+    return lines
+
+
 def summary_markdown(summary: pd.DataFrame, keys: list[str]) -> str:
     """summary.csv for people: one row per point, "mean ± std" cells (std over seeds, ddof=1), and the paired
     gain over alpha=1 with its 95% CI and p-value when there is one."""
@@ -327,6 +345,8 @@ def summary_markdown(summary: pd.DataFrame, keys: list[str]) -> str:
         f"# Sweep over {swept}",
         "",
         "Final-epoch validation metrics, mean ± sample std over the completed seeds of each point.",
+        "",
+        *_story_lines(summary, keys),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",

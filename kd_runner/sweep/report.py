@@ -63,7 +63,7 @@ def _read_table(sweep_dir: Path, name: str) -> pd.DataFrame:
     path = sweep_dir / name
     if not path.is_file():
         raise UserError(f"{str(path)!r}: no such file; run kd-aggregate {sweep_dir} first")
-    return pd.read_csv(path)
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])  # a swept value `null` stays text
 
 
 def _save(fig: Figure, sweep_dir: Path, stem: str) -> list[str]:
