@@ -138,7 +138,7 @@ def test_plots_of_a_key_swept_over_null_and_text(tmp_path):
     for num, value in enumerate(("null", "auto", "3.5")):
         make_job(tmp_path, num, [f"transfer.omitted_bias={value}", "seed=0"], 0, 0.8 + 0.01 * num)
     aggregate.aggregate([tmp_path], tmp_path)
-    assert report.write_plots(tmp_path) == ["curves.png", "final_accuracy.png"]
+    assert report.write_plots(tmp_path) == ["curves.png", "curves.svg", "final_accuracy.png", "final_accuracy.svg"]
 
 
 def test_categorical_keys_failed_jobs_and_number_parsing(tmp_path):

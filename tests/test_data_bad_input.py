@@ -11,7 +11,7 @@ CASES = [
     (["dataset.val_split=valid"], ["dataset.val_split='valid'", "test, holdout"]),
     (["dataset.val_split=test"], ["dataset.val_split='test'", "holdout for digits"]),
     (["dataset=imagefolder", "dataset.download=true"], ["dataset.download=True", "mnist, fashion_mnist, cifar10"]),
-    (["dataset=cifar10", "dataset.augment=maybe"], ["dataset.augment", "'maybe' is not a valid bool"]),
+    (["dataset=cifar10", "dataset.augment=maybe"], ["dataset.augment='maybe' is not allowed: one of: true, false"]),
     (["dataset=fake", "dataset.channels=2"], ["dataset.channels=2", "1 or 3 for fake"]),
     (["transfer=mnist", "transfer.dataset.val_split=dev"], ["transfer.dataset.val_split='dev'", "test, holdout"]),
     (["transfer=imagenet"], ["transfer='imagenet'", "cifar10", "mnist"]),
