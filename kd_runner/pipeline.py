@@ -166,31 +166,9 @@ def _experiment(
     timings, start = {}, time.perf_counter()
     compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile, cfg.threads)
     compute.configure_backends(cfg.deterministic)
-    data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
-    loader = "dataloader" if cfg.loader == "dataloader" or data.streamed else "memory"
-    split_data = StreamedData(data, compute, cfg.num_workers) if loader == "dataloader" else InMemoryData(data, compute)
+    data, split_data, student_data = _place_data(cfg, compute, shard)
     timings["data_s"] = time.perf_counter() - start
-    log.info(
-        "data: %s, %d train / %d val, %d classes, device %s",
-        data.name,
-        len(data.train),
-        len(data.val),
-        data.num_classes,
-        device,
-    )
-    settings = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in compute.describe().items())
-    log.info("compute: %s, loader %s, %d process(es)", settings, loader, shard.world)
-
-    # mistakes in the student's data or weights fail now, not after the teacher's fine-tuning
-    student_data = shard.main_first(lambda: transfer_data(cfg, data, split_data))
-    if student_data is not split_data:
-        log.info("transfer set: %s", describe_transfer(cfg, student_data))
-    engine.check_steps(len(split_data.train), cfg.teacher, shard, "teacher")
-    engine.check_steps(len(student_data.train), cfg.student, shard, "student")
-    if cfg.student.weights_path or cfg.student.pretrained:
-        build_stage_model(cfg.student, data, "student")
-    if cfg.distill.method in FEATURE_METHODS:  # a layer that is not there fails before the teacher trains
-        _check_layers(cfg, data, split_data)
+    _check_student_side(cfg, data, split_data, student_data, shard)  # fails now, not after the teacher's training
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
     recorder = results.EpochRecorder(run_dir, results.running_record(cfg, device))
     teacher_epochs = partial(recorder.record, "teacher")
@@ -215,7 +193,7 @@ def _experiment(
         compute={
             **compute.describe(),
             "threads": compute.threads,
-            "loader": loader,
+            "loader": _loader(cfg, data),
             "processes": shard.world,
             "deterministic": cfg.deterministic,
         },
@@ -235,6 +213,43 @@ def _experiment(
     if run_dir is not None:
         _write_outputs(run_dir, record, student, state, teacher.history, history, checkpoint)
     return record
+
+
+def _loader(cfg: RunConfig, data) -> str:
+    """How batches reach the model: the whole splits in memory, or streamed (asked for, or too big)."""
+    return "dataloader" if cfg.loader == "dataloader" or data.streamed else "memory"
+
+
+def _place_data(cfg: RunConfig, compute: Compute, shard: distributed.Shard):
+    """The dataset, its splits placed for training (in memory or streamed), and the student's splits."""
+    data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
+    loader = _loader(cfg, data)
+    split_data = StreamedData(data, compute, cfg.num_workers) if loader == "dataloader" else InMemoryData(data, compute)
+    log.info(
+        "data: %s, %d train / %d val, %d classes, device %s",
+        data.name,
+        len(data.train),
+        len(data.val),
+        data.num_classes,
+        compute.device,
+    )
+    settings = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in compute.describe().items())
+    log.info("compute: %s, loader %s, %d process(es)", settings, loader, shard.world)
+    student_data = shard.main_first(lambda: transfer_data(cfg, data, split_data))
+    if student_data is not split_data:
+        log.info("transfer set: %s", describe_transfer(cfg, student_data))
+    return data, split_data, student_data
+
+
+def _check_student_side(cfg: RunConfig, data, split_data: SplitData, student_data: SplitData, shard) -> None:
+    """Mistakes that would only show in the student stage: too few samples for a step, weights that do not
+    fit, a feature layer that is not there."""
+    engine.check_steps(len(split_data.train), cfg.teacher, shard, "teacher")
+    engine.check_steps(len(student_data.train), cfg.student, shard, "student")
+    if cfg.student.weights_path or cfg.student.pretrained:
+        build_stage_model(cfg.student, data, "student")
+    if cfg.distill.method in FEATURE_METHODS:
+        _check_layers(cfg, data, split_data)
 
 
 def _check_layers(cfg: RunConfig, data, split_data: SplitData) -> None:
