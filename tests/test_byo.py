@@ -124,6 +124,27 @@ def test_custom_networks_and_dataset_from_the_command_line(user_package):
     assert record["models"]["teacher"]["params"] == 16 * 1 * 9 + 16 + 16 * 4 + 4  # width 16, 1 channel, 4 classes
 
 
+def test_a_streamed_custom_dataset_runs_end_to_end(user_package):
+    """A map-style dataset over the memory bound streams through DataLoader workers, teacher logits cached."""
+    out = user_package / "streamed"
+    args = [
+        *FAST,
+        "dataset.name=blobs",
+        "dataset.factory._target_=mypkg.data.blobs",
+        "+dataset.factory.map_style=true",
+        "dataset.memory_mb=0",
+        "num_workers=0",
+        f"hydra.run.dir={out}",
+        f"cache_dir={user_package / 'cache'}",
+    ]
+    kd_run(*args, cwd=user_package)
+    record = json.loads((out / "result.json").read_text())
+    assert record["status"] == "completed" and record["compute"]["loader"] == "dataloader"
+    assert record["teacher"]["logits"] == "computed"
+    kd_run(*args, "seed=1", f"hydra.run.dir={out}1", cwd=user_package)  # the same data: its logits from the cache
+    assert json.loads((out.with_name("streamed1") / "result.json").read_text())["teacher"]["logits"] == "cache"
+
+
 def test_sweep_over_two_custom_students_from_a_config_dir(user_package):
     sweep = user_package / "sweep"
     args = ["--config-dir", str(user_package / "conf"), "-m", *FAST, "dataset=blobs", "teacher=tiny"]
