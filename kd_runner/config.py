@@ -380,7 +380,7 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
     _one_of(f"{key}.freeze", stage.freeze, FREEZE)
     _check(stage.epochs >= 0, f"{key}.epochs", stage.epochs, "expected a whole number >= 0")
     _check(stage.batch_size > 0, f"{key}.batch_size", stage.batch_size, "expected a whole number > 0")
-    _check(stage.lr > 0, f"{key}.lr", stage.lr, "expected a number > 0")
+    _check(0 < stage.lr <= 1e6, f"{key}.lr", stage.lr, "expected a number in (0, 1e6]")
     _check(stage.width > 0, f"{key}.width", stage.width, "expected a whole number > 0")
     _check(stage.depth > 0, f"{key}.depth", stage.depth, "expected a whole number > 0")
     _check(stage.momentum >= 0, f"{key}.momentum", stage.momentum, "expected a number >= 0")
