@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import kd_run, read_run, usage_error_line
+from helpers import compose_config, kd_run, read_run, usage_error_line
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from wandb.proto import wandb_internal_pb2
 
 from kd_runner import trackers
+from kd_runner.config import config_digest, result_key
 from kd_runner.trackers.mlflow_run import store_uri
 
 ALL = "logger=[csv,tensorboard,mlflow,wandb]"
@@ -118,6 +119,14 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(tmp_path, capsys
     err = usage_error_line(["experiment=smoke", "logger=[csv,wandb]", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert "pip install 'kd-runner[wandb]'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_where_a_run_reports_to_is_not_part_of_its_digest_or_result_key():
+    plain = compose_config("experiment=smoke")
+    tracked = compose_config("experiment=smoke", "logger=[csv,mlflow]", "logger.project=other")
+    assert tracked.logger != plain.logger
+    assert (config_digest(tracked), result_key(tracked)) == (config_digest(plain), result_key(plain))
+    assert config_digest(compose_config("experiment=smoke", "seed=1")) != config_digest(plain)
 
 
 class Counting:
