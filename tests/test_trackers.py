@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import compose_config, kd_run, read_run, usage_error_line
+from helpers import compose_config, kd_run, read_run, start_kd_run, usage_error_line, wait_for_file
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -199,9 +199,14 @@ def test_mlflow_server_gets_the_run_and_a_server_gone_only_warns(tmp_path, mlflo
     assert run.data.metrics["student_acc"] == pytest.approx(record["metrics"]["student_acc"])
     assert {"result.json", "metrics.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
+    # the server goes away after the student's first epoch: one warning, and the run completes on its own
+    proc = start_kd_run(*common, "student.epochs=10", "hydra.run.dir=run2", cwd=tmp_path)
+    wait_for_file(tmp_path / "run2" / "student_best.pt", proc)
     os.killpg(server.pid, 15)
     server.wait(timeout=60)
-    proc = kd_run(*common, "hydra.run.dir=run2", cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
     log = (tmp_path / "run2" / "kd-run.log").read_text()
-    assert log.count("logger=mlflow failed") == 1, proc.stderr
-    assert read_run(tmp_path / "run2")[0]["status"] == "completed"
+    assert log.count("logger=mlflow failed") == 1, log
+    record, metrics = read_run(tmp_path / "run2")
+    assert record["status"] == "completed" and len(metrics.query("stage == 'student'")) == 10
