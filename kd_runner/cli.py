@@ -327,10 +327,13 @@ def compose_job(compose, overrides: list[str], multirun: bool, known: bool) -> t
 
 def job_config(raw: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> RunConfig:
     """A job's typed config. Under a parallel launcher `threads=0` (all cores) becomes the job's share of
-    the cores, so parallel jobs do not oversubscribe them and record the thread count they computed with."""
+    the cores, so parallel jobs do not oversubscribe them and record the thread count they computed with.
+    A sweep's jobs are one group in the trackers (logger.group): the sweep directory, unless given."""
     values = OmegaConf.to_container(raw, resolve=True)
     if multirun and values.get("threads") == 0 and "n_jobs" in hydra_cfg.launcher:
         values["threads"] = parallel_threads(hydra_cfg.launcher.n_jobs, cpu_cores())
+    if multirun and values.get("logger", {}).get("group") is None:
+        values.setdefault("logger", {})["group"] = str(hydra_cfg.sweep.dir)
     return load_config(values)
 
 

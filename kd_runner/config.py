@@ -24,6 +24,7 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle", "multistep")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE = ("none", "backbone")
 LOADERS = ("memory", "dataloader")
+WANDB_MODES = ("offline", "online")
 VAL_SPLITS = ("test", "holdout")
 AUGMENT = (True, False, "none", "crop_flip", "resized_crop_flip")
 # each distillation method and the DistillConfig parameters it takes (conf/distill/<method>.yaml sets their defaults)
@@ -210,6 +211,27 @@ class DistillConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """The experiment trackers a run also reports to (logger=[csv,tensorboard,...]); metrics.csv and result.json
+    are always written. Not part of the config digest or result key: a tracker changes no result."""
+
+    tensorboard: bool = field(default=False, metadata={"doc": "event files in the run directory's tensorboard/"})
+    mlflow: bool = field(default=False, metadata={"doc": "an MLflow run: params, per-epoch metrics, artifacts"})
+    wandb: bool = field(default=False, metadata={"doc": "a Weights & Biases run (offline by default: logger.mode)"})
+    tracking_uri: str = field(
+        default="outputs/mlflow",
+        metadata={"doc": "MLflow: a local directory (SQLite store and artifacts) or a server's URL, e.g. http://host:5000"},
+    )
+    project: str = field(default="kd-runner", metadata={"doc": "MLflow experiment and W&B project"})
+    group: str | None = field(
+        default=None,
+        metadata={"doc": "the runs' group (W&B group; MLflow experiment <project>/<group>); a sweep: its directory"},
+    )
+    name: str | None = field(default=None, metadata={"doc": "the tracker run's name (null: the run directory's name)"})
+    mode: str = field(default="offline", metadata={"doc": "W&B: offline (files in the run directory) | online"})
+
+
+@dataclass
 class RunConfig:
     teacher: TeacherConfig = field(
         default_factory=TeacherConfig, metadata={"doc": "the teacher stage: its network and training recipe"}
@@ -277,6 +299,10 @@ class RunConfig:
         default=0,
         metadata={"doc": "CPU threads of a job (CPU results depend on it): 0 = all cores, shared by parallel jobs"},
     )
+    logger: LoggerConfig = field(
+        default_factory=LoggerConfig,
+        metadata={"doc": "experiment trackers, several at once: logger=[csv,tensorboard,mlflow,wandb]"},
+    )
 
 
 def load_config(raw: typing.Mapping) -> RunConfig:
@@ -287,8 +313,8 @@ def load_config(raw: typing.Mapping) -> RunConfig:
 
 
 def config_digest(cfg) -> str:
-    """A short stable digest of a (sub)config: equal digests mean equal settings."""
-    return digest(dataclasses.asdict(cfg))
+    """A short stable digest of a (sub)config: equal digests mean equal settings (the trackers aside)."""
+    return digest(_settings(cfg))
 
 
 IGNORED_AT_ALPHA_1 = ("temperature", "soft_loss")  # alpha=1 trains on the labels alone
@@ -298,10 +324,17 @@ def result_key(cfg: RunConfig) -> str:
     """A digest of what can change a run's results: the whole config, with the keys this run ignores
     normalised (at alpha=1, the temperature and the soft loss). Jobs of equal keys give the same results,
     so a sweep runs the first and the others reuse it; data, recipes and seeds stay part of the key."""
-    values = dataclasses.asdict(cfg)
+    values = _settings(cfg)
     if cfg.alpha == 1:
         values.update(dict.fromkeys(IGNORED_AT_ALPHA_1))
     return digest(values)
+
+
+def _settings(cfg) -> dict:
+    """A (sub)config's values without `logger`: where a run reports to is not what it computes."""
+    values = dataclasses.asdict(cfg)
+    values.pop("logger", None)
+    return values
 
 
 def _build(cls, raw, prefix: str):
@@ -433,6 +466,7 @@ def _validate(cfg: RunConfig) -> None:
         f"expected a number in [{TEMPERATURES[0]}, {TEMPERATURES[1]}] (softening; Hinton et al. use 1 to 20)",
     )
     _one_of("soft_loss", cfg.soft_loss, SOFT_LOSSES)
+    _one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
     _one_of("device", cfg.device, DEVICES)
     _one_of("precision", cfg.precision, PRECISIONS)
     _one_of("memory_format", cfg.memory_format, MEMORY_FORMATS)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kd_runner import trackers
 from kd_runner.config import FEATURE_METHODS, RunConfig, config_digest, result_key
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData, SplitData, sharded
@@ -59,6 +60,7 @@ def check_job(cfg: RunConfig, job_dir: Path | str | None, *, dir_key: str, proce
         if data_cfg is not None:
             check_root(data_cfg)
     _check_user_code(cfg)
+    trackers.check_installed(cfg.logger)
     check_writable(cfg.cache_dir, "cache_dir")
     if job_dir is not None:
         check_writable(job_dir, dir_key)
@@ -113,10 +115,11 @@ def run(
             return finished
         result_path = run_dir / rundir.RESULT
         write_json(result_path, results.running_record(cfg, device))
+        tracked = trackers.start(cfg, run_dir)
         try:
             if stop():  # stopped before it started: recorded like any interruption (a re-run starts it)
                 raise RunInterrupted(None)
-            return _experiment(cfg, run_dir, device, shard, stop)
+            return _experiment(cfg, run_dir, device, shard, stop, tracked)
         except Exception as exc:  # recorded, so a sweep's tables show it; only a divergence is final
             record = results.failure_record(cfg, device, exc, signal=stop())
             write_json(result_path, record)
@@ -124,6 +127,8 @@ def run(
                 raise
             rundir.student_checkpoint(run_dir).unlink(missing_ok=True)  # a re-run would diverge again
             return record
+        finally:  # the trackers get the record as result.json holds it, however the run ended
+            tracked.finish(rundir.previous_record(run_dir) or {})
 
 
 def _reuse(cfg: RunConfig, run_dir: Path, owner_dir: Path | str | None, device: torch.device) -> dict | None:
@@ -161,7 +166,12 @@ class RunOutputs:
 
 
 def _experiment(
-    cfg: RunConfig, run_dir: Path | None, device: torch.device, shard: distributed.Shard, stop: Callable[[], object]
+    cfg: RunConfig,
+    run_dir: Path | None,
+    device: torch.device,
+    shard: distributed.Shard,
+    stop: Callable[[], object],
+    tracked: trackers.Trackers | None = None,
 ) -> dict:
     timings, start = {}, time.perf_counter()
     compute = Compute.resolve(device, cfg.precision, cfg.memory_format, cfg.compile, cfg.threads)
@@ -170,7 +180,7 @@ def _experiment(
     timings["data_s"] = time.perf_counter() - start
     _check_student_side(cfg, data, split_data, student_data, shard)  # fails now, not after the teacher's training
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
-    recorder = results.EpochRecorder(run_dir, results.running_record(cfg, device))
+    recorder = results.EpochRecorder(run_dir, results.running_record(cfg, device), tracked)
     teacher_epochs = partial(recorder.record, "teacher")
     teacher = shard.main_first(lambda: prepare_teachers(cfg, data, split_data, cfg.progress, stop, teacher_epochs))
     recorder.record("teacher", teacher.history)

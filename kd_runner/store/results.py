@@ -17,6 +17,7 @@ from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.models import count_parameters, model_size_mb
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv, write_json
+from kd_runner.trackers import Trackers
 from kd_runner.train.distill import PART_COLUMNS
 from kd_runner.train.metrics import METRIC_NAMES, TOP5_NAMES
 
@@ -39,11 +40,11 @@ def best_row(history: list[dict]) -> dict:
 
 class EpochRecorder:
     """Rewrites metrics.csv and the running result.json after every epoch, so a crash or a kill leaves
-    every finished epoch on disk and result.json says how far the run got. `run_dir` None (a process
-    other than rank 0): writes nothing."""
+    every finished epoch on disk and result.json says how far the run got, and sends the new rows to the
+    run's `trackers`. `run_dir` None (a process other than rank 0): writes nothing."""
 
-    def __init__(self, run_dir: Path | None, running: dict):
-        self.run_dir, self.running = run_dir, running
+    def __init__(self, run_dir: Path | None, running: dict, trackers: Trackers | None = None):
+        self.run_dir, self.running, self.trackers = run_dir, running, trackers
         self.rows: dict[str, list[dict]] = {}
 
     def record(self, stage: str, rows: list[dict]) -> None:
@@ -56,6 +57,8 @@ class EpochRecorder:
         write_json(
             self.run_dir / "result.json", {**self.running, "last_epoch": {"stage": stage, "epoch": rows[-1]["epoch"]}}
         )
+        if self.trackers is not None:
+            self.trackers.log_rows(stage, rows)
 
 
 def versions() -> dict:
