@@ -23,10 +23,10 @@ import yaml
 
 from kd_runner.config import RunConfig, result_key
 from kd_runner.errors import UserError
+from kd_runner.names import METRIC_NAMES
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv, write_json, write_text
 from kd_runner.sweep import stats
-from kd_runner.train.metrics import METRIC_NAMES
 
 FINAL_METRICS = (*METRIC_NAMES, "best_student_acc")
 CURVE_METRICS = ("train_loss", *METRIC_NAMES)
