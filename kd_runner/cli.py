@@ -44,7 +44,6 @@ from kd_runner.status import Status
 from kd_runner.store import rundir
 from kd_runner.sweep import search
 from kd_runner.sweep.aggregate import job_dirs, planned_reuse, read_plan, reuse_plan, write_plan
-from kd_runner.sweep.cli import finish_sweep
 
 CONFIG_MODULE = "kd_runner.conf"
 # Hydra's flags that print something and run no job: they go straight to Hydra (long and short forms)
@@ -187,6 +186,8 @@ def run_sweep(plan: Plan) -> int:
     """Hydra's multirun, then the sweep's tables and plots, also when it stopped early (Hydra skips its own
     end-of-multirun hook then). Returns the exit code: the worst job's (see `job_exit_code`), at least 1
     when a job did not complete."""
+    from kd_runner.sweep.cli import finish_sweep  # plots (matplotlib): imported only by a sweep
+
     sweep_dir = Path(plan.out_dir)
     if plan.jobs is None:  # a search: no plan, but the sweep directory holds its study
         sweep_dir.mkdir(parents=True, exist_ok=True)
