@@ -57,7 +57,8 @@ from kd_runner.data.augment import Augmentation
 from kd_runner.data.device import InMemoryData
 from kd_runner.errors import UserError
 from kd_runner.models import build_stage_model
-from kd_runner.runtime.compute import MEMORY_FORMATS, PRECISIONS, Compute, resolve_device
+from kd_runner.names import MEMORY_FORMATS, PRECISIONS
+from kd_runner.runtime.compute import Compute, resolve_device
 from kd_runner.runtime.rng import seed_everything
 from kd_runner.store.files import check_writable, save_torch, write_json
 from kd_runner.teacher.soft_targets import SoftTargets

@@ -10,10 +10,14 @@ aggregated into tables and plots.
 Exit codes: 0 done (or skipped: already finished), 1 a bug (or a sweep job that did not complete),
 2 a usage error, 3 a run diverged (a sweep finishes its other jobs first), 75 interrupted by
 SIGTERM/SIGINT (run the same command again to resume). Tracebacks only with HYDRA_FULL_ERROR=1.
+
+Torch is imported only once a job's config has passed its checks (`pipeline`, imported where a job is
+checked or run): --help, --version and a mistake in the config answer without loading it.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
 import logging
 import os
@@ -31,21 +35,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from kd_runner import pipeline
+import kd_runner
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
-from kd_runner.runtime import distributed, interrupt
-from kd_runner.runtime.compute import cpu_cores
+from kd_runner.runtime import interrupt
+from kd_runner.runtime.process import cpu_cores, launched_rank, launched_world_size
 from kd_runner.status import Status
 from kd_runner.store import rundir
-from kd_runner.store.results import job_line, summary
 from kd_runner.sweep import search
 from kd_runner.sweep.aggregate import job_dirs, planned_reuse, read_plan, reuse_plan, write_plan
-from kd_runner.sweep.cli import finish_sweep
 
 CONFIG_MODULE = "kd_runner.conf"
 # Hydra's flags that print something and run no job: they go straight to Hydra (long and short forms)
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+COMPLETION_COMMANDS = ("install=", "uninstall=", "query=")  # what Hydra's --shell-completion does, e.g. install=bash
 log = logging.getLogger("kd_runner")
 
 
@@ -96,6 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     register_schema()
     if any(a.split("=", 1)[0] in INFO_FLAGS for a in argv):  # --help, --cfg, ...: Hydra prints, no job runs
+        if "--version" in argv:
+            print(version_line())
+            return None
+        check_completion(argv)
         sys.argv = [sys.argv[0], *argv]
         return hydra_main()
     try:
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         plan = preflight(job_overrides(rest) + search_path, multirun="-m" in rest or "--multirun" in rest)
     except UserError as exc:
         fail(exc)
-    if distributed.launched_rank() > 0:
+    if launched_rank() > 0:
         return run_worker(plan.configs)
     sys.argv = [sys.argv[0], *plan.hydra_args(argv)]
     try:
@@ -119,6 +126,27 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(RunInterrupted.exit_code)
     if code:
         sys.exit(code)
+
+
+def version_line() -> str:
+    """kd-runner's version and those of torch (read from its metadata: importing it takes seconds) and Hydra."""
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"kd-runner {kd_runner.__version__} (torch {torch_version}, Hydra {hydra.__version__})"
+
+
+def check_completion(argv: list[str]) -> None:
+    """`--shell-completion` (`-sc`) needs what to do; without it Hydra raises a traceback."""
+    if not {"--shell-completion", "-sc"} & set(argv) or any(a.startswith(COMPLETION_COMMANDS) for a in argv):
+        return
+    fail(
+        UserError(
+            "--shell-completion needs what to do: install=SHELL or uninstall=SHELL (bash, zsh or fish), "
+            'e.g. eval "$(kd-run --shell-completion install=bash)"'
+        )
+    )
 
 
 def config_dir_override(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -158,6 +186,8 @@ def run_sweep(plan: Plan) -> int:
     """Hydra's multirun, then the sweep's tables and plots, also when it stopped early (Hydra skips its own
     end-of-multirun hook then). Returns the exit code: the worst job's (see `job_exit_code`), at least 1
     when a job did not complete."""
+    from kd_runner.sweep.cli import finish_sweep  # plots (matplotlib): imported only by a sweep
+
     sweep_dir = Path(plan.out_dir)
     if plan.jobs is None:  # a search: no plan, but the sweep directory holds its study
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -188,6 +218,9 @@ def run_worker(configs: list[RunConfig]) -> None:
     """A torchrun process other than rank 0: it computes its part of every job, in the order rank 0's Hydra
     runs them, and writes nothing (no run directory, no logs). A job that fails or diverges is recorded
     by rank 0; like rank 0, a worker goes on with the next job of a sweep. An interruption ends it."""
+    from kd_runner import pipeline
+    from kd_runner.runtime import distributed
+
     failed = None
     try:
         with interrupt.graceful_stop():
@@ -321,7 +354,9 @@ def compose_job(compose, overrides: list[str], multirun: bool, known: bool) -> t
             "cache_dir, ...) from the directory it starts in and writes into hydra.run.dir without it"
         )
     cfg = job_config(composed, hydra_cfg, multirun)
-    pipeline.check_job(cfg, job_dir, dir_key=key, processes=distributed.launched_world_size())
+    from kd_runner import pipeline  # after the config's checks: a mistake in it is found without torch
+
+    pipeline.check_job(cfg, job_dir, dir_key=key, processes=launched_world_size())
     return cfg, job_dir
 
 
@@ -347,12 +382,12 @@ def check_launcher(hydra_cfg: DictConfig, multirun: bool, known: bool) -> None:
     """Under torchrun every process runs the jobs one after another: only the basic launcher can do that,
     and only with jobs known in advance."""
     launcher = hydra_cfg.launcher._target_.rsplit(".", 1)[-1]
-    if distributed.launched_world_size() > 1 and multirun and launcher != "BasicLauncher":
+    if launched_world_size() > 1 and multirun and launcher != "BasicLauncher":
         raise UserError(
             f"hydra/launcher={launcher} is not allowed under torchrun: every process runs the "
             "jobs one after another; use the default launcher"
         )
-    if distributed.launched_world_size() > 1 and not known:
+    if launched_world_size() > 1 and not known:
         raise UserError("a search is not allowed under torchrun: its jobs are not known in advance")
 
 
@@ -422,10 +457,12 @@ def start_job(raw: DictConfig, run_dir: Path, multirun: bool) -> RunConfig:
     """The job's typed config. A sweep's job is checked again as it starts, for sweepers that pick jobs as
     they run (Optuna): a mistake stops the sweep with one line and exit 2, and the job's directory (only
     Hydra's .hydra/ and log so far) is removed."""
+    from kd_runner import pipeline
+
     try:
         cfg = job_config(raw, HydraConfig.get(), multirun)
         if multirun:
-            pipeline.check_job(cfg, run_dir, dir_key="hydra.sweep.dir", processes=distributed.launched_world_size())
+            pipeline.check_job(cfg, run_dir, dir_key="hydra.sweep.dir", processes=launched_world_size())
         return cfg
     except UserError as exc:
         if not (run_dir / rundir.RESULT).exists():
@@ -436,6 +473,8 @@ def start_job(raw: DictConfig, run_dir: Path, multirun: bool) -> RunConfig:
 def run_job(cfg: RunConfig, run_dir: Path, reuse_from: str | None, label: tuple | None) -> dict | None:
     """One run; in a sweep (`label`: the job's number and overrides), a failed or diverged run is recorded
     (result.json) and the sweep goes on, and the console gets one line for the run."""
+    from kd_runner.store.results import job_line
+
     if label is None:
         return _run(cfg, run_dir, False, reuse_from)
     skipped = (rundir.previous_record(run_dir) or {}).get("status") in rundir.FINISHED
@@ -446,6 +485,9 @@ def run_job(cfg: RunConfig, run_dir: Path, reuse_from: str | None, label: tuple 
 
 
 def _run(cfg: RunConfig, run_dir: Path, multirun: bool, reuse_from: str | None) -> dict | None:
+    from kd_runner import pipeline
+    from kd_runner.store.results import summary
+
     try:
         record = pipeline.run(cfg, run_dir, reuse_from=reuse_from)
     except RunInterrupted as exc:

@@ -15,9 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kd_runner.errors import ConfigError
-from kd_runner.runtime.compute import MEMORY_FORMATS, PRECISIONS
+from kd_runner.names import (
+    DATASET_NAMES,
+    DOWNLOADABLE,
+    MEMORY_FORMATS,
+    METRIC_NAMES,
+    MODEL_NAMES,
+    PRECISIONS,
+    PRETRAINED_FAMILIES,
+    SOFT_LOSSES,
+    WITH_TEST_SPLIT,
+)
 from kd_runner.store.files import digest
-from kd_runner.train.losses import SOFT_LOSSES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "multistep")
@@ -402,9 +411,16 @@ def _one_of(key: str, value, options) -> None:
     _check(value in options, key, value, "one of: " + ", ".join(options))
 
 
-def _validate_stage(stage: StageConfig, key: str) -> None:
-    from kd_runner.models import MODEL_NAMES, check_pretrained
+def check_pretrained(name: str, pretrained: bool, weights_path: str | None, key: str = "pretrained") -> None:
+    """`pretrained` needs a torchvision family and no weights file (`key` names the setting in the error)."""
+    if pretrained and weights_path is not None:
+        raise ConfigError(key, pretrained, "false when weights_path is set (the file supplies the weights)")
+    if pretrained and name not in PRETRAINED_FAMILIES:
+        families = ", ".join(PRETRAINED_FAMILIES)
+        raise ConfigError(key, pretrained, f"false for {name}: ImageNet weights exist for {families}")
 
+
+def _validate_stage(stage: StageConfig, key: str) -> None:
     _validate_target(stage.model, stage.name, MODEL_NAMES, f"{key}.model", f"{key}.name")
     if stage.model["_target_"] is None:
         check_pretrained(stage.name, stage.pretrained, stage.weights_path, f"{key}.pretrained")
@@ -454,8 +470,6 @@ def _check_seed(key: str, seed: int, count: int = 1) -> None:
 
 
 def _validate(cfg: RunConfig) -> None:
-    from kd_runner.train.metrics import METRIC_NAMES
-
     _check_seed("seed", cfg.seed)
     _check_seed("teacher.seed", cfg.teacher.seed, max(cfg.teacher.ensemble, 1))
     _check(0 <= cfg.alpha <= 1, "alpha", cfg.alpha, "expected a number in [0, 1] (weight of the hard-label loss)")
@@ -496,9 +510,7 @@ def _validate(cfg: RunConfig) -> None:
 
 
 def _validate_dataset(d: DatasetConfig, key: str) -> None:
-    from kd_runner.data import DOWNLOADABLE, WITH_TEST_SPLIT, dataset_names
-
-    _validate_target(d.factory, d.name, dataset_names(), f"{key}.factory", f"{key}.name")
+    _validate_target(d.factory, d.name, DATASET_NAMES, f"{key}.factory", f"{key}.name")
     _one_of(f"{key}.val_split", d.val_split, VAL_SPLITS)
     presets = "one of: true, false, " + ", ".join(AUGMENT[2:])
     _check(isinstance(d.augment, (bool, str)) and d.augment in AUGMENT, f"{key}.augment", d.augment, presets)

@@ -13,8 +13,8 @@ from helpers import scipy_statistics
 from PIL import Image
 
 from kd_runner.errors import UserError
+from kd_runner.names import METRIC_NAMES
 from kd_runner.sweep import aggregate, report
-from kd_runner.train.metrics import METRIC_NAMES
 
 
 def make_job(sweep, num: int, overrides: list[str], seed: int, acc: float | None, teacher_acc: float = 0.9):

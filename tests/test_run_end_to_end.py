@@ -8,7 +8,7 @@ import pytest
 from helpers import compose_config, kd_run, read_run
 
 from kd_runner import pipeline
-from kd_runner.train.metrics import METRIC_NAMES, TOP5_NAMES
+from kd_runner.names import METRIC_NAMES, TOP5_NAMES
 
 
 def test_smoke_run_writes_result_and_metrics(smoke_run):

@@ -20,9 +20,9 @@ from helpers import kd_run, usage_error_line
 from PIL import Image
 
 from kd_runner import cli
+from kd_runner.names import METRIC_NAMES
 from kd_runner.sweep import cli as sweep_cli
 from kd_runner.sweep.aggregate import FINAL_METRICS, GAIN_COLUMNS, write_plan
-from kd_runner.train.metrics import METRIC_NAMES
 
 BIN = Path(sys.executable).parent
 SWEEP = ("-m", "experiment=smoke", "alpha=0,1", "seed=0,1", "hydra.sweep.dir=sweep")

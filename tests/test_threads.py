@@ -8,7 +8,8 @@ import torch
 from helpers import compose_config
 
 from kd_runner import cli, pipeline
-from kd_runner.runtime.compute import Compute, cpu_cores
+from kd_runner.runtime.compute import Compute
+from kd_runner.runtime.process import cpu_cores
 
 CPU = torch.device("cpu")
 

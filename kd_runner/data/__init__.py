@@ -111,7 +111,6 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-from kd_runner.data import builtin  # noqa: E402,F401  (registers digits and synthetic)
+from kd_runner.data import builtin, vision  # noqa: E402,F401  (register digits, synthetic and the file datasets)
 from kd_runner.data.checks import check_dataset  # noqa: E402
 from kd_runner.data.custom import build_custom  # noqa: E402
-from kd_runner.data.vision import DOWNLOADABLE, WITH_TEST_SPLIT  # noqa: E402,F401  (registers the file datasets)

@@ -115,8 +115,6 @@ FILE_DATASETS = {
         by_split=True,
     ),
 }
-DOWNLOADABLE = tuple(FILE_DATASETS)
-WITH_TEST_SPLIT = (*FILE_DATASETS, "imagefolder", "fake")
 IMAGEFOLDER_LAYOUT = "{root}/train/<class>/<image> and {root}/val/<class>/<image> (e.g. hymenoptera_data)"
 
 

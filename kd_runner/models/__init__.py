@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 from torch import nn
 
+from kd_runner.config import check_pretrained
 from kd_runner.errors import ConfigError, UserError
+from kd_runner.names import MODEL_NAMES
 from kd_runner.store.files import read_state_dict, state_dict_mismatch
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -24,15 +26,6 @@ def register(name: str):
         return builder
 
     return add
-
-
-def check_pretrained(name: str, pretrained: bool, weights_path: str | None, key: str = "pretrained") -> None:
-    """`pretrained` needs a torchvision family and no weights file (`key` names the setting in the error)."""
-    if pretrained and weights_path is not None:
-        raise ConfigError(key, pretrained, "false when weights_path is set (the file supplies the weights)")
-    if pretrained and name not in torchvision_nets.FAMILIES:
-        families = ", ".join(torchvision_nets.FAMILIES)
-        raise ConfigError(key, pretrained, f"false for {name}: ImageNet weights exist for {families}")
 
 
 def build_model(
@@ -149,4 +142,3 @@ def freeze_backbone(model: nn.Module, key: str = "freeze") -> None:
 # Imported last, for their @register side effects: they need `register` defined above.
 from kd_runner.models import cifar_nets, custom, small_nets, torchvision_nets  # noqa: E402, F401
 
-MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILDERS))

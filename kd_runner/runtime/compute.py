@@ -29,9 +29,8 @@ import torch
 from torch import nn
 
 from kd_runner.errors import ConfigError, UserError
+from kd_runner.runtime.process import cpu_cores
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -141,11 +140,6 @@ class Compute:
         if self.device.type == "cpu":
             described["threads"] = self.threads
         return described
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity, e.g. under taskset or a cluster's allocation)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _native_bf16() -> bool:

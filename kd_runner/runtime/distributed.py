@@ -30,19 +30,11 @@ import torch.distributed as dist
 from torch import nn
 
 from kd_runner.errors import ConfigError
+from kd_runner.runtime.process import launched_world_size
 
 T = TypeVar("T")
 # Rank 0 may fine-tune a teacher while the others wait in a barrier: allow that to take long.
 WAIT_FOR_RANK0 = datetime.timedelta(hours=24)
-
-
-def launched_world_size() -> int:
-    """The number of processes torchrun started (1 when not under torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def launched_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 checked weight loading.
 
 Every file the tool writes goes through `atomic_path`, so a reader never sees a half-written file,
-whether the writer finished, crashed or was killed.
+whether the writer finished, crashed or was killed. Torch is imported only by the functions that read or
+write tensors, so the CLI's checks and the sweep tables (kd-aggregate, kd-report) start without it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from kd_runner.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ def write_csv(path: Path | str, frame) -> None:
 
 
 def save_torch(obj, path: Path | str) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -65,6 +70,8 @@ def digest(obj) -> str:
 
 def tensors_digest(tensors, header: object = None) -> str:
     """A short digest of tensors' dtypes, shapes and values (in order), after a JSON-able `header`."""
+    import torch
+
     h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     for t in tensors:
         t = t.detach().cpu().contiguous()
@@ -94,6 +101,8 @@ def load_checked(entry: Path, what: str, redo: str, fits=None) -> tuple[object, 
     is unreadable, does not match its manifest, or whose content `fits(obj, manifest)` rejects (another
     network's weights, pickled code, a manifest without its fields) is reported ("`what` ... removed,
     `redo`"), removed, and None."""
+    import torch
+
     data, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
     if not manifest_path.is_file():
         return None
@@ -198,6 +207,8 @@ def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
 
     RepDistiller-style checkpoints that keep the state dict under "model" are unwrapped.
     """
+    import torch
+
     if not os.path.isfile(path):
         raise UserError(f"{key}={str(path)!r}: no such file")
     try:
@@ -225,11 +236,15 @@ def load_failure_reason(exc: Exception) -> str:
 
 
 def _shape(value) -> str:
+    import torch
+
     return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def state_dict_mismatch(model: torch.nn.Module, state: Mapping) -> str | None:
     """How `state` differs from `model`'s own state dict, in one line; None when it loads exactly."""
+    import torch
+
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

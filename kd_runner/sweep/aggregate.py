@@ -23,10 +23,9 @@ import yaml
 
 from kd_runner.config import RunConfig, result_key
 from kd_runner.errors import UserError
+from kd_runner.names import METRIC_NAMES
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv, write_json, write_text
-from kd_runner.sweep import stats
-from kd_runner.train.metrics import METRIC_NAMES
 
 FINAL_METRICS = (*METRIC_NAMES, "best_student_acc")
 CURVE_METRICS = ("train_loss", *METRIC_NAMES)
@@ -230,6 +229,8 @@ def points(frame: pd.DataFrame, keys: list[str]):
 def summarize(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per point: n completed jobs, n_missing (failed, incomplete or not started), then per metric the
     mean, sample std and 95% CI of the mean; with an alpha=1 point, the paired gain over it (`paired_gains`)."""
+    from kd_runner.sweep import stats  # scipy: a second to import, needed only for these tables
+
     rows = []
     for point, jobs in points(runs, keys):
         done = jobs[jobs["status"] == Status.COMPLETED]
@@ -256,6 +257,8 @@ def paired_gains(runs: pd.DataFrame, keys: list[str]) -> list[dict]:
     """Per point (in `points` order), student_acc minus that of the alpha=1 point with the same values of the
     other swept keys, paired by seed (seeds completed in both; a seed run twice counts once, averaged):
     stats.paired_gain's columns. Empty for the alpha=1 points themselves and where nothing pairs."""
+    from kd_runner.sweep import stats  # scipy: a second to import, needed only for these tables
+
     done = runs[runs["status"] == Status.COMPLETED]
     by_seed = [(point, rows.groupby("seed")["student_acc"].mean()) for point, rows in points(done, keys)]
     others = [k for k in keys if k != "alpha"]

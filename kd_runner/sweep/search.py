@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 import yaml
-from matplotlib.figure import Figure
 
 from kd_runner.config import RunConfig
 from kd_runner.errors import UserError
@@ -108,6 +107,8 @@ def write_search_outputs(sweep_dir: Path | str, out_dir: Path | str) -> list[str
 
 
 def _plot_objective(trials, direction: str, path: Path) -> None:
+    from matplotlib.figure import Figure  # imported only to plot: kd-run starts without it
+
     numbers, values = [t.number for t in trials], [t.value for t in trials]
     best = max if direction == "maximize" else min
     fig = Figure(figsize=(8, 4.5))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-SOFT_LOSSES = ("kl", "soft_ce", "mse")
+from kd_runner.names import SOFT_LOSSES
 
 
 def soft_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, kind: str) -> Tensor:

@@ -8,17 +8,6 @@ from torch import Tensor
 
 from kd_runner.train.losses import distillation_loss, soft_loss
 
-METRIC_NAMES = (
-    "student_acc",
-    "teacher_acc",
-    "student_loss",
-    "objective",
-    "logit_gap",
-    "kl_teacher_student",
-    "agreement",
-)
-TOP5_NAMES = ("student_acc_top5", "teacher_acc_top5")  # only when the dataset has more than 5 classes
-
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     """Top-1 accuracy as a fraction in [0, 1]. No samples is an error, not a silent NaN."""
