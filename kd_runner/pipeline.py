@@ -290,6 +290,7 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
         checkpoint=checkpoint,
         stop=stop,
         on_epoch=on_epoch,
+        temperature=cfg.temperature if cfg.alpha < 1 else None,
     )
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]

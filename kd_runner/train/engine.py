@@ -21,6 +21,9 @@ from kd_runner.train.checkpoint import EpochPosition, StageCheckpoint
 from kd_runner.train.optim import make_optimizer, make_scheduler
 from kd_runner.train.progress import BatchBar, EpochLog
 
+USUAL_LR = {"sgd": 1.0, "adam": 0.01, "adamw": 0.01}  # above these, the step size is the likely cause
+USUAL_TEMPERATURE = 20.0  # Hinton et al. use 1 to 20; the soft term's gradients grow with T
+
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -137,6 +140,7 @@ def fit(
     checkpoint: StageCheckpoint | None = None,
     stop: Callable[[], object] | None = None,
     on_epoch: Callable[[list[dict]], object] | None = None,
+    temperature: float | None = None,
 ) -> list[dict]:
     """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs; after each, `evaluate()` on
     the whole validation split.
@@ -146,7 +150,8 @@ def fit(
     after every epoch; when `stop()` turns true it saves one at the next batch boundary and raises
     RunInterrupted. A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last
     good epoch). Every epoch is logged in one line (kd_runner.train.progress) and then, before its checkpoint,
-    `on_epoch(rows so far)` records it; `progress` shows a per-batch bar on a terminal.
+    `on_epoch(rows so far)` records it; `progress` shows a per-batch bar on a terminal. `temperature` (the
+    student's soft targets) is only named in a divergence hint when it is the likely cause.
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model.parameters(), recipe)
@@ -182,7 +187,7 @@ def fit(
             save()
             raise RunInterrupted(stage, position.epoch, position.batches)
         row = {"epoch": position.epoch, "lr": position.lr, "train_loss": train_loss, **evaluate()}
-        check_finite(row, stage, recipe)
+        check_finite(row, stage, recipe, data.compute.precision, temperature)
         rows.append(row)
         epoch_log.done(row)
         if on_epoch is not None:
@@ -192,7 +197,9 @@ def fit(
     return rows
 
 
-def check_finite(row: dict, stage: str, recipe: StageConfig) -> None:
+def check_finite(
+    row: dict, stage: str, recipe: StageConfig, precision: str = "fp32", temperature: float | None = None
+) -> None:
     """Raise Diverged when the training loss or a validation metric of an epoch is NaN or infinite."""
     bad = [f"{k}={v}" for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
@@ -200,5 +207,23 @@ def check_finite(row: dict, stage: str, recipe: StageConfig) -> None:
             stage,
             row["epoch"],
             f"the {stage} stage diverged in epoch {row['epoch']} ({', '.join(bad)}): "
-            f"lower the learning rate ({stage}.lr={recipe.lr}) or check the data",
+            + divergence_hint(stage, recipe, precision, temperature),
         )
+
+
+def divergence_hint(stage: str, recipe: StageConfig, precision: str, temperature: float | None) -> str:
+    """The likely cause of a divergence: the first setting outside its usual range, else the usual advice."""
+    usual_lr = USUAL_LR.get(recipe.optimizer, 1.0)
+    if recipe.lr > usual_lr:
+        return (
+            f"lower the learning rate ({stage}.lr={recipe.lr}): it is large for {stage}.optimizer={recipe.optimizer} "
+            f"(usually at most {usual_lr:g})"
+        )
+    if temperature is not None and temperature > USUAL_TEMPERATURE:
+        return (
+            f"lower the temperature (temperature={temperature:g}): above the usual 1 to {USUAL_TEMPERATURE:g}, the "
+            "soft term's T^2 scaling makes its gradients large; or lower the learning rate"
+        )
+    if precision == "fp16":
+        return f"precision=fp16 can overflow: use precision=bf16 or fp32, or lower the learning rate ({stage}.lr)"
+    return f"lower the learning rate ({stage}.lr={recipe.lr}) or check the data"
