@@ -23,17 +23,26 @@ import torch
 from kd_runner.errors import UserError
 
 log = logging.getLogger(__name__)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's disk quota reached
 
 
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces `path` in one rename, on failure it is removed."""
+    """Yield a temporary sibling path; on success it replaces `path` in one rename, on failure it is removed.
+    A full disk is a UserError naming the file, not a traceback: the user can free space or write elsewhere."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise UserError(
+            f"the disk is full: cannot write {path} ({os.strerror(exc.errno)}); free space on the disk of "
+            f"{path.parent}, or write elsewhere (hydra.run.dir, hydra.sweep.dir, cache_dir)"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -54,8 +63,9 @@ def write_csv(path: Path | str, frame) -> None:
 
 
 def save_torch(obj, path: Path | str) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save through a Python file, so a full disk raises OSError(ENOSPC) rather than torch's RuntimeError."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def digest(obj) -> str:
