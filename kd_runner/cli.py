@@ -94,6 +94,7 @@ class JobStopped(BaseException):
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    interrupt.exit_on_signal("kd-run")  # a signal before or after the run: exit 75 at once, one line
     register_schema()
     if any(a.split("=", 1)[0] in INFO_FLAGS for a in argv):  # --help, --cfg, ...: Hydra prints, no job runs
         sys.argv = [sys.argv[0], *argv]

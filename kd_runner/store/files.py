@@ -14,16 +14,18 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
 
-from kd_runner.errors import UserError
+from kd_runner.errors import RunInterrupted, UserError
 
 log = logging.getLogger(__name__)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's disk quota reached
+LOCK_POLL_S = 0.2  # how often a process waiting for a lock checks whether it was asked to stop
 
 
 @contextmanager
@@ -120,11 +122,13 @@ def load_checked(entry: Path, what: str, redo: str, fits=None) -> tuple[object, 
 
 
 @contextmanager
-def file_lock(path: Path | str) -> Iterator[None]:
+def file_lock(path: Path | str, stop: Callable[[], object] | None = None, stage: str | None = None) -> Iterator[None]:
     """An exclusive inter-process lock (flock) held for the duration of the block.
 
     In a folder this process may only read (a shared, read-only cache) the lock file is opened read-only,
     which flock accepts; without one there, no process can write the folder, so reading needs no lock.
+    With `stop`, a process waiting for the lock (another is training that teacher, maybe for hours) raises
+    RunInterrupted(`stage`) as soon as `stop()` turns true (SIGTERM/SIGINT), rather than waiting on.
     """
     path = Path(path)
     try:
@@ -138,10 +142,25 @@ def file_lock(path: Path | str) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _acquire(fd, stop, stage)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _acquire(fd: int, stop: Callable[[], object] | None, stage: str | None) -> None:
+    """flock; polled when `stop` is given, as a blocking flock is resumed after each signal and never sees it."""
+    if stop is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if stop():
+                raise RunInterrupted(stage) from None
+            time.sleep(LOCK_POLL_S)
 
 
 @contextmanager
