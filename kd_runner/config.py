@@ -34,6 +34,7 @@ METHOD_PARAMS = {
     "fitnet": ("weight_hint",),
     "at": ("beta",),
     "rkd": ("weight_distance", "weight_angle"),
+    "custom": (),  # the user's own soft term: distill.objective
 }
 FEATURE_METHODS = ("fitnet", "at", "rkd")
 STANDARDIZABLE = ("kd", "dkd")
@@ -174,7 +175,16 @@ class DistillConfig:
     """The distillation method and its parameters; a parameter is set exactly when the method takes it
     (METHOD_PARAMS). docs/methods.md gives each method's equation and paper."""
 
-    method: str = field(default="kd", metadata={"doc": "kd | dkd | dist | fitnet | at | rkd (docs/methods.md)"})
+    method: str = field(
+        default="kd", metadata={"doc": "kd | dkd | dist | fitnet | at | rkd | custom (docs/methods.md)"}
+    )
+    objective: dict[str, typing.Any] = field(
+        default_factory=lambda: {"_target_": None},
+        metadata={
+            "doc": "distill=custom: _target_ names your soft term, a callable (student_logits, teacher_logits, labels, "
+            "temperature[, inputs]) -> loss; the other keys are its arguments; see docs/extending.md"
+        },
+    )
     standardize: bool = field(
         default=False, metadata={"doc": "z-score both models' logits before the softmax (kd with kl/soft_ce, dkd)"}
     )
@@ -515,6 +525,11 @@ def _validate_distill(cfg: RunConfig) -> None:
         else:
             allowed = f"unset: distill={d.method} takes " + (", ".join(takes) or "no parameters")
             _check(value is None, f"distill.{name}", value, allowed)
+    target = d.objective.get("_target_")
+    if d.method == "custom":
+        _check(bool(target), "distill.objective._target_", target, "a dotted path module.callable for distill=custom")
+    else:
+        _check(target is None, "distill.objective._target_", target, f"unset: distill={d.method} has its own loss")
     feature = d.method in FEATURE_METHODS
     for key in ("student_layers", "teacher_layers"):
         value = getattr(d, key)

@@ -190,6 +190,11 @@ def _experiment(
         build_stage_model(cfg.student, data, "student")
     if cfg.distill.method in FEATURE_METHODS:  # a layer that is not there fails before the teacher trains
         _check_layers(cfg, data, split_data)
+    if cfg.distill.method == "custom" and cfg.alpha < 1:  # so does a user objective that gives no loss
+        student = build_stage_model(
+            dataclasses.replace(cfg.student, pretrained=False, weights_path=None), data, "student"
+        )
+        distill.check_objective(cfg, student.to(student_data.device), distill.sample_batch(student_data))
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
     recorder = results.EpochRecorder(run_dir, results.running_record(cfg, device))
     teacher_epochs = partial(recorder.record, "teacher")
