@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from helpers import _env, start_kd_run, wait_for_file
+from helpers import KD_RUN, _env, start_kd_run, wait_for_file
+
+from kd_runner.store import rundir
 
 # kd-run's own main, the functions named in argv[1] wrapped so that the process sends itself the signal argv[2]
 # as each is called: a real signal at a chosen moment
@@ -73,3 +77,27 @@ def test_a_run_waiting_for_the_teacher_lock_stops_on_sigterm(smoke_run, tmp_path
     assert proc.returncode == 75, err
     assert err.strip().startswith("kd-run: interrupted by SIGTERM: stopped in the teacher stage")
     assert json.loads((tmp_path / "waiting" / "result.json").read_text())["status"] == "interrupted"
+
+
+def test_one_ctrl_c_in_a_joblib_sweep_stops_every_job_at_a_safe_point(smoke_run, tmp_path):
+    """Ctrl-C signals the whole process group, the launcher's workers too: each job stops at a safe point,
+    and kd-run reports an interruption, not "stopped at once by a second signal"."""
+    cwd, _ = smoke_run
+    sweep = tmp_path / "sweep"
+    args = [KD_RUN, "-m", "experiment=smoke", "seed=0,1", "student.epochs=200", "hydra/launcher=joblib"]
+    args += ["hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(
+        args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )  # its own process group, as a terminal gives it
+    try:
+        for job in ("0", "1"):
+            wait_for_file(rundir.student_checkpoint(sweep / job), proc)  # both jobs are training
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, err
+    assert "second signal" not in err and "Traceback" not in err
+    assert "kd-run: interrupted by SIGINT: stopped in the student stage" in err
+    runs = pd.read_csv(sweep / "runs.csv")
+    assert runs["status"].tolist() == ["interrupted", "interrupted"]

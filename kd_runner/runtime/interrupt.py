@@ -49,14 +49,24 @@ def exit_on_signal(prog: str) -> None:
         signal.signal(sig, stop_now)
 
 
+def active() -> bool:
+    """Whether this process is inside `graceful_stop` (kd-run's main process is; a launcher's worker is not)."""
+    return signal.getsignal(signal.SIGINT) is _handle
+
+
 def requested() -> str | None:
     """The name of the signal that asked the process to stop, or None."""
     return _received[0] if _received else None
 
 
+class StopNow(KeyboardInterrupt):
+    """A second signal: stop at once. Told apart from a KeyboardInterrupt that a parallel launcher hands
+    over from a job's process, which is no second signal."""
+
+
 def _handle(signum: int, frame) -> None:
     name = signal.Signals(signum).name
     if _received:
-        raise KeyboardInterrupt(name)
+        raise StopNow(name)
     _received.append(name)
     log.warning("%s received: stopping at the next safe point (send it again to stop at once)", name)
