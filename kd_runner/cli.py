@@ -94,9 +94,13 @@ class JobStopped(BaseException):
         super().__init__(str(error))
         self.error, self.signal = error, signal
 
+    def __reduce__(self):  # a parallel launcher's worker hands it to the main process, which reports it
+        return JobStopped, (self.error, self.signal)
+
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    interrupt.exit_on_signal("kd-run")  # a signal before or after the run: exit 75 at once, one line
     register_schema()
     if any(a.split("=", 1)[0] in INFO_FLAGS for a in argv):  # --help, --cfg, ...: Hydra prints, no job runs
         if "--version" in argv:
@@ -118,11 +122,10 @@ def main(argv: list[str] | None = None) -> None:
             code = run_sweep(plan) if plan.multirun else run_single()
     except JobStopped as stopped:  # stops a whole sweep too; its tables are still written
         fail(stopped.error, label=f"interrupted by {stopped.signal}", hint=plan.resume_hint())
-    except KeyboardInterrupt:  # a second SIGTERM/SIGINT: stopped at once, the last checkpoint is kept
-        print(
-            "kd-run: stopped at once by a second signal; run the same command again to resume from the last checkpoint",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as exc:  # a second signal, or one a job's process did not survive: last checkpoint kept
+        second = isinstance(exc, interrupt.StopNow)
+        how = "at once by a second signal" if second else f"by {interrupt.requested() or 'a signal'}"
+        print(f"kd-run: stopped {how}; run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(RunInterrupted.exit_code)
     if code:
         sys.exit(code)
@@ -446,6 +449,14 @@ def hydra_main(raw: DictConfig) -> float | None:
             if not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.WARNING)
     cfg = start_job(raw, run_dir, multirun)
+    if not interrupt.active():  # a parallel launcher's worker process: Ctrl-C reaches it too
+        with interrupt.graceful_stop():
+            return _run_trial(cfg, job, run_dir, multirun)
+    return _run_trial(cfg, job, run_dir, multirun)
+
+
+def _run_trial(cfg: RunConfig, job, run_dir: Path, multirun: bool) -> float | None:
+    """The job's runs (one, or a search trial's seeds) and the value a sweeper optimizes."""
     runs = search.trial_runs(cfg, run_dir)
     reuse_from = planned_reuse(job.sweep.dir, job.job.num) if multirun and len(runs) == 1 else None
     label = (job.job.num, list(job.overrides.task)) if multirun else None

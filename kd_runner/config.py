@@ -44,6 +44,7 @@ METHOD_PARAMS = {
     "fitnet": ("weight_hint",),
     "at": ("beta",),
     "rkd": ("weight_distance", "weight_angle"),
+    "custom": (),  # the user's own soft term: distill.objective
 }
 FEATURE_METHODS = ("fitnet", "at", "rkd")
 STANDARDIZABLE = ("kd", "dkd")
@@ -191,7 +192,16 @@ class DistillConfig:
     """The distillation method and its parameters; a parameter is set exactly when the method takes it
     (METHOD_PARAMS). docs/methods.md gives each method's equation and paper."""
 
-    method: str = field(default="kd", metadata={"doc": "kd | dkd | dist | fitnet | at | rkd (docs/methods.md)"})
+    method: str = field(
+        default="kd", metadata={"doc": "kd | dkd | dist | fitnet | at | rkd | custom (docs/methods.md)"}
+    )
+    objective: dict[str, typing.Any] = field(
+        default_factory=lambda: {"_target_": None},
+        metadata={
+            "doc": "distill=custom: _target_ names your soft term, a callable (student_logits, teacher_logits, labels, "
+            "temperature[, inputs]) -> loss; the other keys are its arguments; see docs/extending.md"
+        },
+    )
     standardize: bool = field(
         default=False, metadata={"doc": "z-score both models' logits before the softmax (kd with kl/soft_ce, dkd)"}
     )
@@ -229,7 +239,9 @@ class LoggerConfig:
     wandb: bool = field(default=False, metadata={"doc": "a Weights & Biases run (offline by default: logger.mode)"})
     tracking_uri: str = field(
         default="outputs/mlflow",
-        metadata={"doc": "MLflow: a local directory (SQLite store and artifacts) or a server's URL, e.g. http://host:5000"},
+        metadata={
+            "doc": "MLflow: a local directory (SQLite store and artifacts) or a server's URL, e.g. http://host:5000"
+        },
     )
     project: str = field(default="kd-runner", metadata={"doc": "MLflow experiment and W&B project"})
     group: str | None = field(
@@ -586,6 +598,11 @@ def _validate_distill(cfg: RunConfig) -> None:
         else:
             allowed = f"unset: distill={d.method} takes " + (", ".join(takes) or "no parameters")
             _check(value is None, f"distill.{name}", value, allowed)
+    target = d.objective.get("_target_")
+    if d.method == "custom":
+        _check(bool(target), "distill.objective._target_", target, "a dotted path module.callable for distill=custom")
+    else:
+        _check(target is None, "distill.objective._target_", target, f"unset: distill={d.method} has its own loss")
     feature = d.method in FEATURE_METHODS
     for key in ("student_layers", "teacher_layers"):
         value = getattr(d, key)

@@ -40,6 +40,9 @@ class RunInterrupted(Exception):
         where = f"in the {stage} stage at epoch {epoch}, after {batches} batches" if stage else "before it started"
         super().__init__(f"stopped {where}")
 
+    def __reduce__(self):  # pickled whole: a parallel launcher's worker hands it to kd-run's main process
+        return RunInterrupted, (self.stage, self.epoch, self.batches)
+
     @property
     def details(self) -> dict:
         return {"stage": self.stage, "epoch": self.epoch, "batches": self.batches}

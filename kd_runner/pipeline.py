@@ -260,6 +260,11 @@ def _check_student_side(cfg: RunConfig, data, split_data: SplitData, student_dat
         build_stage_model(cfg.student, data, "student")
     if cfg.distill.method in FEATURE_METHODS:
         _check_layers(cfg, data, split_data)
+    if cfg.distill.method == "custom" and cfg.alpha < 1:  # so does a user objective that gives no loss
+        student = build_stage_model(
+            dataclasses.replace(cfg.student, pretrained=False, weights_path=None), data, "student"
+        )
+        distill.check_objective(cfg, student.to(student_data.device), distill.sample_batch(student_data))
 
 
 def _check_layers(cfg: RunConfig, data, split_data: SplitData) -> None:
@@ -316,6 +321,7 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
         checkpoint=checkpoint,
         stop=stop,
         on_epoch=on_epoch,
+        temperature=cfg.temperature if cfg.alpha < 1 else None,
     )
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]

@@ -16,6 +16,7 @@ class Status(str, Enum):
     INTERRUPTED = "interrupted"  # stopped by SIGTERM/SIGINT after a checkpoint: a re-run resumes it
     INCOMPLETE = "incomplete"  # started, never finished (killed while "running", or no result.json)
     NOT_STARTED = "not started"  # planned in a sweep, no job directory
+    DAMAGED = "damaged"  # a job directory whose files cannot be read (changed or truncated from outside)
 
     def __str__(self) -> str:
         return self.value

@@ -15,6 +15,7 @@ from PIL import Image
 from kd_runner.errors import UserError
 from kd_runner.names import METRIC_NAMES
 from kd_runner.sweep import aggregate, report
+from kd_runner.sweep import cli as sweep_cli
 
 
 def make_job(sweep, num: int, overrides: list[str], seed: int, acc: float | None, teacher_acc: float = 0.9):
@@ -232,3 +233,51 @@ def test_a_jobs_identity_comes_from_its_own_result_json(tmp_path):
     tables = aggregate.aggregate([sweep], sweep)
     assert tables.runs["seed"].tolist() == [0, 1]
     assert tables.summary["n"].tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda job: (job / "result.json").write_text('{"status": "compl'), "result.json cannot be read"),
+        (lambda job: (job / "result.json").write_text("[]"), "result.json holds a list"),
+        (lambda job: (job / "result.json").write_text('{"status": "done"}'), "result.json holds no valid status"),
+        (lambda job: (job / "metrics.csv").unlink(), "metrics.csv is missing"),
+        (lambda job: (job / "metrics.csv").write_text(""), "metrics.csv cannot be read"),
+        (lambda job: (job / "metrics.csv").write_text("a,b\n1,2\n"), "metrics.csv has no column 'stage'"),
+        (lambda job: (job / ".hydra" / "config.yaml").unlink(), ".hydra/config.yaml is missing"),
+        (lambda job: (job / ".hydra" / "overrides.yaml").write_text("a: ["), ".hydra/overrides.yaml cannot be read"),
+    ],
+)
+def test_a_damaged_job_is_listed_as_such_and_the_others_aggregated(damage, reason, tmp_path):
+    grid_sweep(tmp_path, {(0, 4): [0.5, 0.7]})
+    damage(tmp_path / "1")
+    tables = aggregate.aggregate([tmp_path], tmp_path)
+    runs = pd.read_csv(tmp_path / "runs.csv", keep_default_na=False)
+    assert runs["status"].tolist() == ["completed", "damaged"]
+    assert reason in runs["error"][1] and runs["run_dir"][1] == str(tmp_path / "1")
+    assert tables.summary["n"].sum() == 1 and tables.summary["n_missing"].sum() == 1  # its point may be unknown
+
+
+def test_kd_aggregate_out_that_is_a_file_or_under_one_is_one_line(tmp_path, capsys):
+    grid_sweep(tmp_path / "sweep", {(0, 4): [0.5]})
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "tables"):
+        with pytest.raises(SystemExit) as exit_info:
+            sweep_cli.aggregate_main([str(tmp_path / "sweep"), "-o", str(out)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"kd-aggregate: error: --out '{out}' ") and "expected a directory" in err
+        assert "\n" not in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("content", ["", "\n", "a,b\n1,2\n"])
+def test_kd_report_on_an_empty_or_columnless_summary_is_one_line(content, tmp_path, capsys):
+    (tmp_path / "summary.csv").write_text(content)
+    (tmp_path / "curves.csv").write_text("epoch,n\n")
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_cli.report_main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kd-report: error: '{tmp_path / 'summary.csv'}'") and "run kd-aggregate" in err
+    assert "\n" not in err

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pandas as pd
 import pytest
 
 from kd_runner import cli
+from kd_runner.config import StageConfig
+from kd_runner.errors import Diverged
 from kd_runner.store import rundir
+from kd_runner.train import engine
 
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
@@ -58,3 +63,19 @@ def test_in_a_sweep_the_other_jobs_go_on(tmp_path, monkeypatch, capsys):
     assert second["metrics"]["student_acc"] > 0.5
     assert "#1 experiment=smoke student.lr=0.05: completed, student_acc " in out
     assert "#0 experiment=smoke student.lr=1e+30: diverged" in out
+
+
+@pytest.mark.parametrize(
+    "stage, recipe, precision, temperature, expected",
+    [
+        ("student", {"lr": 5.0}, "fp32", 4.0, "lower the learning rate (student.lr=5.0): it is large for"),
+        ("teacher", {"lr": 0.5, "optimizer": "adam"}, "fp32", None, "teacher.optimizer=adam (usually at most 0.01)"),
+        ("student", {"lr": 0.05}, "fp32", 80.0, "lower the temperature (temperature=80): above the usual 1 to 20"),
+        ("student", {"lr": 0.05}, "fp16", 4.0, "precision=fp16 can overflow"),
+        ("student", {"lr": 0.05}, "fp32", 4.0, "lower the learning rate (student.lr=0.05) or check the data"),
+    ],
+)
+def test_the_divergence_hint_names_the_likely_cause(stage, recipe, precision, temperature, expected):
+    row = {"epoch": 2, "train_loss": math.nan}
+    with pytest.raises(Diverged, match=re.escape(expected)):
+        engine.check_finite(row, stage, StageConfig(**recipe), precision, temperature)

@@ -212,8 +212,8 @@ def test_the_first_signal_asks_for_a_stop_the_second_stops_at_once():
 def test_a_second_signal_exits_75_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
 
-    def killed_again(cfg, run_dir):
-        raise KeyboardInterrupt("SIGINT")
+    def killed_again(cfg, run_dir, **kwargs):
+        raise interrupt.StopNow("SIGINT")  # what the handler raises on a second signal
 
     monkeypatch.setattr(pipeline, "run", killed_again)
     with pytest.raises(SystemExit) as exc:

@@ -141,4 +141,3 @@ def freeze_backbone(model: nn.Module, key: str = "freeze") -> None:
 
 # Imported last, for their @register side effects: they need `register` defined above.
 from kd_runner.models import cifar_nets, custom, small_nets, torchvision_nets  # noqa: E402, F401
-

@@ -15,28 +15,39 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kd_runner.errors import UserError
+from kd_runner.errors import RunInterrupted, UserError
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's disk quota reached
+LOCK_POLL_S = 0.2  # how often a process waiting for a lock checks whether it was asked to stop
 
 
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces `path` in one rename, on failure it is removed."""
+    """Yield a temporary sibling path; on success it replaces `path` in one rename, on failure it is removed.
+    A full disk is a UserError naming the file, not a traceback: the user can free space or write elsewhere."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise UserError(
+            f"the disk is full: cannot write {path} ({os.strerror(exc.errno)}); free space on the disk of "
+            f"{path.parent}, or write elsewhere (hydra.run.dir, hydra.sweep.dir, cache_dir)"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -57,10 +68,11 @@ def write_csv(path: Path | str, frame) -> None:
 
 
 def save_torch(obj, path: Path | str) -> None:
+    """torch.save through a Python file, so a full disk raises OSError(ENOSPC) rather than torch's RuntimeError."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def digest(obj) -> str:
@@ -119,11 +131,13 @@ def load_checked(entry: Path, what: str, redo: str, fits=None) -> tuple[object, 
 
 
 @contextmanager
-def file_lock(path: Path | str) -> Iterator[None]:
+def file_lock(path: Path | str, stop: Callable[[], object] | None = None, stage: str | None = None) -> Iterator[None]:
     """An exclusive inter-process lock (flock) held for the duration of the block.
 
     In a folder this process may only read (a shared, read-only cache) the lock file is opened read-only,
     which flock accepts; without one there, no process can write the folder, so reading needs no lock.
+    With `stop`, a process waiting for the lock (another is training that teacher, maybe for hours) raises
+    RunInterrupted(`stage`) as soon as `stop()` turns true (SIGTERM/SIGINT), rather than waiting on.
     """
     path = Path(path)
     try:
@@ -137,10 +151,25 @@ def file_lock(path: Path | str) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _acquire(fd, stop, stage)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _acquire(fd: int, stop: Callable[[], object] | None, stage: str | None) -> None:
+    """flock; polled when `stop` is given, as a blocking flock is resumed after each signal and never sees it."""
+    if stop is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if stop():
+                raise RunInterrupted(stage) from None
+            time.sleep(LOCK_POLL_S)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ the config its result.json records (no other job can overwrite it), from `.hydra
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import numbers
@@ -131,11 +132,35 @@ def _split(overrides: list[str]) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
+class DamagedJob(Exception):
+    """A file of a job directory that is missing or unreadable: the job is listed as damaged, the rest go on."""
+
+
+def _load(path: Path, parse, kind: type):
+    """`path` parsed by `parse` (an empty file reads as an empty `kind`); DamagedJob naming the file when it
+    is missing, unreadable or holds something other than a `kind`."""
+    try:
+        value = parse(path.read_text())
+    except FileNotFoundError:
+        raise DamagedJob(f"{path.name} is missing") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # json's decode error is a ValueError
+        raise DamagedJob(f"{path.name} cannot be read ({type(exc).__name__})") from None
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise DamagedJob(f"{path.name} holds a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
 def _read_job(job: Path) -> list[tuple[dict, dict, dict, pd.DataFrame | None]]:
     """A started job's runs: the job itself, or the seed_<s> runs of a search trial with seeds_per_trial > 1
-    (see `_read_run`)."""
-    given = _split(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
-    config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+    (see `_read_run`); one damaged row when its `.hydra/` files cannot be read."""
+    given = {}
+    try:
+        given = _split(map(str, _load(job / ".hydra" / "overrides.yaml", yaml.safe_load, list)))
+        config = _load(job / ".hydra" / "config.yaml", yaml.safe_load, dict)
+    except DamagedJob as exc:
+        return [(given, given, _damaged_row(job, job.name, f".hydra/{exc}"), None)]
     seeds = sorted(job.glob("seed_*"), key=lambda run: int(run.name.removeprefix("seed_")))
     if seeds:
         return [
@@ -148,12 +173,15 @@ def _read_job(job: Path) -> list[tuple[dict, dict, dict, pd.DataFrame | None]]:
 def _read_run(job: Path, name: str, given: dict, config: dict) -> tuple[dict, dict, dict, pd.DataFrame | None]:
     """A run's overrides as given and with the values its run recorded (the config in its result.json, which
     no later job can overwrite; `config` while it has none), the rest of its runs.csv row and, when it
-    completed, the student rows of its metrics.csv."""
-    result_path = job / "result.json"
-    result = json.loads(result_path.read_text()) if result_path.is_file() else {"status": Status.INCOMPLETE}
+    completed, the student rows of its metrics.csv. A run whose files cannot be read is listed as damaged."""
+    try:
+        result = _read_result(job)
+        status = Status.INCOMPLETE if result["status"] == Status.RUNNING else Status(result["status"])
+        history = _student_history(job) if status == Status.COMPLETED else None
+    except DamagedJob as exc:
+        return given, given, _damaged_row(job, name, str(exc)), None
     config = result.get("config") or config
     overrides = {key: _recorded(config, key, value) for key, value in given.items()}
-    status = Status.INCOMPLETE if result["status"] == Status.RUNNING else Status(result["status"])
     metrics = result.get("metrics", {})
     teacher = result.get("teacher", {})
     row = {
@@ -167,11 +195,30 @@ def _read_run(job: Path, name: str, given: dict, config: dict) -> tuple[dict, di
         **{name: metrics.get(name, math.nan) for name in FINAL_METRICS},
         "run_dir": str(job),
     }
-    history = None
-    if status == Status.COMPLETED:
-        history = pd.read_csv(job / "metrics.csv")
-        history = history[history["stage"] == "student"]
     return given, overrides, row, history
+
+
+def _read_result(job: Path) -> dict:
+    """The run's result.json ({"status": incomplete} when it has none); DamagedJob when it is no record."""
+    if not (job / "result.json").is_file():
+        return {"status": Status.INCOMPLETE}
+    result = _load(job / "result.json", json.loads, dict)
+    if result.get("status") not in {s.value for s in Status}:
+        raise DamagedJob(f"result.json holds no valid status ({result.get('status')!r})")
+    return result
+
+
+def _student_history(job: Path) -> pd.DataFrame:
+    """The student rows of a completed run's metrics.csv; DamagedJob when it is missing or not such a table."""
+    history = _load(job / "metrics.csv", lambda text: pd.read_csv(io.StringIO(text)), pd.DataFrame)
+    missing = [c for c in ("stage", "epoch", *CURVE_METRICS) if c not in history]
+    if missing:
+        raise DamagedJob(f"metrics.csv has no column {missing[0]!r}")
+    return history[history["stage"] == "student"]
+
+
+def _damaged_row(job: Path, name: str, reason: str) -> dict:
+    return {**_not_started_row({}), "job": name, "status": Status.DAMAGED.value, "error": reason, "run_dir": str(job)}
 
 
 def _recorded(config: dict, key: str, value: str) -> str:

@@ -33,7 +33,7 @@ def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
     print(tables.markdown)
     counts = runs["status"].value_counts()
     print("jobs: " + ", ".join(f"{counts[status]} {status}" for status in STATUSES if status in counts))
-    for job in runs[runs["status"].isin([Status.FAILED, Status.INCOMPLETE])].to_dict("records"):
+    for job in runs[runs["status"].isin([Status.FAILED, Status.INCOMPLETE, Status.DAMAGED])].to_dict("records"):
         print(f"  {job['status']}: {job['run_dir']}" + (f": {job['error']}" if job["error"] else ""))
     reused = runs["reused_from"].astype(bool).sum()
     if reused:
@@ -74,9 +74,21 @@ def aggregate_main(argv: list[str] | None = None) -> None:
     try:
         if args.out is None and len(args.dirs) > 1:
             raise UserError("several sweep directories need --out DIR for the combined tables")
+        if args.out is not None:
+            check_out_dir(args.out)
         write_outputs(args.dirs, args.out or args.dirs[0])
     except UserError as exc:
         _fail("kd-aggregate", exc)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that is a file or lies under one, before anything is read or written."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"lies under the file {str(path)!r}"
+                raise UserError(f"--out {str(out)!r} {where}: expected a directory (it is created when missing)")
+            return
 
 
 def report_main(argv: list[str] | None = None) -> None:

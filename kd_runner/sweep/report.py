@@ -46,7 +46,8 @@ BAND_ALPHA = 0.3
 def write_plots(sweep_dir: Path | str) -> list[str]:
     """Draw the sweep's figures into `sweep_dir` from its tables; returns the file names written."""
     sweep_dir = Path(sweep_dir)
-    summary, curves = (_read_table(sweep_dir, name) for name in ("summary.csv", "curves.csv"))
+    summary = _read_table(sweep_dir, "summary.csv", ("n", "student_acc_mean", "student_acc_std", "teacher_acc_mean"))
+    curves = _read_table(sweep_dir, "curves.csv", ("epoch",))
     keys = list(summary.columns[: list(summary.columns).index("n")])
     summary = summary[summary["n"] > 0]
     figures = {}
@@ -59,11 +60,20 @@ def write_plots(sweep_dir: Path | str) -> list[str]:
     return [name for stem, fig in figures.items() for name in _save(fig, sweep_dir, stem)]
 
 
-def _read_table(sweep_dir: Path, name: str) -> pd.DataFrame:
+def _read_table(sweep_dir: Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A table kd-aggregate wrote; a UserError naming the file when it is missing, empty or lacks `columns`."""
     path = sweep_dir / name
+    again = f"run kd-aggregate {sweep_dir} (again) to write it"
     if not path.is_file():
         raise UserError(f"{str(path)!r}: no such file; run kd-aggregate {sweep_dir} first")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])  # a swept value `null` stays text
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])  # a swept value `null` stays text
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{str(path)!r} is not a table kd-aggregate wrote ({type(exc).__name__}); {again}") from None
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise UserError(f"{str(path)!r} has no column {missing[0]!r}, so it is not a table of kd-aggregate; {again}")
+    return table
 
 
 def _save(fig: Figure, sweep_dir: Path, stem: str) -> list[str]:

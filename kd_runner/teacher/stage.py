@@ -100,7 +100,7 @@ def prepare_teacher(
 
     key = teacher_key(cfg, device_data)
     entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{key}"
-    with file_lock(entry.with_suffix(".lock")):
+    with file_lock(entry.with_suffix(".lock"), stop, "teacher"):  # waiting, it still reacts to SIGTERM
         remove_stale_temps(entry.parent, entry.name)
         history = _load_entry(model, entry)
         source = "cache"

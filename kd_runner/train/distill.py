@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kd_runner import targets as user_code
 from kd_runner.config import FEATURE_METHODS, RunConfig
-from kd_runner.errors import UserError
+from kd_runner.errors import UserError, one_line
 from kd_runner.train import feature_losses as fl
 from kd_runner.train.features import FeatureTap, default_layers, probe
 from kd_runner.train.logit_losses import dist_terms, dkd_terms, standardize
@@ -30,6 +31,7 @@ METHOD_PARTS = {
     "fitnet": ("loss_hint",),
     "at": ("loss_at",),
     "rkd": ("loss_rkd_distance", "loss_rkd_angle"),
+    "custom": ("loss_custom",),
 }
 PART_COLUMNS = ("loss_ce", *(p for parts in METHOD_PARTS.values() for p in parts))
 
@@ -76,6 +78,7 @@ class Objective:
 
     def __init__(self, cfg: RunConfig, state: MethodState, targets, taps: tuple[FeatureTap, FeatureTap] | None):
         self.cfg, self.d, self.state, self.targets, self.taps = cfg, cfg.distill, state, targets, taps
+        self.custom = user_objective(cfg) if cfg.distill.method == "custom" else None
 
     def __call__(self, logits: Tensor, idx: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
         parts = {}
@@ -83,7 +86,7 @@ class Objective:
             parts["loss_ce"] = F.cross_entropy(logits.float(), labels)
         if self.cfg.alpha < 1:
             if self.taps is None:
-                parts.update(self.logit_parts(logits, self.targets.batch(idx, inputs), labels))
+                parts.update(self.logit_parts(logits, self.targets.batch(idx, inputs), labels, inputs))
             else:
                 parts.update(self.feature_parts(self.taps[0].features(), self._teacher_features(inputs)))
         self.state.tally(parts, len(idx))
@@ -99,8 +102,10 @@ class Objective:
             return soft
         return self.cfg.alpha * parts["loss_ce"] + (1 - self.cfg.alpha) * soft
 
-    def logit_parts(self, student: Tensor, teacher: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def logit_parts(self, student: Tensor, teacher: Tensor, labels: Tensor, inputs=None) -> dict[str, Tensor]:
         d, temperature = self.d, self.cfg.temperature
+        if self.custom is not None:  # inputs: the normalised batch; None on the whole validation split
+            return {"loss_custom": self.custom(student, teacher, labels, temperature, inputs)}
         if d.standardize:
             student, teacher = standardize(student), standardize(teacher.detach())
         if d.method == "kd":
@@ -171,6 +176,50 @@ def build(cfg: RunConfig, student: nn.Module, targets, data) -> tuple[Distilled,
         regressors = fl.HintRegressors(s_channels, [f.shape[1] for f in taps[1].features()])
     state = data.compute.prepare(MethodState(cfg.distill.method, regressors))
     return Distilled(student, state), Objective(cfg, state, targets, taps)
+
+
+def user_objective(cfg: RunConfig):
+    """distill=custom: the user's soft term `distill.objective._target_`, called as (student_logits,
+    teacher_logits, labels, temperature) plus `inputs` when it takes them by name and the spec's other keys."""
+    spec = cfg.distill.objective
+    fn = user_code.resolve(spec["_target_"], "distill.objective._target_")
+    takes_inputs = bool(user_code.accepted(fn, {"inputs": None}))
+    extra = {k: v for k, v in spec.items() if k != "_target_"}
+
+    def objective(student: Tensor, teacher: Tensor, labels: Tensor, temperature: float, inputs) -> Tensor:
+        return fn(student, teacher, labels, temperature, **({"inputs": inputs} if takes_inputs else {}), **extra)
+
+    return objective
+
+
+def check_objective(cfg: RunConfig, student: nn.Module, sample: Tensor) -> None:
+    """Call distill=custom's objective once, before any training, on the logits of `student` for `sample`
+    (random teacher logits of the same shape): it must return a finite scalar tensor that depends on the
+    student's logits, else one line naming distill.objective._target_."""
+    path = cfg.distill.objective["_target_"]
+    logits = student(sample).float()
+    teacher, labels = (
+        torch.randn_like(logits).detach(),
+        torch.arange(len(logits), device=logits.device) % logits.shape[1],
+    )
+    try:
+        loss = user_objective(cfg)(logits, teacher, labels, cfg.temperature, sample)
+    except Exception as e:
+        raise UserError(f"distill.objective._target_={path} fails on one batch: {one_line(e)}") from None
+    problem = None
+    if not isinstance(loss, Tensor):
+        problem = f"it returned a {type(loss).__name__}"
+    elif loss.numel() != 1:
+        problem = f"it returned a tensor of shape {tuple(loss.shape)}"
+    elif not torch.isfinite(loss).all():
+        problem = f"it returned {loss.item()}"
+    elif not loss.requires_grad:
+        problem = "it does not depend on student_logits (no gradient would reach the student)"
+    if problem:
+        raise UserError(
+            f"distill.objective._target_={path}: {problem} on one batch; expected a finite scalar tensor "
+            "computed from student_logits (e.g. a mean over the batch)"
+        )
 
 
 def sample_batch(data) -> Tensor:

@@ -22,6 +22,9 @@ from kd_runner.train.checkpoint import EpochPosition, StageCheckpoint
 from kd_runner.train.optim import make_optimizer, make_scheduler
 from kd_runner.train.progress import BatchBar, EpochLog
 
+USUAL_LR = {"sgd": 1.0, "adam": 0.01, "adamw": 0.01}  # above these, the step size is the likely cause
+USUAL_TEMPERATURE = 20.0  # Hinton et al. use 1 to 20; the soft term's gradients grow with T
+
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -138,12 +141,14 @@ def fit(
     checkpoint: StageCheckpoint | None = None,
     stop: Callable[[], object] | None = None,
     on_epoch: Callable[[list[dict]], object] | None = None,
+    temperature: float | None = None,
 ) -> list[dict]:
     """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs, `evaluate()` after each; one
     row per epoch (epoch, lr, mean training loss, metrics). With a `checkpoint`, continue from it and save
     after every epoch; when `stop()` turns true, save at the next batch boundary and raise RunInterrupted.
     A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last good epoch). Each
-    epoch is logged in one line, then `on_epoch(rows so far)` records it; `progress`: a per-batch bar."""
+    epoch is logged in one line, then `on_epoch(rows so far)` records it; `progress`: a per-batch bar.
+    `temperature` (the student's soft targets) is named in a divergence hint when it is the likely cause."""
     run = StageRun.start(model, data, recipe, seed, checkpoint)
     epoch_log = EpochLog(stage, recipe.epochs)
     while run.position.epoch <= recipe.epochs:
@@ -167,7 +172,7 @@ def fit(
             run.save(model, checkpoint)
             raise RunInterrupted(stage, run.position.epoch, run.position.batches)
         row = {"epoch": run.position.epoch, "lr": run.position.lr, "train_loss": train_loss, **evaluate()}
-        check_finite(row, stage, recipe)
+        check_finite(row, stage, recipe, data.compute.precision, temperature)
         run.rows.append(row)
         epoch_log.done(row)
         if on_epoch is not None:
@@ -205,7 +210,9 @@ class StageRun:
             checkpoint.save(model, self.optimizer, self.scheduler, self.position, self.rows, self.scaler)
 
 
-def check_finite(row: dict, stage: str, recipe: StageConfig) -> None:
+def check_finite(
+    row: dict, stage: str, recipe: StageConfig, precision: str = "fp32", temperature: float | None = None
+) -> None:
     """Raise Diverged when the training loss or a validation metric of an epoch is NaN or infinite."""
     bad = [f"{k}={v}" for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
@@ -213,5 +220,23 @@ def check_finite(row: dict, stage: str, recipe: StageConfig) -> None:
             stage,
             row["epoch"],
             f"the {stage} stage diverged in epoch {row['epoch']} ({', '.join(bad)}): "
-            f"lower the learning rate ({stage}.lr={recipe.lr}) or check the data",
+            + divergence_hint(stage, recipe, precision, temperature),
         )
+
+
+def divergence_hint(stage: str, recipe: StageConfig, precision: str, temperature: float | None) -> str:
+    """The likely cause of a divergence: the first setting outside its usual range, else the usual advice."""
+    usual_lr = USUAL_LR.get(recipe.optimizer, 1.0)
+    if recipe.lr > usual_lr:
+        return (
+            f"lower the learning rate ({stage}.lr={recipe.lr}): it is large for {stage}.optimizer={recipe.optimizer} "
+            f"(usually at most {usual_lr:g})"
+        )
+    if temperature is not None and temperature > USUAL_TEMPERATURE:
+        return (
+            f"lower the temperature (temperature={temperature:g}): above the usual 1 to {USUAL_TEMPERATURE:g}, the "
+            "soft term's T^2 scaling makes its gradients large; or lower the learning rate"
+        )
+    if precision == "fp16":
+        return f"precision=fp16 can overflow: use precision=bf16 or fp32, or lower the learning rate ({stage}.lr)"
+    return f"lower the learning rate ({stage}.lr={recipe.lr}) or check the data"
