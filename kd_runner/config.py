@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -500,7 +501,8 @@ def _validate(cfg: RunConfig) -> None:
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "expected a whole number >= 0")
     _one_of("optimize_metric", cfg.optimize_metric, (*METRIC_NAMES, "best_student_acc"))
     _check(cfg.seeds_per_trial >= 1, "seeds_per_trial", cfg.seeds_per_trial, "expected a whole number >= 1")
-    _check(cfg.threads >= 0, "threads", cfg.threads, "expected a whole number >= 0 (0: all cores)")
+    cores = os.cpu_count() or 1
+    _check(0 <= cfg.threads <= cores, "threads", cfg.threads, f"expected a whole number in [0, {cores}] (0: all cores)")
     _validate_stage(cfg.teacher, "teacher")
     _validate_stage(cfg.student, "student")
     _check(

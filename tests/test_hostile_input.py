@@ -25,6 +25,8 @@ PREFLIGHT_CASES = [
     (["transfer=digits", "transfer.dataset.split_seed=-1"], ["transfer.dataset.split_seed=-1"]),
     (["temperature=1e-200"], ["temperature=1e-200", "[0.01, 100]"]),
     (["temperature=1e200"], ["temperature=1e+200", "[0.01, 100]"]),
+    (["threads=100000"], ["threads=100000", f"[0, {os.cpu_count()}]"]),
+    (["teacher.lr=1e308"], ["teacher.lr=1e+308", "(0, 1e6]"]),
 ]
 
 
@@ -140,3 +142,10 @@ def test_stale_temporary_files_in_the_teacher_logits_cache_are_removed(tmp_path)
     stale.write_bytes(b"partial")
     pipeline.run(cfg, tmp_path / "b")
     assert not stale.exists()
+
+
+def test_a_file_that_is_no_pickle_is_not_called_pickled_code(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(UserError, match=r"truncated, corrupted or not a PyTorch file \(UnpicklingError\)$"):
+        read_state_dict(text, "student.weights_path")

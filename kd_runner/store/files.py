@@ -253,12 +253,10 @@ def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
 
 def load_failure_reason(exc: Exception) -> str:
     """Why `torch.load(..., weights_only=True)` failed, in a few words instead of torch's long advice."""
-    text = str(exc)
-    if "Weights only load failed" in text:  # torch's words for a pickle that imports something
-        code = re.search(r"unsupported global:?(?: GLOBAL)? (\S+)", text, re.IGNORECASE)  # both wordings of torch
-        named = f" ({code.group(1)})" if code else ""
+    code = re.search(r"unsupported global:?(?: GLOBAL)? (\S+)", str(exc), re.IGNORECASE)  # both wordings of torch
+    if code:  # a pickle that imports something (any other weights-only failure is a file that is not a pickle)
         return (
-            f"it holds pickled code or objects{named}, which weights-only loading refuses; "
+            f"it holds pickled code or objects ({code.group(1)}), which weights-only loading refuses; "
             "save a plain state dict (model.state_dict()) instead"
         )
     return f"the file is truncated, corrupted or not a PyTorch file ({type(exc).__name__})"
