@@ -12,7 +12,7 @@ from helpers import compose_config, kd_run, usage_error_line
 
 from kd_runner import pipeline
 from kd_runner.errors import UserError
-from kd_runner.store.files import read_state_dict, remove_orphan_temps
+from kd_runner.store.files import file_lock, read_state_dict, remove_orphan_temps
 
 SEED_TOP = "4294967295"
 PREFLIGHT_CASES = [
@@ -149,3 +149,11 @@ def test_a_file_that_is_no_pickle_is_not_called_pickled_code(tmp_path):
     text.write_text("not a checkpoint\n")
     with pytest.raises(UserError, match=r"truncated, corrupted or not a PyTorch file \(UnpicklingError\)$"):
         read_state_dict(text, "student.weights_path")
+
+
+def test_a_cache_folder_the_system_will_not_make_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match=r"cannot create .*a-file/teachers/x.lock \(Not a directory\): choose another"):
+        with file_lock(blocker / "teachers" / "x.lock"):
+            pass

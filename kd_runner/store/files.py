@@ -144,8 +144,8 @@ def file_lock(path: Path | str, stop: Callable[[], object] | None = None, stage:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):  # e.g. a folder the system will not make
+            raise UserError(f"cannot create {path} ({exc.strerror}): choose another cache_dir") from None
         fd = os.open(path, os.O_RDONLY) if path.exists() else None
     if fd is None:
         yield
