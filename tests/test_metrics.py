@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
+from kd_runner.names import METRIC_NAMES, TOP5_NAMES
 from kd_runner.train.metrics import (
-    METRIC_NAMES,
-    TOP5_NAMES,
     accuracy,
     compute_metrics,
     per_class_accuracy,
