@@ -101,3 +101,30 @@ def test_one_ctrl_c_in_a_joblib_sweep_stops_every_job_at_a_safe_point(smoke_run,
     assert "kd-run: interrupted by SIGINT: stopped in the student stage" in err
     runs = pd.read_csv(sweep / "runs.csv")
     assert runs["status"].tolist() == ["interrupted", "interrupted"]
+
+
+# Ctrl-C at the moment Python starts loading kd-run's CLI (its imports take a while on a slow machine)
+DURING_IMPORT = """
+import importlib.abc, os, signal, sys
+
+class SignalOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "kd_runner.cli":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, SignalOnImport())
+from kd_runner.entry import kd_run
+
+sys.argv = ["kd-run", "experiment=smoke", "hydra.run.dir=run"]
+kd_run()
+"""
+
+
+def test_ctrl_c_while_kd_run_loads_its_modules_exits_75_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", DURING_IMPORT], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 75, proc.stderr
+    assert proc.stderr.strip() == "kd-run: stopped at once by SIGINT; run the same command again to resume"
+    assert list(tmp_path.iterdir()) == []
