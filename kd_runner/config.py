@@ -51,6 +51,7 @@ FEATURE_METHODS = ("fitnet", "at", "rkd")
 STANDARDIZABLE = ("kd", "dkd")
 # beyond these, logits / T or the T^2 scaling overflow float32: a NaN that would read as a learning-rate problem
 TEMPERATURES = (0.01, 100)
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizers step in float32: a larger learning rate overflows them
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding (seeded with every run) takes 32-bit seeds
 
 
@@ -442,7 +443,7 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
     _one_of(f"{key}.freeze", stage.freeze, FREEZE)
     _check(stage.epochs >= 0, f"{key}.epochs", stage.epochs, "expected a whole number >= 0")
     _check(stage.batch_size > 0, f"{key}.batch_size", stage.batch_size, "expected a whole number > 0")
-    _check(0 < stage.lr <= 1e6, f"{key}.lr", stage.lr, "expected a number in (0, 1e6]")
+    _check(0 < stage.lr <= FLOAT32_MAX, f"{key}.lr", stage.lr, "expected a number > 0 that float32 holds (<= 3.4e38)")
     _check(stage.width > 0, f"{key}.width", stage.width, "expected a whole number > 0")
     _check(stage.depth > 0, f"{key}.depth", stage.depth, "expected a whole number > 0")
     _check(stage.momentum >= 0, f"{key}.momentum", stage.momentum, "expected a number >= 0")

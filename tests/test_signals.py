@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -68,7 +69,10 @@ def test_a_run_waiting_for_the_teacher_lock_stops_on_sigterm(smoke_run, tmp_path
     with open(lock) as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         proc = start_kd_run("experiment=smoke", f"hydra.run.dir={tmp_path / 'waiting'}", cwd=cwd)
-        wait_for_file(tmp_path / "waiting" / "result.json", proc)  # written before the teacher stage
+        log = tmp_path / "waiting" / "kd-run.log"
+        wait_for_file(log, proc)
+        while "compute:" not in log.read_text() and proc.poll() is None:  # logged just before the teacher stage
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         try:
             _, err = proc.communicate(timeout=120)  # before: it waited for the lock, i.e. forever here
