@@ -198,15 +198,10 @@ def _experiment(
     timings["student_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
+    run_settings = {"threads": compute.threads, "loader": _loader(cfg, data), "processes": shard.world}
     outputs = RunOutputs(
         logits_source=targets.source,
-        compute={
-            **compute.describe(),
-            "threads": compute.threads,
-            "loader": _loader(cfg, data),
-            "processes": shard.world,
-            "deterministic": cfg.deterministic,
-        },
+        compute={**compute.describe(), **run_settings, "deterministic": cfg.deterministic},
         transfer=describe_transfer(cfg, student_data, history[-1].get("omitted_bias")),
         per_class_accuracy=_per_class_accuracy(student, targets, student_data, data.num_classes),
         data=data.describe(),
