@@ -1,4 +1,4 @@
-"""Hostile input (issue 12): values, files and flags that once crashed with a traceback or misled. Each
+"""Hostile input: values, files and flags that once crashed with a traceback or misled. Each
 gives one line naming the key or file, exit 2, and nothing written (docs/errors.md)."""
 
 from __future__ import annotations
