@@ -237,6 +237,23 @@ def test_timm_networks_by_name_fit_the_data(dataset, teacher, student):
     assert trainable == list(classifier_head(model).parameters())
 
 
+def test_timm_teacher_and_student_of_two_families_distil_on_digits(tmp_path):
+    pytest.importorskip("timm")
+    args = [
+        *FAST,
+        "teacher=timm",
+        "teacher.model.arch=test_resnet",
+        "student=timm",
+        "student.model.arch=test_efficientnet",
+        "hydra.run.dir=run",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    kd_run(*args, cwd=tmp_path)
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "completed" and record["teacher"]["source"] == "trained"
+    assert record["epochs"] == {"teacher": 1, "student": 1}
+
+
 BAD = [
     (["teacher.model._target_=mypkg.nope.Net"], ["teacher.model._target_='mypkg.nope.Net'", "has no nope.Net"]),
     (["teacher.model._target_=mypkg.nets.Nope"], ["teacher.model._target_='mypkg.nets.Nope'", "no Nope"]),
