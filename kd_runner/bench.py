@@ -56,6 +56,8 @@ from kd_runner.data import Dataset, Split, build_dataset
 from kd_runner.data.augment import Augmentation
 from kd_runner.data.device import InMemoryData
 from kd_runner.errors import UserError
+from kd_runner.methods import combine
+from kd_runner.methods.logits import soft_loss
 from kd_runner.models import build_stage_model
 from kd_runner.names import MEMORY_FORMATS, PRECISIONS
 from kd_runner.runtime.compute import Compute, resolve_device
@@ -63,7 +65,6 @@ from kd_runner.runtime.rng import seed_everything
 from kd_runner.store.files import check_writable, save_torch, write_json
 from kd_runner.teacher.soft_targets import SoftTargets
 from kd_runner.train import engine
-from kd_runner.train.losses import distillation_loss
 from kd_runner.train.optim import make_optimizer
 
 ALPHA, TEMPERATURE = 0.5, 4.0
@@ -221,7 +222,8 @@ def run_kd_runner(
 
     def objective(student_logits, idx, labels, inputs):
         seen.append(len(idx))
-        return distillation_loss(student_logits, targets.batch(idx, inputs), labels, ALPHA, TEMPERATURE, "kl")
+        soft = soft_loss(student_logits, targets.batch(idx, inputs), TEMPERATURE, "kl")
+        return combine(ALPHA, {"loss_ce": F.cross_entropy(student_logits.float(), labels), "loss_kd": soft})
 
     stage = StageConfig(name=w.student.name, epochs=epochs, batch_size=w.batch_size)
     engine.fit(student, d, stage="bench", recipe=stage, seed=0, loss_fn=objective, evaluate=dict, progress=False)

@@ -17,6 +17,7 @@ checked or run): --help, --version and a mistake in the config answer without lo
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import itertools
 import logging
@@ -33,9 +34,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import kd_runner
+from kd_runner import methods
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.runtime import interrupt
@@ -53,8 +55,12 @@ log = logging.getLogger("kd_runner")
 
 
 def register_schema() -> None:
-    """Make the typed schema (kd_runner.config.RunConfig) the base of conf/config.yaml, as `kd_schema`."""
-    ConfigStore.instance().store(name="kd_schema", node=RunConfig)
+    """Make the typed schema (kd_runner.config.RunConfig) the base of conf/config.yaml, as `kd_schema`, and each
+    method's parameters (kd_runner.methods) an option of the `distill` group."""
+    store = ConfigStore.instance()
+    store.store(name="kd_schema", node=RunConfig(distill=methods.Params()))
+    for name, method in methods.METHODS.items():
+        store.store(group="distill", name=name, node=method.params_type)
 
 
 @dataclass
@@ -431,6 +437,9 @@ def hydra_message(exc: HydraException) -> str:
             "ASCII letters, digits, _ - . / must be quoted, e.g. 'dataset.root=\"données\"' in the shell"
         )
     cause = exc.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(cause.object_type):
+        known = ", ".join(f.name for f in dataclasses.fields(cause.object_type))  # e.g. a method's parameters
+        return f"{cause.full_key} is not allowed: unknown key; known keys here: {known}"
     if cause is not None and hasattr(cause, "full_key"):
         reason = str(cause).strip().splitlines()[0]
         return f"{cause.full_key}: {reason}"

@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from kd_runner import methods
 from kd_runner.errors import ConfigError
+from kd_runner.methods import kd
 from kd_runner.names import (
     DATASET_NAMES,
     DOWNLOADABLE,
@@ -37,18 +41,6 @@ LOADERS = ("memory", "dataloader")
 WANDB_MODES = ("offline", "online")
 VAL_SPLITS = ("test", "holdout")
 AUGMENT = (True, False, "none", "crop_flip", "resized_crop_flip")
-# each distillation method and the DistillConfig parameters it takes (conf/distill/<method>.yaml sets their defaults)
-METHOD_PARAMS = {
-    "kd": (),
-    "dkd": ("weight_tckd", "weight_nckd", "warmup"),
-    "dist": ("beta", "gamma"),
-    "fitnet": ("weight_hint",),
-    "at": ("beta",),
-    "rkd": ("weight_distance", "weight_angle"),
-    "custom": (),  # the user's own soft term: distill.objective
-}
-FEATURE_METHODS = ("fitnet", "at", "rkd")
-STANDARDIZABLE = ("kd", "dkd")
 # beyond these, logits / T or the T^2 scaling overflow float32: a NaN that would read as a learning-rate problem
 TEMPERATURES = (0.01, 100)
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizers step in float32: a larger learning rate overflows them
@@ -190,48 +182,6 @@ class TransferConfig:
 
 
 @dataclass
-class DistillConfig:
-    """The distillation method and its parameters; a parameter is set exactly when the method takes it
-    (METHOD_PARAMS). docs/methods.md gives each method's equation and paper."""
-
-    method: str = field(
-        default="kd", metadata={"doc": "kd | dkd | dist | fitnet | at | rkd | custom (docs/methods.md)"}
-    )
-    objective: dict[str, typing.Any] = field(
-        default_factory=lambda: {"_target_": None},
-        metadata={
-            "doc": "distill=custom: _target_ names your soft term, a callable (student_logits, teacher_logits, labels, "
-            "temperature[, inputs]) -> loss; the other keys are its arguments; see docs/extending.md"
-        },
-    )
-    standardize: bool = field(
-        default=False, metadata={"doc": "z-score both models' logits before the softmax (kd with kl/soft_ce, dkd)"}
-    )
-    weight_tckd: float | None = field(
-        default=None, metadata={"doc": "dkd: weight of the target-class term (the paper's alpha)"}
-    )
-    weight_nckd: float | None = field(
-        default=None, metadata={"doc": "dkd: weight of the non-target-class term (the paper's beta)"}
-    )
-    warmup: int | None = field(
-        default=None, metadata={"doc": "dkd: epochs over which the DKD term grows linearly to full weight"}
-    )
-    beta: float | None = field(
-        default=None, metadata={"doc": "dist: inter-class relation weight; at: the paper's beta"}
-    )
-    gamma: float | None = field(default=None, metadata={"doc": "dist: intra-class relation weight"})
-    weight_hint: float | None = field(default=None, metadata={"doc": "fitnet: weight of the hint (MSE) loss"})
-    weight_distance: float | None = field(default=None, metadata={"doc": "rkd: weight of the distance-wise loss"})
-    weight_angle: float | None = field(default=None, metadata={"doc": "rkd: weight of the angle-wise loss"})
-    student_layers: list[str] = field(
-        default_factory=list, metadata={"doc": "feature methods: the student's layers ([]: the model's default)"}
-    )
-    teacher_layers: list[str] = field(
-        default_factory=list, metadata={"doc": "feature methods: the teacher's layers, paired with student_layers"}
-    )
-
-
-@dataclass
 class LoggerConfig:
     """The experiment trackers a run also reports to (logger=[csv,tensorboard,...]); metrics.csv and result.json
     are always written. Not part of the config digest or result key: a tracker changes no result."""
@@ -278,8 +228,8 @@ class RunConfig:
     soft_loss: str = field(
         default="kl", metadata={"doc": "kl (Hinton, T^2-scaled) | soft_ce (T^2-scaled) | mse (raw logits, ignores T)"}
     )
-    distill: DistillConfig = field(
-        default_factory=DistillConfig, metadata={"doc": "the distillation method and its parameters (distill=NAME)"}
+    distill: methods.Params = field(
+        default_factory=kd.Params, metadata={"doc": "the distillation method and its parameters (distill=NAME)"}
     )
     seed: int = field(default=0, metadata={"doc": "seed of the student stage (initialisation, shuffling)"})
     device: str = field(default="auto", metadata={"doc": "auto (cuda > mps > cpu) | cpu | cuda | mps"})
@@ -329,10 +279,40 @@ class RunConfig:
 
 
 def load_config(raw: typing.Mapping) -> RunConfig:
-    """Build and validate a RunConfig from a plain nested mapping (e.g. Hydra's composed config)."""
-    cfg = _build(RunConfig, raw, prefix="")
+    """Build and validate a RunConfig from a plain nested mapping (e.g. Hydra's composed config): OmegaConf
+    checks the types against the schema (the method's own `Params` for `distill`), then `_validate` the values."""
+    structured = schema(_method(raw))
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(structured, raw))
+    except OmegaConfBaseException as exc:
+        raise _config_error(exc, structured, raw) from None
     _validate(cfg)
     return cfg
+
+
+def schema(method: str = "kd"):
+    """The structured config of a run whose `distill` node is `method`'s parameters."""
+    try:
+        params = methods.params_type(method)()
+    except KeyError:
+        raise ConfigError("distill.method", method, "one of: " + ", ".join(methods.METHODS)) from None
+    return OmegaConf.structured(RunConfig(distill=params))
+
+
+def _method(raw: typing.Mapping) -> str:
+    distill = raw.get("distill") if isinstance(raw, typing.Mapping) else None
+    return distill.get("method", "kd") if isinstance(distill, typing.Mapping) else "kd"
+
+
+def _config_error(exc: OmegaConfBaseException, structured, raw: typing.Mapping) -> ConfigError:
+    """OmegaConf's type error as one line naming the key, the value and what the schema allows."""
+    key = exc.full_key or "config"
+    value = OmegaConf.select(OmegaConf.create(dict(raw)), key, default=None) if exc.full_key else raw
+    if isinstance(exc, ConfigKeyError):
+        parent = key.rpartition(".")[0]
+        node = OmegaConf.select(structured, parent) if parent else structured
+        return ConfigError(key, value, "unknown key; known keys here: " + ", ".join(sorted(node)))
+    return ConfigError(key, value, str(exc.msg).strip().splitlines()[0])
 
 
 def config_digest(cfg) -> str:
@@ -358,62 +338,6 @@ def _settings(cfg) -> dict:
     values = dataclasses.asdict(cfg)
     values.pop("logger", None)
     return values
-
-
-def _build(cls, raw, prefix: str):
-    if not isinstance(raw, typing.Mapping):
-        raise ConfigError(prefix.rstrip(".") or "config", raw, "expected a group of keys")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            raise ConfigError(prefix + str(key), raw[key], "unknown key; known keys here: " + ", ".join(sorted(names)))
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            continue
-        kind, value = hints[f.name], raw[f.name]
-        key = prefix + f.name
-        values[f.name] = _build(kind, value, key + ".") if dataclasses.is_dataclass(kind) else _coerce(key, value, kind)
-    return cls(**values)
-
-
-def _coerce(key: str, value, kind):
-    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
-    if optional:
-        if value is None:
-            return None
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    if dataclasses.is_dataclass(kind):
-        return _build(kind, value, key + ".")
-    if typing.get_origin(kind) is dict:
-        if not isinstance(value, typing.Mapping):
-            raise ConfigError(key, value, "expected a group of keys, e.g. {_target_: mypkg.nets.TinyNet}")
-        return dict(value)
-    if kind is typing.Any:  # checked by _validate
-        return value
-    if typing.get_origin(kind) is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, value, "expected a list, e.g. [3] or [3, 5]")
-        (item,) = typing.get_args(kind)
-        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(key, value, "expected true or false")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(key, value, "expected a whole number")
-    if kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise ConfigError(key, value, "expected a finite number")
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(key, value, "expected a string")
-    raise TypeError(f"unsupported config type {kind} for {key}")
 
 
 def _check(cond: bool, key: str, value, allowed: str) -> None:
@@ -483,7 +407,18 @@ def _check_seed(key: str, seed: int, count: int = 1) -> None:
     _check(0 <= seed <= top, key, seed, f"expected a whole number in [0, {top}]")
 
 
+def _check_finite(obj, prefix: str = "") -> None:
+    """Every number of the config is finite (OmegaConf takes inf and nan as floats)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            _check(math.isfinite(value), prefix + f.name, value, "expected a finite number")
+
+
 def _validate(cfg: RunConfig) -> None:
+    _check_finite(cfg)
     _check_seed("seed", cfg.seed)
     _check_seed("teacher.seed", cfg.teacher.seed, max(cfg.teacher.ensemble, 1))
     _check(0 <= cfg.alpha <= 1, "alpha", cfg.alpha, "expected a number in [0, 1] (weight of the hard-label loss)")
@@ -591,45 +526,7 @@ def _validate_transfer(cfg: RunConfig) -> None:
 
 
 def _validate_distill(cfg: RunConfig) -> None:
-    d = cfg.distill
-    _one_of("distill.method", d.method, tuple(METHOD_PARAMS))
-    takes = METHOD_PARAMS[d.method]
-    for name in sorted({p for params in METHOD_PARAMS.values() for p in params}):
-        value = getattr(d, name)
-        if name in takes:
-            _check(value is not None and value >= 0, f"distill.{name}", value, f"a number >= 0 for distill={d.method}")
-        else:
-            allowed = f"unset: distill={d.method} takes " + (", ".join(takes) or "no parameters")
-            _check(value is None, f"distill.{name}", value, allowed)
-    target = d.objective.get("_target_")
-    if d.method == "custom":
-        _check(bool(target), "distill.objective._target_", target, "a dotted path module.callable for distill=custom")
-    else:
-        _check(target is None, "distill.objective._target_", target, f"unset: distill={d.method} has its own loss")
-    feature = d.method in FEATURE_METHODS
-    for key in ("student_layers", "teacher_layers"):
-        value = getattr(d, key)
-        _check(feature or not value, f"distill.{key}", value, f"[] for distill={d.method} (it uses logits only)")
-    _check(
-        not d.standardize or (d.method in STANDARDIZABLE and cfg.soft_loss != "mse"),
-        "distill.standardize",
-        d.standardize,
-        "false except with distill=kd (soft_loss kl or soft_ce) and distill=dkd",
-    )
-    _check(d.method == "kd" or cfg.soft_loss == "kl", "soft_loss", cfg.soft_loss, "kl unless distill=kd")
-    _check(
-        d.method != "dkd" or cfg.transfer.labeled,
-        "distill.method",
-        d.method,
-        "not dkd with transfer.labeled=false (DKD needs the labels)",
-    )
-    _check(not feature or not cfg.compile, "compile", cfg.compile, f"false with distill={d.method} (hooked layers)")
-    _check(
-        not feature or cfg.teacher.ensemble == 1,
-        "teacher.ensemble",
-        cfg.teacher.ensemble,
-        f"1 with distill={d.method} (features come from one teacher)",
-    )
+    cfg.distill.check(cfg)  # each method checks its parameters against the run (kd_runner/methods/<name>.py)
 
 
 def _is_number(text: str) -> bool:
@@ -640,12 +537,34 @@ def _is_number(text: str) -> bool:
 
 
 def key_docs(cls: type = RunConfig, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any, str]]:
-    """Every key of the schema as (dotted key, default, doc), depth first in declaration order; the key
-    lists of `kd-run --help` and docs/configuration.md are generated from it (scripts/config_docs.py)."""
+    """Every key of the schema as (dotted key, default, doc), depth first in declaration order, `distill.*`
+    from each method's parameters; the key lists of `kd-run --help` and docs/configuration.md are generated
+    from it (scripts/config_docs.py)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
+        if f.name == "distill" and cls is RunConfig:
+            yield from _method_key_docs()
+        elif dataclasses.is_dataclass(hints[f.name]):
             yield from key_docs(hints[f.name], f"{prefix}{f.name}.")
         else:
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             yield prefix + f.name, default, f.metadata["doc"]
+
+
+def _method_key_docs() -> typing.Iterator[tuple[str, typing.Any, str]]:
+    """distill.method, then each parameter once, with the methods that take it and their defaults."""
+    yield "distill.method", "kd", "the method, " + " | ".join(methods.METHODS) + " (distill=NAME; docs/methods.md)"
+    takers: dict[str, list] = {}
+    for name, method in methods.METHODS.items():
+        for f in dataclasses.fields(method.params_type):
+            if f.name != "method":
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+                takers.setdefault(f.name, []).append((name, default, f.metadata["doc"]))
+    for key, taken in takers.items():
+        docs: dict[str, list[str]] = {}
+        for name, _, doc in taken:
+            docs.setdefault(doc, []).append(name)
+        text = "; ".join(f"{', '.join(names)}: {doc}" for doc, names in docs.items())
+        if len({repr(default) for _, default, _ in taken}) > 1:
+            text += " (default: " + ", ".join(f"{name} {default}" for name, default, _ in taken) + ")"
+        yield f"distill.{key}", taken[0][1], text

@@ -14,10 +14,12 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from kd_runner import methods
 from kd_runner.config import RunConfig, load_config
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData, normalized
 from kd_runner.errors import UserError
+from kd_runner.methods import objective
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute, resolve_device
 from kd_runner.status import Status
@@ -103,15 +105,16 @@ def evaluate(cfg: RunConfig, run_dir: Path, weights: Path) -> dict:
     compute = Compute.resolve(resolve_device(cfg.device), cfg.precision, cfg.memory_format, False)
     data = build_dataset(cfg.dataset)
     d = InMemoryData(data, compute)
-    student_logits = engine.predict(compute.prepare(build_student(cfg, data, weights)), d, d.val.images)
+    student = compute.prepare(build_student(cfg, data, weights))
+    student_logits = engine.predict(student, d, d.val.images)
     teacher = cached_teacher(cfg, record, data)
     if teacher is None:
         metrics = student_metrics(student_logits, d.val.labels)
     else:
-        teacher_logits = engine.predict(compute.prepare(teacher), d, d.val.images)
-        metrics = compute_metrics(
-            student_logits, teacher_logits, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss
-        )
+        teacher = compute.prepare(teacher)
+        teacher_logits = engine.predict(teacher, d, d.val.images)
+        value = run_objective(cfg, run_dir, student, teacher, d, student_logits, teacher_logits)
+        metrics = compute_metrics(student_logits, teacher_logits, d.val.labels, value)
     return {
         "run_dir": str(run_dir),
         "weights": str(weights),
@@ -120,6 +123,26 @@ def evaluate(cfg: RunConfig, run_dir: Path, weights: Path) -> dict:
         "teacher": teacher is not None,
         "metrics": metrics,
     }
+
+
+def run_objective(cfg: RunConfig, run_dir: Path, student, teacher, d, logits, teacher_logits) -> float:
+    """The run's objective on this validation split, computed by its method as in training, at its final
+    epoch (a warm-up's weight), with the method's trained parameters (distill.pt) when it has some."""
+    method = methods.make(cfg.distill, cfg.temperature, cfg.soft_loss)
+    method.start_epoch(max(cfg.student.epochs, 1))
+    targets = SimpleNamespace(teacher=teacher, val_targets=teacher_logits, data=d)
+    model, loss = objective.build(method, cfg.alpha, student, targets, d, cfg.student.batch_size)
+    try:
+        if model.state.trainable is not None:
+            weights = run_dir / "distill.pt"
+            state = read_state_dict(weights, "checkpoint")
+            problem = state_dict_mismatch(model.state.trainable, state)
+            if problem:
+                raise UserError(f"{weights} does not fit distill={cfg.distill.method}'s parameters: {problem}")
+            model.state.trainable.load_state_dict(state)
+        return loss.validation(model, d, logits, d.val.labels)
+    finally:
+        loss.close()
 
 
 def student_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -21,13 +21,15 @@ import pandas as pd
 import torch
 
 from kd_runner import trackers
-from kd_runner.config import FEATURE_METHODS, RunConfig, config_digest, result_key
+from kd_runner.config import RunConfig, config_digest, result_key
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData, SplitData, sharded
 from kd_runner.data.loader import StreamedData
 from kd_runner.data.transfer import describe_transfer, raise_omitted_bias, transfer_data
 from kd_runner.data.vision import check_root
 from kd_runner.errors import Diverged, RunInterrupted
+from kd_runner.methods import PART_COLUMNS, objective
+from kd_runner.methods import make as make_method
 from kd_runner.models import build_stage_model
 from kd_runner.models.custom import check_output
 from kd_runner.runtime import distributed, interrupt
@@ -38,9 +40,8 @@ from kd_runner.store import results, rundir
 from kd_runner.store.files import check_writable, save_torch, write_csv, write_json
 from kd_runner.teacher.ensemble import prepare_teachers
 from kd_runner.teacher.soft_targets import SoftTargets
-from kd_runner.train import distill, engine
+from kd_runner.train import engine
 from kd_runner.train.checkpoint import StageCheckpoint
-from kd_runner.train.distill import PART_COLUMNS
 from kd_runner.train.metrics import compute_metrics, per_class_accuracy
 
 log = logging.getLogger(__name__)
@@ -253,30 +254,32 @@ def _check_student_side(cfg: RunConfig, data, split_data: SplitData, student_dat
     engine.check_steps(len(student_data.train), cfg.student, shard, "student")
     if cfg.student.weights_path or cfg.student.pretrained:
         build_stage_model(cfg.student, data, "student")
-    if cfg.distill.method in FEATURE_METHODS:
-        _check_layers(cfg, data, split_data)
-    if cfg.distill.method == "custom" and cfg.alpha < 1:  # so does a user objective that gives no loss
+    method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
+    if method.needs != "logits":
+        _check_layers(cfg, method, data, split_data)
+    if cfg.alpha < 1:  # so does a user objective that gives no loss
         student = build_stage_model(
             dataclasses.replace(cfg.student, pretrained=False, weights_path=None), data, "student"
         )
-        distill.check_objective(cfg, student.to(student_data.device), distill.sample_batch(student_data))
+        objective.check_custom(method, student.to(student_data.device), objective.sample_batch(student_data))
 
 
-def _check_layers(cfg: RunConfig, data, split_data: SplitData) -> None:
+def _check_layers(cfg: RunConfig, method, data, split_data: SplitData) -> None:
     """Resolve the feature method's layers on freshly built models of both architectures (one line if wrong)."""
     stages = {
         name: dataclasses.replace(getattr(cfg, name), pretrained=False, weights_path=None)
         for name in ("student", "teacher")
     }  # the architectures only
     models = [build_stage_model(stage, data, name).to(split_data.device) for name, stage in stages.items()]
-    for tap in distill.feature_taps(cfg, *models, distill.sample_batch(split_data)):
+    layers = cfg.distill.student_layers, cfg.distill.teacher_layers
+    for tap in objective.feature_taps(method, *layers, *models, objective.sample_batch(split_data)):
         tap.remove()
 
 
 def _write_outputs(run_dir: Path, record: dict, student, state, teacher_rows, student_rows, checkpoint) -> None:
     save_torch(_cpu_state(student), run_dir / "student.pt")
-    if state.regressors is not None:  # the method's trained parameters (FitNets' regressors), beside the student
-        save_torch(_cpu_state(state.regressors), run_dir / "distill.pt")
+    if state.trainable is not None:  # the method's trained parameters (FitNets' regressors), beside the student
+        save_torch(_cpu_state(state.trainable), run_dir / "distill.pt")
     rows = [{"stage": "teacher", **r} for r in teacher_rows] + [{"stage": "student", **r} for r in student_rows]
     results.write_metrics_csv(run_dir / "metrics.csv", rows)
     write_json(run_dir / rundir.RESULT, record)
@@ -289,15 +292,16 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 
 
 def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, checkpoint, stop, recorder):
-    """Distill the student with the configured method (kd_runner.train.distill); the teacher itself never
+    """Distill the student with the configured method (kd_runner.methods); the teacher itself never
     enters the student's graph. The method's state trains and is checkpointed with the student.
 
     After every epoch `recorder` writes its metrics and, on a new best validation student_acc, the
     student is saved as student_best.pt (before the epoch's checkpoint, so a resume never misses one)."""
     seed_everything(cfg.seed)
     student = d.compute.prepare(build_stage_model(cfg.student, data, "student"))
-    model, objective = distill.build(cfg, student, targets, d)
-    evaluate = _student_evaluation(cfg, model, student, objective, targets, d)
+    method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
+    model, loss = objective.build(method, cfg.alpha, student, targets, d, cfg.student.batch_size)
+    evaluate = _student_evaluation(model, student, loss, targets, d)
 
     def on_epoch(rows: list[dict]) -> None:
         recorder.record("student", rows)
@@ -310,8 +314,9 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
         stage="student",
         recipe=cfg.student,
         seed=cfg.seed,
-        loss_fn=objective,
+        loss_fn=loss,
         evaluate=evaluate,
+        on_epoch_start=method.start_epoch,
         progress=cfg.progress,
         checkpoint=checkpoint,
         stop=stop,
@@ -324,24 +329,20 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
     if cfg.transfer.omitted_bias is not None:  # the final metrics are those of the corrected student
         corrected = {k: v for k, v in evaluate().items() if k not in PART_COLUMNS}  # the parts stay the epoch's
         history[-1].update(omitted_bias=raise_omitted_bias(cfg, student, targets.teacher, d), **corrected)
-    objective.close()
+    loss.close()
     return history, student, model.state
 
 
-def _student_evaluation(cfg: RunConfig, model, student, objective, targets: SoftTargets, d: SplitData):
+def _student_evaluation(model, student, loss, targets: SoftTargets, d: SplitData):
     """The student's validation after an epoch: the metrics, the objective at this epoch's weights (a
-    warm-up's), and the epoch's mean of each part of the training loss."""
+    warm-up's), and the epoch's mean of each part of the training loss; no training state changes."""
 
     def evaluate() -> dict:
         parts = model.state.take_parts(d.shard)  # before rank 0's buffers (the tally among them) replace the others'
         d.shard.sync_buffers(model)
         logits = engine.predict(student, d, d.val.images)
-        metrics = compute_metrics(
-            logits, targets.val, d.val.labels, cfg.alpha, cfg.temperature, cfg.soft_loss, targets.val_targets
-        )
-        metrics["objective"] = objective.validation(model, d, logits, d.val.labels)  # at this epoch's warm-up
-        model.state.epoch += 1
-        return {**metrics, **parts}
+        value = loss.validation(model, d, logits, d.val.labels)  # at this epoch's warm-up
+        return {**compute_metrics(logits, targets.val, d.val.labels, value), **parts}
 
     return evaluate
 

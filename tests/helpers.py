@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from scipy import stats
@@ -100,3 +101,20 @@ def scipy_statistics(results: list[dict]) -> dict:
             half = stats.t.ppf(0.975, len(diffs) - 1) * stats.sem(diffs)
             out[alpha, temperature] |= {"gain": mean, "gain_ci": (mean - half, mean + half), "p": test.pvalue}
     return out
+
+
+def kd_objective(student, teacher, labels, alpha: float, temperature: float, kind: str, validation: bool = False):
+    """The student's objective as a kd run computes it (kd_runner.methods.objective with the kd method) on
+    logits `student` against the teacher's `teacher`: on a training batch, or (`validation`) as a float on
+    the validation split."""
+    from types import SimpleNamespace
+
+    from kd_runner import methods
+    from kd_runner.methods.objective import MethodState, Objective
+
+    method = methods.make(methods.params_type("kd")(), temperature, kind)
+    targets = SimpleNamespace(batch=lambda idx, inputs: teacher, val_targets=teacher)
+    loss = Objective(method, alpha, MethodState(method), targets, None, len(student))
+    if validation:
+        return loss.validation(None, None, student, labels)
+    return loss(student, torch.arange(len(student)), labels, None)

@@ -10,13 +10,21 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
-from hydra.core.config_store import ConfigStore
 
+from kd_runner import cli
 from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TeacherConfig, TransferConfig, key_docs
+from kd_runner.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "configuration.md"
-SCHEMA_CLASSES = (RunConfig, StageConfig, TeacherConfig, DatasetConfig, TransferConfig)
+SCHEMA_CLASSES = (
+    RunConfig,
+    StageConfig,
+    TeacherConfig,
+    DatasetConfig,
+    TransferConfig,
+    *(m.params_type for m in METHODS.values()),
+)
 
 
 def load_generator():
@@ -28,7 +36,7 @@ def load_generator():
 
 def composed_help_template() -> str:
     """The help template Hydra uses for `kd-run --help`, as composed from conf/."""
-    ConfigStore.instance().store(name="kd_schema", node=RunConfig)
+    cli.register_schema()
     with initialize_config_module(config_module="kd_runner.conf", version_base="1.3"):
         return compose("config", return_hydra_config=True).hydra.help.template
 

@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kd_runner import methods
 from kd_runner.errors import UserError
+from kd_runner.methods.at import attention_loss, attention_map
+from kd_runner.methods.features import FeatureTap, default_layers
+from kd_runner.methods.rkd import rkd_angle, rkd_distance
 from kd_runner.models.small_nets import MLP, SmallCNN
-from kd_runner.train.feature_losses import HintRegressors, attention_loss, attention_map, rkd_angle, rkd_distance
-from kd_runner.train.features import FeatureTap, default_layers
 
 
 def test_attention_map_is_the_normalised_channel_mean_of_squares_by_hand():
@@ -79,12 +81,12 @@ def test_rkd_is_zero_for_a_scaled_copy_of_the_teachers_embedding():
 
 
 def test_hint_regressor_maps_student_channels_to_the_teachers_and_trains():
-    regressors = HintRegressors([4], [6])
-    conv, bn = regressors.regressors[0]
-    assert tuple(conv.weight.shape) == (6, 4, 1, 1) and bn.num_features == 6
     student = torch.randn(2, 4, 4, 4, requires_grad=True)
     teacher = torch.randn(2, 6, 2, 2, requires_grad=True)
-    loss = regressors([student], [teacher])
+    fitnet = methods.make(methods.params_type("fitnet")(weight_hint=1.0), 4.0, "kl")
+    conv, bn = fitnet.trainable([student], [teacher])[0]
+    assert tuple(conv.weight.shape) == (6, 4, 1, 1) and bn.num_features == 6
+    loss = fitnet.terms([student], [teacher], None, None)["loss_hint"]
     assert loss.item() == pytest.approx(F.mse_loss(F.avg_pool2d(bn(conv(student)), 2), teacher).item(), rel=1e-6)
     loss.backward()
     assert conv.weight.grad.abs().sum() > 0 and student.grad.abs().sum() > 0

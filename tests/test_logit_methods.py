@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd_runner.config import DistillConfig, RunConfig
-from kd_runner.train.distill import MethodState, Objective
-from kd_runner.train.logit_losses import dist_terms, dkd_terms, standardize
-from kd_runner.train.losses import distillation_loss
+from kd_runner import methods
+from kd_runner.methods import combine
+from kd_runner.methods.dist import dist_terms
+from kd_runner.methods.dkd import dkd_terms
+from kd_runner.methods.logits import soft_loss, standardize
 
 STUDENT = [[1.0, 2.0, 0.5, -0.3], [0.2, -1.0, 1.5, 0.7], [-0.4, 0.9, 0.1, 2.2]]
 TEACHER = [[2.0, 0.5, -0.5, 0.1], [0.0, 0.3, 2.5, -1.2], [1.1, -0.2, 0.4, 1.9]]
@@ -98,11 +99,11 @@ def test_standardize_is_the_z_score_with_unbiased_std():
     torch.testing.assert_close(standardize(s)[0], (row - mean) / (std + 1e-7))
 
 
-def objective(method="kd", alpha=0.5, soft_loss="kl", epoch=1, **params) -> Objective:
-    cfg = RunConfig(alpha=alpha, soft_loss=soft_loss, distill=DistillConfig(method=method, **params))
-    state = MethodState(method)
-    state.epoch.fill_(epoch)
-    return Objective(cfg, state, targets=None, taps=None)
+def objective(method="kd", soft_loss="kl", epoch=1, **params) -> methods.Method:
+    """The method as a run makes it (temperature 4), training its `epoch`."""
+    made = methods.make(methods.params_type(method)(**params), 4.0, soft_loss)
+    made.start_epoch(epoch)
+    return made
 
 
 @pytest.mark.parametrize("method,params", [("kd", {}), ("dkd", dict(weight_tckd=1.0, weight_nckd=8.0, warmup=0))])
@@ -110,33 +111,35 @@ def test_standardised_losses_ignore_a_shift_and_a_scale_of_either_models_logits(
     """Exact for a shift; for a scale up to the 1e-7 that Sun et al.'s code adds to the std."""
     s, t, labels = tensors()
     obj = objective(method, standardize=True, **params)
-    base = obj.logit_parts(s, t, labels)
-    shifted = obj.logit_parts(s - 1.5, t + 4.0, labels)
-    scaled = obj.logit_parts(3.0 * s, 0.5 * t, labels)
+    base = obj.terms(s, t, labels, None)
+    shifted = obj.terms(s - 1.5, t + 4.0, labels, None)
+    scaled = obj.terms(3.0 * s, 0.5 * t, labels, None)
     for name in base:
         assert shifted[name].item() == pytest.approx(base[name].item(), abs=1e-12)
         assert scaled[name].item() == pytest.approx(base[name].item(), rel=1e-5)
     plain = objective(method, **params)  # without standardisation a scale changes the loss
     name = next(iter(base))
-    assert plain.logit_parts(3.0 * s, t, labels)[name].item() != pytest.approx(
-        plain.logit_parts(s, t, labels)[name].item()
+    assert plain.terms(3.0 * s, t, labels, None)[name].item() != pytest.approx(
+        plain.terms(s, t, labels, None)[name].item()
     )
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_kd_objective_is_exactly_the_classic_distillation_loss(alpha):
     s, t, labels = tensors(torch.float32)
-    obj = objective("kd", alpha=alpha, soft_loss="soft_ce")
+    obj = objective("kd", soft_loss="soft_ce")
     parts = {"loss_ce": F.cross_entropy(s, labels)} if alpha > 0 else {}
     if alpha < 1:
-        parts.update(obj.logit_parts(s, t, labels))
-    assert torch.equal(obj.combine(parts), distillation_loss(s, t, labels, alpha, 4.0, "soft_ce"))
+        parts.update(obj.terms(s, t, labels, None))
+    hard, soft = F.cross_entropy(s, labels), soft_loss(s, t, 4.0, "soft_ce")
+    classic = hard if alpha == 1 else soft if alpha == 0 else alpha * hard + (1 - alpha) * soft
+    assert torch.equal(combine(alpha, parts), classic)
 
 
 def test_dkd_parts_are_the_weighted_t_squared_terms_warmed_up_linearly():
     s, t, labels = tensors()
     tckd, nckd = dkd_terms(s, t, labels, 4.0)
     for epoch, factor in [(1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)]:
-        parts = objective("dkd", epoch=epoch, weight_tckd=2.0, weight_nckd=8.0, warmup=4).logit_parts(s, t, labels)
+        parts = objective("dkd", epoch=epoch, weight_tckd=2.0, weight_nckd=8.0, warmup=4).terms(s, t, labels, None)
         assert parts["loss_tckd"].item() == pytest.approx(factor * 2.0 * 16 * tckd.mean().item(), rel=1e-6)
         assert parts["loss_nckd"].item() == pytest.approx(factor * 8.0 * 16 * nckd.mean().item(), rel=1e-6)

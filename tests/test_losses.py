@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import kd_objective
 from torch import nn
 
-from kd_runner.train.losses import SOFT_LOSSES, distillation_loss, soft_loss
+from kd_runner.methods.logits import soft_loss
+from kd_runner.names import SOFT_LOSSES
 
 # 2 samples x 3 classes, written out so that every expected value below can be recomputed on paper.
 STUDENT = [[1.0, 2.0, 0.5], [0.2, -1.0, 1.5]]
@@ -180,30 +182,30 @@ def test_soft_ce_and_kl_pull_the_student_the_same_way():
 
 def test_alpha_one_is_exactly_cross_entropy_without_a_teacher():
     s, t, y = tensors()
-    got = distillation_loss(s, None, y, alpha=1.0, temperature=4.0, kind="kl")
+    got = kd_objective(s, None, y, alpha=1.0, temperature=4.0, kind="kl")
     assert torch.equal(got, F.cross_entropy(s, y))
-    assert torch.equal(distillation_loss(s, t, y, 1.0, 4.0, "kl"), got)
+    assert torch.equal(kd_objective(s, t, y, 1.0, 4.0, "kl"), got)
     assert got.item() == pytest.approx(hand_ce(STUDENT, LABELS), rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", SOFT_LOSSES)
 def test_alpha_zero_has_no_hard_term(kind):
     s, t, y = tensors()
-    unlabeled = distillation_loss(s, t, None, alpha=0.0, temperature=2.0, kind=kind)
+    unlabeled = kd_objective(s, t, None, alpha=0.0, temperature=2.0, kind=kind)
     assert torch.equal(unlabeled, soft_loss(s, t, 2.0, kind))
     for labels in (y, torch.tensor([0, 0]), torch.tensor([2, 1])):
-        assert torch.equal(distillation_loss(s, t, labels, 0.0, 2.0, kind), unlabeled)
+        assert torch.equal(kd_objective(s, t, labels, 0.0, 2.0, kind), unlabeled)
 
 
 def test_alpha_zero_kl_value_by_hand():
     s, t, _ = tensors()
-    got = distillation_loss(s, t, None, alpha=0.0, temperature=2.0, kind="kl")
+    got = kd_objective(s, t, None, alpha=0.0, temperature=2.0, kind="kl")
     assert got.item() == pytest.approx(4.0 * hand_kl(STUDENT, TEACHER, 2.0), rel=1e-5)
 
 
 def test_alpha_half_is_the_average_of_hard_and_soft():
     s, t, y = tensors()
-    got = distillation_loss(s, t, y, alpha=0.5, temperature=2.0, kind="kl")
+    got = kd_objective(s, t, y, alpha=0.5, temperature=2.0, kind="kl")
     expected = 0.5 * hand_ce(STUDENT, LABELS) + 0.5 * 4.0 * hand_kl(STUDENT, TEACHER, 2.0)
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
@@ -219,7 +221,7 @@ def test_alpha_half_is_the_average_of_hard_and_soft():
 def test_alpha_weighs_the_hard_label_term(kind, unscaled_soft):
     """alpha multiplies the CE on the labels, (1 - alpha) the soft term: not the other way round."""
     s, t, y = tensors()
-    got = distillation_loss(s, t, y, alpha=0.3, temperature=3.0, kind=kind)
+    got = kd_objective(s, t, y, alpha=0.3, temperature=3.0, kind=kind)
     expected = 0.3 * hand_ce(STUDENT, LABELS) + 0.7 * unscaled_soft(3.0)
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
@@ -234,7 +236,7 @@ def test_no_gradient_reaches_the_teacher(kind):
     x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0])
     teacher_logits = teacher(x)  # deliberately NOT under no_grad: the loss must detach it itself
     assert teacher_logits.requires_grad
-    distillation_loss(student(x), teacher_logits, y, alpha=0.5, temperature=2.0, kind=kind).backward()
+    kd_objective(student(x), teacher_logits, y, alpha=0.5, temperature=2.0, kind=kind).backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
@@ -247,7 +249,7 @@ def test_unknown_kind_is_a_value_error():
     with pytest.raises(ValueError, match="cosine"):
         soft_loss(s, t, 2.0, "cosine")
     with pytest.raises(ValueError, match="cosine"):
-        distillation_loss(s, t, y, 0.5, 2.0, "cosine")
+        kd_objective(s, t, y, 0.5, 2.0, "cosine")  # as a run computes it
 
 
 def test_mismatched_logit_shapes_are_a_value_error():
@@ -261,7 +263,7 @@ def test_mismatched_logit_shapes_are_a_value_error():
 def test_low_precision_logits_are_computed_in_float32(dtype, kind):
     s, t, y = tensors()
     s_low, t_low = s.to(dtype), t.to(dtype)
-    got = distillation_loss(s_low, t_low, y, 0.5, 2.0, kind)
+    got = kd_objective(s_low, t_low, y, 0.5, 2.0, kind)
     assert got.dtype == torch.float32
-    reference = distillation_loss(s_low.float(), t_low.float(), y, 0.5, 2.0, kind)
+    reference = kd_objective(s_low.float(), t_low.float(), y, 0.5, 2.0, kind)
     assert got.item() == pytest.approx(reference.item(), rel=1e-6)

@@ -10,7 +10,7 @@ from test_resume import stop_after
 
 from kd_runner import pipeline
 from kd_runner.errors import RunInterrupted
-from kd_runner.train.distill import METHOD_PARTS
+from kd_runner.methods import METHODS
 
 ARGS = ("experiment=smoke", "student=cnn", "student.width=8", "student.depth=2", "alpha=0.3")
 
@@ -26,7 +26,7 @@ def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch
     ref = pipeline.run(cfg, tmp_path / "ref")
     _, rows = read_run(tmp_path / "ref")
     student = rows[rows.stage == "student"]
-    parts = student[list(METHOD_PARTS[method])]
+    parts = student[list(METHODS[method].parts)]
     assert parts.notna().all().all() and (parts > 0).all().all()
     expected = 0.3 * student.loss_ce + 0.7 * parts.sum(axis=1)
     pd.testing.assert_series_equal(student.train_loss, expected, check_names=False, rtol=1e-5)
@@ -79,8 +79,10 @@ def test_a_feature_layer_mistake_is_one_line_and_exit_2_before_the_teacher_train
 @pytest.mark.parametrize(
     "args,words",
     [
-        (["distill=at", "distill.gamma=1"], "distill.gamma=1.0 is not allowed: unset: distill=at takes beta"),
+        (["distill=at", "distill.gamma=1"], "distill.gamma is not allowed: unknown key; known keys here: method, stu"),
+        (["distill=dist", "distill.weight_hint=1"], "distill.weight_hint is not allowed: unknown key"),
         (["distill=dkd", "distill.weight_nckd=-1"], "distill.weight_nckd=-1.0 is not allowed: a number >= 0"),
+        (["distill=dkd", "distill.warmup=-1"], "distill.warmup=-1 is not allowed: a whole number >= 0"),
         (["distill=dist", "distill.standardize=true"], "distill.standardize"),
         (["distill=kd", "distill.student_layers=[pool]"], "distill.student_layers"),
         (["distill=rkd", "teacher.ensemble=2"], "teacher.ensemble=2 is not allowed: 1 with distill=rkd"),

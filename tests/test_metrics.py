@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import kd_objective
 
 from kd_runner.names import METRIC_NAMES, TOP5_NAMES
 from kd_runner.train.metrics import (
@@ -68,14 +69,14 @@ def test_top5_accuracy_counts_a_label_among_the_five_highest_logits():
     logits = torch.tensor([[9.0, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5], [5.0, 4, 3, 2, 1, 0]])
     labels = torch.tensor([4, 0, 5])  # 5th highest: in; lowest: out; lowest: out
     assert top5_accuracy(logits, labels) == pytest.approx(1 / 3)  # a float32 mean
-    metrics = compute_metrics(logits, logits.flip(-1), labels, alpha=0.5, temperature=2.0, kind="kl")
+    metrics = compute_metrics(logits, logits.flip(-1), labels, 0.0)
     assert list(metrics) == [*METRIC_NAMES, *TOP5_NAMES]
     assert metrics["student_acc_top5"] == pytest.approx(1 / 3) and metrics["teacher_acc_top5"] == 1.0
 
 
 def test_compute_metrics_hand_values():
     s, t, y = tensors()
-    metrics = compute_metrics(s, t, y, alpha=0.3, temperature=2.0, kind="kl")
+    metrics = compute_metrics(s, t, y, kd_objective(s, t, y, 0.3, 2.0, "kl", validation=True))
     assert list(metrics) == list(METRIC_NAMES)
     assert all(type(value) is float for value in metrics.values())
 
@@ -102,7 +103,7 @@ def test_compute_metrics_hand_values():
 )
 def test_objective_uses_the_runs_kind(kind, soft):
     s, t, y = tensors()
-    metrics = compute_metrics(s, t, y, alpha=0.6, temperature=3.0, kind=kind)
+    metrics = compute_metrics(s, t, y, kd_objective(s, t, y, 0.6, 3.0, kind, validation=True))
     assert metrics["objective"] == pytest.approx(0.6 * hand_ce(STUDENT, LABELS) + 0.4 * soft(3.0), rel=1e-5)
 
 
@@ -110,7 +111,7 @@ def test_only_the_objective_depends_on_alpha_temperature_and_kind():
     """student_loss etc. are comparable across the runs of a sweep; the objective is the run's own."""
     s, t, y = tensors()
     runs = [
-        compute_metrics(s, t, y, alpha, temperature, kind)
+        compute_metrics(s, t, y, kd_objective(s, t, y, alpha, temperature, kind, validation=True))
         for alpha, temperature, kind in [(0.0, 4.0, "kl"), (0.5, 2.0, "soft_ce"), (1.0, 1.0, "mse")]
     ]
     for name in METRIC_NAMES:
@@ -121,7 +122,7 @@ def test_only_the_objective_depends_on_alpha_temperature_and_kind():
 
 def test_metrics_of_identical_models():
     s, _, y = tensors()
-    metrics = compute_metrics(s, s.clone(), y, alpha=0.5, temperature=2.0, kind="kl")
+    metrics = compute_metrics(s, s.clone(), y, 0.0)
     assert metrics["agreement"] == 1.0
     assert metrics["logit_gap"] == 0.0
     assert metrics["kl_teacher_student"] == pytest.approx(0.0, abs=1e-6)
@@ -130,16 +131,16 @@ def test_metrics_of_identical_models():
 
 def test_metrics_accept_low_precision_and_grad_tracking_logits():
     s, t, y = tensors()
-    reference = compute_metrics(s.bfloat16().float(), t.bfloat16().float(), y, 0.5, 2.0, "kl")
+    reference = compute_metrics(s.bfloat16().float(), t.bfloat16().float(), y, 0.0)
     student = s.bfloat16().requires_grad_()
-    metrics = compute_metrics(student, t.bfloat16(), y, 0.5, 2.0, "kl")
+    metrics = compute_metrics(student, t.bfloat16(), y, 0.0)
     assert metrics == pytest.approx(reference, rel=1e-6)
 
 
 def test_mismatched_shapes_are_an_error():
     s, _, y = tensors()
     with pytest.raises(ValueError, match="same shape"):
-        compute_metrics(s, torch.zeros(4, 5), y, 0.5, 2.0, "kl")
+        compute_metrics(s, torch.zeros(4, 5), y, 0.0)
 
 
 def test_per_class_accuracy_with_an_empty_class():

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import kd_objective
 from torch import nn
 
 from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TransferConfig
@@ -20,7 +21,6 @@ from kd_runner.runtime.compute import Compute
 from kd_runner.teacher.ensemble import TeacherEnsemble, combine_logits
 from kd_runner.teacher.soft_targets import SoftTargets
 from kd_runner.train import engine
-from kd_runner.train.losses import distillation_loss
 
 
 def _dataset(n=40, classes=4, augmentation=None, seed=0, size=8):
@@ -90,7 +90,7 @@ def test_with_augmentation_the_teacher_sees_the_students_batch_in_eval_mode(tmp_
     # an ordinary tensor: every soft loss can use it in a backward pass
     student = nn.Sequential(nn.Flatten(), nn.Linear(192, 4))
     for kind in ("kl", "soft_ce", "mse"):
-        distillation_loss(student(x), logits, torch.arange(6) % 4, 0.5, 4.0, kind).backward()
+        kd_objective(student(x), logits, torch.arange(6) % 4, 0.5, 4.0, kind).backward()
     assert not any(p.grad is not None for p in teacher.parameters())
 
 

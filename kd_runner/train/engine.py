@@ -142,16 +142,20 @@ def fit(
     stop: Callable[[], object] | None = None,
     on_epoch: Callable[[list[dict]], object] | None = None,
     temperature: float | None = None,
+    on_epoch_start: Callable[[int], object] | None = None,
 ) -> list[dict]:
     """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs, `evaluate()` after each; one
     row per epoch (epoch, lr, mean training loss, metrics). With a `checkpoint`, continue from it and save
     after every epoch; when `stop()` turns true, save at the next batch boundary and raise RunInterrupted.
     A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last good epoch). Each
     epoch is logged in one line, then `on_epoch(rows so far)` records it; `progress`: a per-batch bar.
-    `temperature` (the student's soft targets) is named in a divergence hint when it is the likely cause."""
+    `temperature` (the student's soft targets) is named in a divergence hint when it is the likely cause;
+    `on_epoch_start(epoch)` tells the loss which epoch it trains (a warm-up), also after a resume."""
     run = StageRun.start(model, data, recipe, seed, checkpoint)
     epoch_log = EpochLog(stage, recipe.epochs)
     while run.position.epoch <= recipe.epochs:
+        if on_epoch_start is not None:
+            on_epoch_start(run.position.epoch)
         epoch_log.start()
         bar = BatchBar(stage, run.position.epoch, recipe.epochs, len(data.train), progress)
         train_loss = train_epoch(

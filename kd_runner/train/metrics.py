@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_runner.train.losses import distillation_loss, soft_loss
+from kd_runner.methods.logits import soft_loss
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -26,17 +26,14 @@ def compute_metrics(
     student_logits: Tensor,
     teacher_logits: Tensor,
     labels: Tensor,
-    alpha: float,
-    temperature: float,
-    kind: str,
-    targets: Tensor | None = None,
+    objective: float,
 ) -> dict[str, float]:
     """All METRIC_NAMES over the whole validation split at once, as python floats, and TOP5_NAMES when
     there are more than 5 classes.
 
     Computed the same way for every alpha, so that runs of a sweep are comparable: ``student_loss`` is
-    the plain cross-entropy whatever the alpha; only ``objective`` uses the run's alpha/T/kind, and the
-    teacher logits of the soft targets, `targets`, when they differ from the teacher's (an ensemble's).
+    the plain cross-entropy whatever the alpha; ``objective``, the run's own training objective on the
+    validation split, is computed by its method (kd_runner.methods.objective) and placed among them.
     Work is done in float32 and without autograd.
     """
     if student_logits.shape != teacher_logits.shape:
@@ -47,12 +44,11 @@ def compute_metrics(
     with torch.no_grad():
         student = student_logits.detach().float()
         teacher = teacher_logits.detach().float()
-        soft = teacher if targets is None else targets.detach().float()
         metrics = {
             "student_acc": accuracy(student, labels),
             "teacher_acc": accuracy(teacher, labels),
             "student_loss": F.cross_entropy(student, labels).item(),
-            "objective": distillation_loss(student, soft, labels, alpha, temperature, kind).item(),
+            "objective": objective,
             "logit_gap": (teacher - student).abs().mean().item(),
             "kl_teacher_student": soft_loss(student, teacher, 1.0, "kl").item(),
             "agreement": (student.argmax(dim=-1) == teacher.argmax(dim=-1)).float().mean().item(),

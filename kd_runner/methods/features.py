@@ -4,6 +4,7 @@ models), and the default layers a feature method uses when the config names none
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_runner.errors import UserError
@@ -70,3 +71,9 @@ def probe(model: nn.Module, sample: Tensor) -> None:
     with torch.no_grad():
         model(sample)
     model.train(was_training)
+
+
+def match_size(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Two N x C x H x W maps brought to the smaller spatial size by adaptive average pooling."""
+    size = min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1])
+    return F.adaptive_avg_pool2d(student, size), F.adaptive_avg_pool2d(teacher, size)

@@ -1,17 +1,18 @@
-"""The distillation objective (one convention, documented in the README):
-
-    loss = alpha * CE(student_logits, y) + (1 - alpha) * soft_loss(student_logits, teacher_logits, T)
-
-``alpha`` weighs the HARD-label cross-entropy: ``alpha=1`` is plain supervised training of the student
-(the no-distillation baseline), ``alpha=0`` is pure distillation (labels are not needed).
-"""
+"""The logit maths several methods share: Hinton's soft loss, logit standardisation, and float32 (or float64)
+arithmetic for the small probabilities that carry the "dark knowledge"."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kd_runner.names import SOFT_LOSSES
+
+
+def wide(x: Tensor) -> Tensor:
+    """`x` in float32, or float64 if it is float64 already (half precision loses the small probabilities)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def soft_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, kind: str) -> Tensor:
@@ -24,8 +25,7 @@ def soft_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float
     - ``mse``: mean squared error between raw logits, over all elements; ignores T.
 
     The teacher logits are detached here, so no gradient reaches the teacher even if the caller forgot
-    ``no_grad``. Everything is computed in float32 so that bf16/fp16 logits do not lose the small soft
-    probabilities that carry the "dark knowledge".
+    ``no_grad``.
     """
     if kind not in SOFT_LOSSES:
         raise ValueError(f"unknown soft loss kind {kind!r}; expected one of {SOFT_LOSSES}")
@@ -46,24 +46,15 @@ def soft_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float
     return -(log_p_teacher.exp() * log_p_student).sum(dim=-1).mean() * scale
 
 
-def distillation_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor | None,
-    labels: Tensor | None,
-    alpha: float,
-    temperature: float,
-    kind: str,
-) -> Tensor:
-    """``alpha * CE(student, labels) + (1 - alpha) * soft_loss(student, teacher, T, kind)``.
+def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Z-score each sample's logits over the classes (Sun et al., "Logit Standardization in Knowledge
+    Distillation", CVPR 2024, Algorithm 1: ``(z - mean(z)) / std(z)``, unbiased std, ``eps`` as in their
+    code). The softmax of the result no longer depends on the logits' shift or scale."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True)
+    return (logits - mean) / (std + eps)
 
-    A term whose weight is zero is not computed at all: with ``alpha == 1`` the result is exactly
-    ``F.cross_entropy`` (``teacher_logits`` may be None: the no-distillation baseline needs no teacher),
-    with ``alpha == 0`` there is no hard term (``labels`` may be None: unlabeled transfer data).
-    """
-    if alpha == 1:
-        return F.cross_entropy(student_logits.float(), labels)
-    soft = soft_loss(student_logits, teacher_logits, temperature, kind)
-    if alpha == 0:
-        return soft
-    hard = F.cross_entropy(student_logits.float(), labels)
-    return alpha * hard + (1 - alpha) * soft
+
+def standardized(enabled: bool, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Both models' logits z-scored when `enabled` (distill.standardize), else as they are."""
+    return (standardize(student), standardize(teacher.detach())) if enabled else (student, teacher)

@@ -1,0 +1,34 @@
+"""The distillation methods (`distill=NAME`), one file each: its typed parameters (the `distill` config
+group's options) and its named terms. This registry is the one list of them; it imports no torch.
+
+Adding a method: one file here with its `Params` and its `Method` subclass, its line below, and its test
+(docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from kd_runner.methods import at, custom, dist, dkd, fitnet, kd, rkd
+from kd_runner.methods.base import Method, Params, combine
+
+METHODS: dict[str, type[Method]] = {
+    "kd": kd.KD,
+    "dkd": dkd.DKD,
+    "dist": dist.DIST,
+    "fitnet": fitnet.FitNet,
+    "at": at.AT,
+    "rkd": rkd.RKD,
+    "custom": custom.Custom,
+}
+PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))
+
+__all__ = ["METHODS", "PART_COLUMNS", "Method", "Params", "combine", "params_type"]
+
+
+def params_type(name: str) -> type[Params]:
+    """The parameter dataclass of method `name` (KeyError for an unknown name)."""
+    return METHODS[name].params_type
+
+
+def make(params: Params, temperature: float, soft_loss: str) -> Method:
+    """The method the parameters configure, for one run."""
+    return METHODS[params.method](params, temperature, soft_loss)

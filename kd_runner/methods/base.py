@@ -1,0 +1,115 @@
+"""What every distillation method is: its typed parameters (`Params`, a dataclass registered as an option of
+the `distill` config group) and its terms (`Method`), the named parts of the soft side of
+
+    loss = alpha * loss_ce + (1 - alpha) * (sum of the method's parts)
+
+Both import nothing heavy: kd-run checks a config, and answers --help, without loading torch; a method's
+maths imports torch where it computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from kd_runner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+
+@dataclass
+class Params:
+    """The parameters every method shares: its name. A method's own dataclass adds its parameters, with the
+    defaults of its reference code; a weight must be a finite number >= 0."""
+
+    method: str = field(default="kd", metadata={"doc": "the method; distill=NAME picks it (docs/methods.md)"})
+
+    soft_losses: ClassVar[tuple[str, ...]] = ("kl",)  # the top-level soft_loss values the method reads
+
+    def check(self, run) -> None:
+        """Refuse (ConfigError) a setting this method cannot train with; `run` is the whole RunConfig."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"distill.{f.name}", value, f"a number >= 0 for distill={self.method}")
+        if run.soft_loss not in self.soft_losses:
+            raise ConfigError("soft_loss", run.soft_loss, "kl unless distill=kd")
+
+
+@dataclass
+class LogitParams(Params):
+    """A logit method that may z-score both models' logits first (logit standardisation)."""
+
+    standardize: bool = field(
+        default=False, metadata={"doc": "z-score both models' logits before the softmax"}
+    )
+
+    def check(self, run) -> None:
+        super().check(run)
+        if self.standardize and run.soft_loss == "mse":
+            raise ConfigError("distill.standardize", True, "false with soft_loss=mse (it compares raw logits)")
+
+
+@dataclass
+class FeatureParams(Params):
+    """A method that reads activations at paired layers of both models (forward hooks)."""
+
+    student_layers: list[str] = field(
+        default_factory=list, metadata={"doc": "the student's layers ([]: the model's default)"}
+    )
+    teacher_layers: list[str] = field(
+        default_factory=list, metadata={"doc": "the teacher's layers, paired with student_layers"}
+    )
+
+    def check(self, run) -> None:
+        super().check(run)
+        if run.compile:
+            raise ConfigError("compile", True, f"false with distill={self.method} (hooked layers)")
+        if run.teacher.ensemble != 1:
+            raise ConfigError(
+                "teacher.ensemble",
+                run.teacher.ensemble,
+                f"1 with distill={self.method} (features come from one teacher)",
+            )
+
+
+class Method:
+    """A method's soft terms. `needs`: what it reads from both models, "logits", "maps" (N x C x H x W
+    activations) or "embedding" (one flattened layer). `parts`: the names of its terms (metrics.csv columns).
+    One instance serves one run: `start_epoch` tells it the epoch being trained (1-based)."""
+
+    params_type: ClassVar[type[Params]] = Params
+    parts: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[str] = "logits"
+
+    def __init__(self, params: Params, temperature: float, soft_loss: str):
+        self.params, self.temperature, self.soft_loss = params, temperature, soft_loss
+        self.epoch = 1
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def trainable(self, student: list[Tensor], teacher: list[Tensor]) -> nn.Module | None:
+        """Parameters the method trains with the student, shaped by one batch of both models' features
+        (FitNets' regressors); None for most methods."""
+        return None
+
+    def terms(self, student, teacher, labels: Tensor | None, inputs: Tensor | None) -> dict[str, Tensor]:
+        """The method's parts on one batch: logits (N x C) or lists of features of both models. `inputs`: the
+        normalised batch (None on the whole validation split); `labels` None on unlabeled data."""
+        raise NotImplementedError
+
+
+def combine(alpha: float, parts: dict[str, Tensor]) -> Tensor:
+    """alpha * loss_ce + (1 - alpha) * the sum of the method's parts; a term of weight zero is absent
+    (alpha=1: exactly the cross-entropy; alpha=0: no labels needed)."""
+    if alpha == 1:
+        return parts["loss_ce"]
+    method = [v for k, v in parts.items() if k != "loss_ce"]
+    soft = sum(method[1:], method[0])
+    if alpha == 0:
+        return soft
+    return alpha * parts["loss_ce"] + (1 - alpha) * soft

@@ -1,0 +1,159 @@
+"""The student's objective at run time, for any method: the hard-label term, the method's terms on the
+teacher's logits (cached when the inputs repeat) or on both models' features (forward hooks, the teacher
+run on the student's batch in inference mode), their running tally for metrics.csv, and the same objective on
+the whole validation split. What the method trains or must keep across a resume (FitNets' regressors, the
+tally) lives in `MethodState`, trained and checkpointed with the student as one module (`Distilled`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kd_runner.errors import UserError
+from kd_runner.methods.base import Method, combine
+from kd_runner.methods.custom import Custom
+from kd_runner.methods.features import FeatureTap, default_layers, probe
+
+
+class MethodState(nn.Module):
+    """The method's trainable parameters (`trainable`, FitNets only) and the running sums of the loss parts
+    over the epoch in progress, kept as buffers so that a resumed epoch reports the same means."""
+
+    def __init__(self, method: Method, trainable: nn.Module | None = None):
+        super().__init__()
+        self.parts = ("loss_ce", *method.parts)
+        self.trainable = trainable
+        self.register_buffer("sums", torch.zeros(len(self.parts)))
+        self.register_buffer("counts", torch.zeros(len(self.parts)))
+
+    def tally(self, parts: dict[str, Tensor], samples: int) -> None:
+        for i, name in enumerate(self.parts):
+            if name in parts:
+                self.sums[i] += parts[name].detach() * samples
+                self.counts[i] += samples
+
+    def take_parts(self, shard) -> dict[str, float]:
+        """The epoch's mean of every part computed in it (over all processes), then a fresh tally."""
+        means = {n: shard.mean(self.sums[i], int(self.counts[i])) for i, n in enumerate(self.parts) if self.counts[i]}
+        self.sums.zero_()
+        self.counts.zero_()
+        return means
+
+
+class Distilled(nn.Module):
+    """The student and its method state as one module: one optimizer, one checkpoint. Its forward is the student's."""
+
+    def __init__(self, student: nn.Module, state: MethodState):
+        super().__init__()
+        self.student, self.state = student, state
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.student(x)
+
+
+class Objective:
+    """The loss of the student stage (the engine's LossFn) and the same objective on validation; the one
+    place where alpha meets a method's terms."""
+
+    def __init__(self, method: Method, alpha: float, state: MethodState, targets, taps, val_batch: int):
+        self.method, self.alpha, self.state, self.targets, self.taps = method, alpha, state, targets, taps
+        self.val_batch = val_batch  # feature terms on validation: batch means over batches of this size
+
+    def __call__(self, logits: Tensor, idx: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
+        parts = self.parts(logits, labels, lambda: self._teacher_side(idx, inputs), inputs)
+        self.state.tally(parts, len(idx))
+        return combine(self.alpha, parts)
+
+    def parts(self, logits: Tensor, labels, teacher, inputs) -> dict[str, Tensor]:
+        """loss_ce (alpha > 0) and the method's terms (alpha < 1) on one batch; `teacher()` gives the teacher's
+        side (logits, or both models' features) only when a term needs it."""
+        parts = {"loss_ce": F.cross_entropy(logits.float(), labels)} if self.alpha > 0 else {}
+        if self.alpha < 1:
+            student, teacher_side = (logits, teacher()) if self.taps is None else teacher()
+            parts.update(self.method.terms(student, teacher_side, labels, inputs))
+        return parts
+
+    def _teacher_side(self, idx: Tensor, inputs: Tensor):
+        if self.taps is None:
+            return self.targets.batch(idx, inputs)
+        with torch.inference_mode(), self.targets.data.compute.autocast():
+            self.targets.teacher(inputs)
+        teacher = [f.clone() for f in self.taps[1].features()]  # cloned outside inference mode: ordinary tensors
+        return self.taps[0].features(), teacher
+
+    def validation(self, model: nn.Module, data, logits: Tensor, labels: Tensor) -> float:
+        """The objective on the whole validation split (feature terms: batch mean over its batches), at the
+        method's current epoch; nothing of the training state changes."""
+        if self.taps is None or self.alpha == 1:
+            return combine(self.alpha, self.parts(logits, labels, lambda: self.targets.val_targets, None)).item()
+        parts = {"loss_ce": F.cross_entropy(logits.float(), labels)} if self.alpha > 0 else {}
+        return combine(self.alpha, {**parts, **self._validation_features(model, data)}).item()
+
+    def _validation_features(self, model: nn.Module, data) -> dict[str, Tensor]:
+        sums, n = {}, 0
+        model.eval()
+        with torch.inference_mode(), data.compute.autocast():
+            for images in data.eval_batches(data.val.images, self.val_batch):
+                x = data.normalize(images)
+                model(x)
+                self.targets.teacher(x)
+                terms = self.method.terms(self.taps[0].features(), self.taps[1].features(), None, None)
+                sums = {k: sums.get(k, 0) + v.float() * len(x) for k, v in terms.items()}
+                n += len(x)
+        model.train()
+        return {k: torch.tensor(data.shard.mean(v, n)) for k, v in sums.items()}
+
+    def close(self) -> None:
+        """Remove the feature hooks: the models compute as before the stage."""
+        for tap in self.taps or ():
+            tap.remove()
+
+
+def build(method: Method, alpha: float, student: nn.Module, targets, data, batch_size: int):
+    """The trainable module (student + method state, on the student's device) and the objective (its
+    feature terms on validation over batches of the student's `batch_size`)."""
+    if method.needs == "logits":
+        state = MethodState(method)
+        return Distilled(student, state.to(data.device)), Objective(method, alpha, state, targets, None, batch_size)
+    p = method.params
+    taps = feature_taps(method, p.student_layers, p.teacher_layers, student, targets.teacher, sample_batch(data))
+    trainable = method.trainable(taps[0].features(), taps[1].features())  # the shapes of feature_taps' probe
+    state = data.compute.prepare(MethodState(method, trainable))
+    return Distilled(student, state), Objective(method, alpha, state, targets, taps, batch_size)
+
+
+def sample_batch(data) -> Tensor:
+    """Two normalised validation images: enough to run a model once and see its layers' shapes."""
+    return data.normalize(next(iter(data.eval_batches(data.val.images[:2], 2))))
+
+
+def feature_taps(method: Method, student_layers, teacher_layers, student, teacher, sample):
+    """Hooks on the configured (or default) layers of both models; one line for a layer that is not
+    there, a count that differs, or activations of the wrong shape for the method."""
+    embedding = method.needs == "embedding"
+    s_names = student_layers or default_layers(student, sample, embedding, "distill.student_layers")
+    t_names = teacher_layers or default_layers(teacher, sample, embedding, "distill.teacher_layers")
+    if len(s_names) != len(t_names) or (embedding and len(s_names) != 1):
+        allowed = "one layer each" if embedding else "the same number of layers"
+        raise UserError(f"distill.student_layers: {s_names} against distill.teacher_layers {t_names}; {allowed}")
+    taps = (
+        FeatureTap(student, s_names, "distill.student_layers", embedding),
+        FeatureTap(teacher, t_names, "distill.teacher_layers", embedding),
+    )
+    for tap, model, key in zip(taps, (student, teacher), ("student", "teacher")):
+        probe(model, sample)
+        for name, f in zip(tap.names, tap.features()):
+            if not embedding and f.dim() != 4:
+                raise UserError(
+                    f"distill.{key}_layers: layer {name!r} of the {key} outputs {tuple(f.shape)}; "
+                    f"distill={method.params.method} needs feature maps (N x C x H x W): name a convolutional layer"
+                )
+    return taps
+
+
+def check_custom(method: Method, student: nn.Module, sample: Tensor) -> None:
+    """distill=custom: its objective called once on the student's logits for `sample` (one line if unfit)."""
+    if isinstance(method, Custom):
+        method.check_on(student(sample).float(), sample)
