@@ -111,7 +111,7 @@ def evaluate(cfg: RunConfig, run_dir: Path, weights: Path) -> dict:
     if teacher is None:
         metrics = student_metrics(student_logits, d.val.labels)
     else:
-        teacher = compute.prepare(teacher)
+        teacher = compute.prepare(teacher).eval()  # as in training: its features with running statistics
         teacher_logits = engine.predict(teacher, d, d.val.images)
         value = run_objective(cfg, run_dir, student, teacher, d, student_logits, teacher_logits)
         metrics = compute_metrics(student_logits, teacher_logits, d.val.labels, value)

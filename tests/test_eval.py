@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import read_run
+from helpers import kd_run, read_run
 
 import kd_runner
 from kd_runner import eval_cli
@@ -89,3 +89,19 @@ def test_load_student_gives_the_trained_student_with_its_normalisation(run_copy)
     assert accuracy(logits, data.val.labels) == pytest.approx(result["metrics"]["student_acc"], abs=1e-6)
     best = kd_runner.load_student(run_copy, "student_best.pt")
     assert accuracy(best(data.val.images), data.val.labels) == pytest.approx(result["best"]["student_acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["dist", "dkd", "fitnet"])
+def test_kd_eval_reports_the_objective_of_the_runs_method(method, smoke_run, tmp_path, monkeypatch, capsys):
+    """The objective is the method's own (dist's relations, dkd at its last epoch's warm-up, fitnet with its
+    trained regressors from distill.pt), as in training: kd-eval reproduces every final metric of the run."""
+    cwd, _ = smoke_run
+    monkeypatch.chdir(cwd)  # the smoke run's teacher cache
+    args = ("experiment=smoke", "student=cnn", "student.width=8", "alpha=0.3", f"distill={method}")
+    kd_run(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=cwd)
+    record, _ = read_run(tmp_path / "run")
+    code, _, err = kd_eval([str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    written = json.loads((tmp_path / "run" / "eval" / "student-digits.json").read_text())
+    expected = {k: v for k, v in record["metrics"].items() if k in written["metrics"]}
+    assert written["metrics"] == pytest.approx(expected, rel=1e-6) and "objective" in expected
