@@ -1,5 +1,5 @@
 """Safe file handling: atomic writes (temp file + rename), inter-process locks, checksummed cache entries,
-checked weight loading.
+why a torch file would not load. State dicts are in `state_dicts.py`.
 
 Every file the tool writes goes through `atomic_path`, so a reader never sees a half-written file,
 whether the writer finished, crashed or was killed. Torch is imported only by the functions that read or
@@ -16,15 +16,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kd_runner.errors import RunInterrupted, UserError
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's disk quota reached
@@ -231,26 +227,6 @@ def check_writable(path: Path | str, key: str) -> None:
         )
 
 
-def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
-    """Read a state dict with weights_only=True: a missing, truncated or code-carrying file is a user error.
-
-    RepDistiller-style checkpoints that keep the state dict under "model" are unwrapped.
-    """
-    import torch
-
-    if not os.path.isfile(path):
-        raise UserError(f"{key}={str(path)!r}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupted, or pickled code refused by weights_only
-        raise UserError(f"{key}={str(path)!r}: cannot read a state dict: {load_failure_reason(exc)}") from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise UserError(f"{key}={str(path)!r} holds a {type(obj).__name__}, not a state dict")
-    return obj
-
-
 def load_failure_reason(exc: Exception) -> str:
     """Why `torch.load(..., weights_only=True)` failed, in a few words instead of torch's long advice."""
     code = re.search(r"unsupported global:?(?: GLOBAL)? (\S+)", str(exc), re.IGNORECASE)  # both wordings of torch
@@ -260,35 +236,3 @@ def load_failure_reason(exc: Exception) -> str:
             "save a plain state dict (model.state_dict()) instead"
         )
     return f"the file is truncated, corrupted or not a PyTorch file ({type(exc).__name__})"
-
-
-def _shape(value) -> str:
-    import torch
-
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def state_dict_mismatch(model: torch.nn.Module, state: Mapping) -> str | None:
-    """How `state` differs from `model`'s own state dict, in one line; None when it loads exactly."""
-    import torch
-
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [
-        k
-        for k in expected
-        if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (first: {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
-    if reshaped:
-        k = reshaped[0]
-        problems.append(
-            f"{len(reshaped)} shape mismatches (first: {k} is {_shape(state[k])} in the file, "
-            f"{_shape(expected[k])} in the model)"
-        )
-    return "; ".join(problems) or None

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
-from kd_runner.errors import UserError
 from kd_runner.models import build_stage_model
 from kd_runner.models.torchvision_nets import pretrained_weights
 from kd_runner.runtime.rng import seed_everything
@@ -34,11 +33,10 @@ from kd_runner.store.files import (
     file_lock,
     load_checked,
     publish_checked,
-    read_state_dict,
     remove_stale_temps,
     sha256_file,
-    state_dict_mismatch,
 )
+from kd_runner.store.state_dicts import load_exact, read_state_dict
 from kd_runner.targets import source_digest
 from kd_runner.teacher.logits_cache import data_digest
 from kd_runner.train import engine
@@ -85,14 +83,12 @@ def prepare_teacher(
     seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
     model = build_stage_model(cfg.teacher, data, "teacher")
     if cfg.teacher.checkpoint:
-        state = read_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint")
-        problem = state_dict_mismatch(model, state)
-        if problem:
-            raise UserError(
-                f"teacher.checkpoint={cfg.teacher.checkpoint!r} does not match teacher {cfg.teacher.name} "
-                f"({data.in_channels} input channels, {data.num_classes} classes): {problem}"
-            )
-        model.load_state_dict(state)
+        load_exact(
+            model,
+            read_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint"),
+            f"teacher.checkpoint={cfg.teacher.checkpoint!r} does not match teacher {cfg.teacher.name} "
+            f"({data.in_channels} input channels, {data.num_classes} classes)",
+        )
     device_data.compute.prepare(model)
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
@@ -148,16 +144,8 @@ def _save_entry(model, history: list[dict], entry: Path, cfg: RunConfig) -> None
 def _load_entry(model, entry: Path) -> list[dict] | None:
     """The cached history after loading the weights into `model`, or None when there is no valid entry."""
 
-    def fits(state, manifest) -> bool:
-        return (
-            isinstance(state, dict)
-            and state_dict_mismatch(model, state) is None
-            and isinstance(manifest.get("history"), list)
-        )
+    def fits(state, manifest) -> bool:  # loads the cached weights into `model` when they fit
+        return isinstance(manifest.get("history"), list) and load_exact(model, state)
 
     loaded = load_checked(entry, "teacher cache entry", "fine-tuning again", fits)
-    if loaded is None:
-        return None
-    state, manifest = loaded
-    model.load_state_dict(state)
-    return manifest["history"]
+    return None if loaded is None else loaded[1]["history"]
