@@ -22,8 +22,8 @@ from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute, resolve_device
 from kd_runner.status import Status
 from kd_runner.store import rundir
-from kd_runner.store.files import load_checked
 from kd_runner.store.state_dicts import load_exact, read_state_dict
+from kd_runner.teacher.stage import cache_entry
 from kd_runner.train import engine
 from kd_runner.train.metrics import accuracy, compute_metrics, top5_accuracy
 
@@ -83,8 +83,7 @@ def build_student(cfg: RunConfig, data, weights: Path) -> nn.Module:
 
 def cached_teacher(cfg: RunConfig, record: dict, data) -> nn.Module | None:
     """The run's fine-tuned teacher from the cache, or None (another cache, an ensemble, a checkpoint)."""
-    entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{record['teacher']['cache_key']}"
-    loaded = load_checked(entry, "teacher cache entry", "evaluating without the teacher")
+    loaded = cache_entry(cfg, record["teacher"]["cache_key"], "evaluating without the teacher").load()
     if loaded is None:
         return None
     model = build_stage_model(dataclasses.replace(cfg.teacher, pretrained=False, weights_path=None), data)

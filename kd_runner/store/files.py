@@ -1,5 +1,5 @@
-"""Safe file handling: atomic writes (temp file + rename), inter-process locks, checksummed cache entries,
-why a torch file would not load. State dicts are in `state_dicts.py`.
+"""Safe file handling: atomic writes (temp file + rename), inter-process locks, digests, why a torch file
+would not load. Checksummed cache entries are in `cache.py`, state dicts in `state_dicts.py`.
 
 Every file the tool writes goes through `atomic_path`, so a reader never sees a half-written file,
 whether the writer finished, crashed or was killed. Torch is imported only by the functions that read or
@@ -12,17 +12,15 @@ import errno
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from kd_runner.errors import RunInterrupted, UserError
 
-log = logging.getLogger(__name__)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's disk quota reached
 LOCK_POLL_S = 0.2  # how often a process waiting for a lock checks whether it was asked to stop
 
@@ -94,36 +92,6 @@ def sha256_file(path: Path | str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def publish_checked(obj, entry: Path, **manifest) -> None:
-    """Save `obj` as entry.pt, then entry.json holding its sha256 and `manifest`. The manifest is written
-    last, so its presence marks a complete entry (both writes are atomic)."""
-    data = entry.with_suffix(".pt")
-    save_torch(obj, data)
-    write_json(entry.with_suffix(".json"), {"sha256": sha256_file(data), **manifest})
-
-
-def load_checked(entry: Path, what: str, redo: str, fits=None) -> tuple[object, dict] | None:
-    """(object, manifest) of an entry made by `publish_checked`, or None when there is none. An entry that
-    is unreadable, does not match its manifest, or whose content `fits(obj, manifest)` rejects (another
-    network's weights, pickled code, a manifest without its fields) is reported ("`what` ... removed,
-    `redo`"), removed, and None."""
-    import torch
-
-    data, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
-    if not manifest_path.is_file():
-        return None
-    with suppress(Exception):  # whatever makes it unreadable (JSON, I/O, pickled code, torch), it is broken
-        manifest = json.loads(manifest_path.read_text())
-        if data.is_file() and sha256_file(data) == manifest["sha256"]:
-            obj = torch.load(data, map_location="cpu", weights_only=True)
-            if fits is None or fits(obj, manifest):
-                return obj, manifest
-    log.warning("%s %s is corrupted or incomplete: removed, %s", what, entry, redo)
-    data.unlink(missing_ok=True)
-    manifest_path.unlink(missing_ok=True)
-    return None
 
 
 @contextmanager
