@@ -17,14 +17,16 @@ from torch import nn
 from kd_runner import methods
 from kd_runner.config import RunConfig, load_config
 from kd_runner.data import build_dataset
-from kd_runner.data.device import InMemoryData, normalized
+from kd_runner.data.device import InMemoryData
+from kd_runner.data.normalize import normalized
 from kd_runner.errors import UserError
 from kd_runner.methods import objective
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute, resolve_device
 from kd_runner.status import Status
 from kd_runner.store import rundir
-from kd_runner.store.files import load_checked, read_state_dict, state_dict_mismatch
+from kd_runner.store.state_dicts import load_exact, read_state_dict
+from kd_runner.teacher.stage import cache_entry
 from kd_runner.train import engine
 from kd_runner.train.metrics import accuracy, compute_metrics, top5_accuracy
 
@@ -73,28 +75,22 @@ def load_student(run_dir: Path | str, weights: str = "student.pt", device: str =
 def build_student(cfg: RunConfig, data, weights: Path) -> nn.Module:
     """The run's student network shaped for `data` (in_channels, num_classes, image_size) with `weights`."""
     model = build_stage_model(dataclasses.replace(cfg.student, pretrained=False, weights_path=None), data)
-    state = read_state_dict(weights, "checkpoint")
-    problem = state_dict_mismatch(model, state)
-    if problem:
-        raise UserError(
-            f"{weights} does not fit student {cfg.student.name} on dataset {data.name} ({data.in_channels} "
-            f"channels, {data.num_classes} classes, {data.image_size} px): {problem}"
-        )
-    model.load_state_dict(state)
+    load_exact(
+        model,
+        read_state_dict(weights, "checkpoint"),
+        f"{weights} does not fit student {cfg.student.name} on dataset {data.name} ({data.in_channels} "
+        f"channels, {data.num_classes} classes, {data.image_size} px)",
+    )
     return model
 
 
 def cached_teacher(cfg: RunConfig, record: dict, data) -> nn.Module | None:
     """The run's fine-tuned teacher from the cache, or None (another cache, an ensemble, a checkpoint)."""
-    entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{record['teacher']['cache_key']}"
-    loaded = load_checked(entry, "teacher cache entry", "evaluating without the teacher")
+    loaded = cache_entry(cfg, record["teacher"]["cache_key"], "evaluating without the teacher").load()
     if loaded is None:
         return None
     model = build_stage_model(dataclasses.replace(cfg.teacher, pretrained=False, weights_path=None), data)
-    if state_dict_mismatch(model, loaded[0]):
-        return None
-    model.load_state_dict(loaded[0])
-    return model
+    return model if load_exact(model, loaded[0]) else None
 
 
 def evaluate(cfg: RunConfig, run_dir: Path, weights: Path) -> dict:

@@ -12,7 +12,8 @@ from helpers import compose_config, kd_run, usage_error_line
 
 from kd_runner import pipeline
 from kd_runner.errors import UserError
-from kd_runner.store.files import file_lock, read_state_dict, remove_orphan_temps
+from kd_runner.store.files import file_lock, remove_orphan_temps
+from kd_runner.store.state_dicts import read_state_dict
 
 SEED_TOP = "4294967295"
 PREFLIGHT_CASES = [

@@ -15,7 +15,8 @@ from kd_runner.data import Split, build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute
-from kd_runner.store.files import publish_checked, sha256_file
+from kd_runner.store.cache import CacheEntry
+from kd_runner.store.files import sha256_file
 from kd_runner.teacher import logits_cache
 from kd_runner.train import engine
 
@@ -125,9 +126,8 @@ def test_a_retrained_teacher_never_gets_the_old_teachers_logits(tmp_path):
     (entry,) = (tmp_path / "cache" / "teachers").glob("*.pt")
     state = torch.load(entry, weights_only=True)
     manifest = json.loads(entry.with_suffix(".json").read_text())
-    publish_checked(
+    CacheEntry(entry.with_suffix(""), "teacher cache entry", "fine-tuning again").publish(
         {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()},
-        entry.with_suffix(""),
         history=manifest["history"],
         teacher=manifest["teacher"],
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from kd_runner.data.augment import Augmentation, augmentation_preset
+from kd_runner.data.normalize import normalized, unit_range
 from kd_runner.errors import ConfigError
 
 
@@ -52,8 +53,7 @@ class Dataset:
     def sample_batch(self, n: int = 2) -> torch.Tensor:
         """The first `n` training images, normalised as the networks see them (for a shape check)."""
         images = torch.stack([self.train.images[i] for i in range(min(n, len(self.train)))])
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        return (x - torch.tensor(self.mean).view(1, -1, 1, 1)) / torch.tensor(self.std).view(1, -1, 1, 1)
+        return normalized(images, torch.tensor(self.mean).view(1, -1, 1, 1), torch.tensor(self.std).view(1, -1, 1, 1))
 
     def describe(self) -> dict:
         """Its shape and normalisation as plain values: enough to rebuild and feed a model trained on it."""
@@ -103,9 +103,7 @@ def build_dataset(cfg) -> Dataset:
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of a split, in [0, 1] units, for normalisation."""
-    x = images.float()
-    if images.dtype == torch.uint8:
-        x = x / 255.0
+    x = unit_range(images)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
     return tuple(mean.tolist()), tuple(std.tolist())

@@ -16,6 +16,7 @@ import torch
 
 from kd_runner.data import Dataset, Split
 from kd_runner.data.augment import Augmentation
+from kd_runner.data.normalize import normalized
 from kd_runner.runtime.compute import Compute
 from kd_runner.runtime.distributed import Shard
 
@@ -53,14 +54,6 @@ class Normalize:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.compute.format_batch(normalized(images, self.mean, self.std))
-
-
-def normalized(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Images as a dataset gives them (uint8 in [0, 255] or float in [0, 1]) normalised per channel."""
-    x = images.float()
-    if images.dtype == torch.uint8:
-        x = x / 255.0
-    return (x - mean) / std
 
 
 def sharded(data: D, shard: Shard) -> D:

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from torch import nn
 
 from kd_runner.config import check_pretrained
-from kd_runner.errors import ConfigError, UserError
+from kd_runner.errors import ConfigError
 from kd_runner.names import MODEL_NAMES
-from kd_runner.store.files import read_state_dict, state_dict_mismatch
+from kd_runner.store.state_dicts import load_exact, read_state_dict, state_dict_mismatch
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -56,16 +56,15 @@ def build_model(
     if weights_path is None:
         return model
     state = read_state_dict(weights_path, "weights_path")
-    problem = state_dict_mismatch(model, state)
-    if problem is None:
-        model.load_state_dict(state)
-        return model
-    if name in torchvision_nets.FAMILIES:
+    if name in torchvision_nets.FAMILIES and state_dict_mismatch(model, state):
         return torchvision_nets.from_torchvision_state(name, state, weights_path, **dims)
-    raise UserError(
+    load_exact(
+        model,
+        state,
         f"weights_path={weights_path!r} is not a state dict of {name} "
-        f"(in_channels={in_channels}, num_classes={num_classes}): {problem}"
+        f"(in_channels={in_channels}, num_classes={num_classes})",
     )
+    return model
 
 
 def build_stage_model(stage, data, key: str = "model") -> nn.Module:
@@ -84,18 +83,15 @@ def build_stage_model(stage, data, key: str = "model") -> nn.Module:
     else:
         model = custom.build_network(stage.model, key, pretrained=stage.pretrained, **dims)
         if stage.weights_path is not None:
-            _load_weights(model, stage.weights_path, f"{key}.model._target_={stage.model['_target_']}")
+            load_exact(
+                model,
+                read_state_dict(stage.weights_path, "weights_path"),
+                f"weights_path={stage.weights_path!r} is not a state dict of "
+                f"{key}.model._target_={stage.model['_target_']}",
+            )
     if stage.freeze == "backbone":
         freeze_backbone(model, f"{key}.freeze")
     return model
-
-
-def _load_weights(model: nn.Module, path: str, what: str) -> None:
-    state = read_state_dict(path, "weights_path")
-    problem = state_dict_mismatch(model, state)
-    if problem is not None:
-        raise UserError(f"weights_path={path!r} is not a state dict of {what}: {problem}")
-    model.load_state_dict(state)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,7 +17,7 @@ from torch import nn
 
 from kd_runner.errors import UserError
 from kd_runner.models import register
-from kd_runner.store.files import state_dict_mismatch
+from kd_runner.store.state_dicts import load_exact
 
 SMALL_INPUT = 64
 
@@ -123,11 +123,10 @@ def from_torchvision_state(
     head = state.get(head_key)
     head_size = head.shape[0] if isinstance(head, torch.Tensor) and head.dim() == 2 else 1000
     model = torchvision.models.get_model(name, num_classes=head_size)
-    problem = state_dict_mismatch(model, state)
-    if problem is not None:
-        raise UserError(
-            f"weights_path={path!r} is neither a torchvision {name} state dict ({problem}) nor one of "
-            f"kd-runner's {name} for in_channels={in_channels}, num_classes={num_classes}, image_size={image_size}"
-        )
-    model.load_state_dict(state)
+    load_exact(
+        model,
+        state,
+        f"weights_path={path!r} is neither one of kd-runner's {name} for in_channels={in_channels}, "
+        f"num_classes={num_classes}, image_size={image_size} nor a torchvision {name} state dict",
+    )
     return _adapt(name, model, in_channels=in_channels, num_classes=num_classes, image_size=image_size)

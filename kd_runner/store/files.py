@@ -1,5 +1,5 @@
-"""Safe file handling: atomic writes (temp file + rename), inter-process locks, checksummed cache entries,
-checked weight loading.
+"""Safe file handling: atomic writes (temp file + rename), inter-process locks, digests, why a torch file
+would not load. Checksummed cache entries are in `cache.py`, state dicts in `state_dicts.py`.
 
 Every file the tool writes goes through `atomic_path`, so a reader never sees a half-written file,
 whether the writer finished, crashed or was killed. Torch is imported only by the functions that read or
@@ -12,21 +12,15 @@ import errno
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kd_runner.errors import RunInterrupted, UserError
 
-if TYPE_CHECKING:
-    import torch
-
-log = logging.getLogger(__name__)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's disk quota reached
 LOCK_POLL_S = 0.2  # how often a process waiting for a lock checks whether it was asked to stop
 
@@ -98,36 +92,6 @@ def sha256_file(path: Path | str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def publish_checked(obj, entry: Path, **manifest) -> None:
-    """Save `obj` as entry.pt, then entry.json holding its sha256 and `manifest`. The manifest is written
-    last, so its presence marks a complete entry (both writes are atomic)."""
-    data = entry.with_suffix(".pt")
-    save_torch(obj, data)
-    write_json(entry.with_suffix(".json"), {"sha256": sha256_file(data), **manifest})
-
-
-def load_checked(entry: Path, what: str, redo: str, fits=None) -> tuple[object, dict] | None:
-    """(object, manifest) of an entry made by `publish_checked`, or None when there is none. An entry that
-    is unreadable, does not match its manifest, or whose content `fits(obj, manifest)` rejects (another
-    network's weights, pickled code, a manifest without its fields) is reported ("`what` ... removed,
-    `redo`"), removed, and None."""
-    import torch
-
-    data, manifest_path = entry.with_suffix(".pt"), entry.with_suffix(".json")
-    if not manifest_path.is_file():
-        return None
-    with suppress(Exception):  # whatever makes it unreadable (JSON, I/O, pickled code, torch), it is broken
-        manifest = json.loads(manifest_path.read_text())
-        if data.is_file() and sha256_file(data) == manifest["sha256"]:
-            obj = torch.load(data, map_location="cpu", weights_only=True)
-            if fits is None or fits(obj, manifest):
-                return obj, manifest
-    log.warning("%s %s is corrupted or incomplete: removed, %s", what, entry, redo)
-    data.unlink(missing_ok=True)
-    manifest_path.unlink(missing_ok=True)
-    return None
 
 
 @contextmanager
@@ -231,26 +195,6 @@ def check_writable(path: Path | str, key: str) -> None:
         )
 
 
-def read_state_dict(path: Path | str, key: str) -> Mapping[str, torch.Tensor]:
-    """Read a state dict with weights_only=True: a missing, truncated or code-carrying file is a user error.
-
-    RepDistiller-style checkpoints that keep the state dict under "model" are unwrapped.
-    """
-    import torch
-
-    if not os.path.isfile(path):
-        raise UserError(f"{key}={str(path)!r}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupted, or pickled code refused by weights_only
-        raise UserError(f"{key}={str(path)!r}: cannot read a state dict: {load_failure_reason(exc)}") from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise UserError(f"{key}={str(path)!r} holds a {type(obj).__name__}, not a state dict")
-    return obj
-
-
 def load_failure_reason(exc: Exception) -> str:
     """Why `torch.load(..., weights_only=True)` failed, in a few words instead of torch's long advice."""
     code = re.search(r"unsupported global:?(?: GLOBAL)? (\S+)", str(exc), re.IGNORECASE)  # both wordings of torch
@@ -260,35 +204,3 @@ def load_failure_reason(exc: Exception) -> str:
             "save a plain state dict (model.state_dict()) instead"
         )
     return f"the file is truncated, corrupted or not a PyTorch file ({type(exc).__name__})"
-
-
-def _shape(value) -> str:
-    import torch
-
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def state_dict_mismatch(model: torch.nn.Module, state: Mapping) -> str | None:
-    """How `state` differs from `model`'s own state dict, in one line; None when it loads exactly."""
-    import torch
-
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [
-        k
-        for k in expected
-        if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (first: {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
-    if reshaped:
-        k = reshaped[0]
-        problems.append(
-            f"{len(reshaped)} shape mismatches (first: {k} is {_shape(state[k])} in the file, "
-            f"{_shape(expected[k])} in the model)"
-        )
-    return "; ".join(problems) or None

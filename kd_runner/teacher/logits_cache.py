@@ -26,15 +26,8 @@ from torch import nn
 
 from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
-from kd_runner.store.files import (
-    check_writable,
-    digest,
-    file_lock,
-    load_checked,
-    publish_checked,
-    remove_stale_temps,
-    tensors_digest,
-)
+from kd_runner.store.cache import CacheEntry, cache_lock
+from kd_runner.store.files import digest, tensors_digest
 from kd_runner.train import engine
 
 log = logging.getLogger(__name__)
@@ -80,28 +73,32 @@ def teacher_logits(
     key = entry_key(teacher_key, weights_digest(model), d)
     folder = Path(cache_dir) / "teacher_logits"
     logits, computed = {}, []
-    with file_lock(folder / f"{key}.lock"):
-        remove_stale_temps(folder, key)  # of a writer killed while it published this entry
+    with cache_lock(folder / key):  # one lock for all the splits of this teacher and data
         for split in splits:
-            images = getattr(d, split).images
-            entry = folder / f"{key}-{split}"
-            cached = _load(entry, len(images))
-            if cached is None:
-                check_writable(folder, "cache_dir")
-                cached = engine.predict(model, d, images).cpu()
-                publish_checked(cached, entry, shape=list(cached.shape))
-                computed.append(split)
+            cached, made = _split_logits(model, d, getattr(d, split).images, folder / f"{key}-{split}")
             logits[split] = cached.to(d.device)
+            if made:
+                computed.append(split)
     source = "computed" if computed else "cache"
     log.info("teacher logits (%s): %s %s", ", ".join(splits), source, folder / key)
     return logits, source
 
 
-def _load(entry: Path, rows: int) -> torch.Tensor | None:
-    """The cached logits of `rows` samples, or None when there is no valid entry (a broken one is removed)."""
+def _split_logits(model: nn.Module, d: SplitData, images, path: Path) -> tuple[torch.Tensor, bool]:
+    """(logits on `images`, whether they were computed): the entry at `path` when it holds one row per image,
+    else computed and published there."""
+
+    def predict() -> tuple[torch.Tensor, dict]:
+        logits = engine.predict(model, d, images).cpu()
+        return logits, {"shape": list(logits.shape)}
 
     def fits(logits, manifest) -> bool:
-        return isinstance(logits, torch.Tensor) and list(logits.shape) == manifest.get("shape") and len(logits) == rows
+        return (
+            isinstance(logits, torch.Tensor)
+            and list(logits.shape) == manifest.get("shape")
+            and len(logits) == len(images)
+        )
 
-    loaded = load_checked(entry, "teacher logits cache entry", "computing again", fits)
-    return None if loaded is None else loaded[0]
+    entry = CacheEntry(path, "teacher logits cache entry", "computing again")
+    logits, _, made = entry.get_or_make(predict, fits)
+    return logits, made

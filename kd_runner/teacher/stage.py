@@ -24,21 +24,12 @@ import torch.nn.functional as F
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
 from kd_runner.data.device import SplitData
-from kd_runner.errors import UserError
 from kd_runner.models import build_stage_model
 from kd_runner.models.torchvision_nets import pretrained_weights
 from kd_runner.runtime.rng import seed_everything
-from kd_runner.store.files import (
-    check_writable,
-    digest,
-    file_lock,
-    load_checked,
-    publish_checked,
-    read_state_dict,
-    remove_stale_temps,
-    sha256_file,
-    state_dict_mismatch,
-)
+from kd_runner.store.cache import CacheEntry, cache_lock
+from kd_runner.store.files import digest, sha256_file
+from kd_runner.store.state_dicts import load_exact, read_state_dict
 from kd_runner.targets import source_digest
 from kd_runner.teacher.logits_cache import data_digest
 from kd_runner.train import engine
@@ -85,36 +76,49 @@ def prepare_teacher(
     seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
     model = build_stage_model(cfg.teacher, data, "teacher")
     if cfg.teacher.checkpoint:
-        state = read_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint")
-        problem = state_dict_mismatch(model, state)
-        if problem:
-            raise UserError(
-                f"teacher.checkpoint={cfg.teacher.checkpoint!r} does not match teacher {cfg.teacher.name} "
-                f"({data.in_channels} input channels, {data.num_classes} classes): {problem}"
-            )
-        model.load_state_dict(state)
+        load_exact(
+            model,
+            read_state_dict(cfg.teacher.checkpoint, "teacher.checkpoint"),
+            f"teacher.checkpoint={cfg.teacher.checkpoint!r} does not match teacher {cfg.teacher.name} "
+            f"({data.in_channels} input channels, {data.num_classes} classes)",
+        )
     device_data.compute.prepare(model)
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
         return Teacher(model.eval(), "checkpoint", [], teacher_key(cfg, device_data), time.perf_counter() - start)
 
     key = teacher_key(cfg, device_data)
-    entry = Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{key}"
-    with file_lock(entry.with_suffix(".lock"), stop, "teacher"):  # waiting, it still reacts to SIGTERM
-        remove_stale_temps(entry.parent, entry.name)
-        history = _load_entry(model, entry)
-        source = "cache"
-        if history is None:
-            check_writable(entry.parent, "cache_dir")  # a read-only cache serves its teachers, it takes none
-            log.info("teacher: fine-tuning %s for %d epochs (cache key %s)", cfg.teacher.name, cfg.teacher.epochs, key)
-            checkpoint = StageCheckpoint(entry.with_suffix(".ckpt"), key, "teacher")
-            history = _fine_tune(model, cfg, device_data, progress, checkpoint, stop, on_epoch)
-            _save_entry(model, history, entry, cfg)
-            checkpoint.remove()
-            source = "trained"
-        else:
-            log.info("teacher: loaded from cache %s", entry.with_suffix(".pt"))
+    history, source = _cached_or_trained(model, cfg, device_data, key, progress, stop, on_epoch)
     return Teacher(model.eval(), source, history, key, time.perf_counter() - start)
+
+
+def _cached_or_trained(model, cfg: RunConfig, d: SplitData, key: str, progress, stop, on_epoch) -> tuple[list, str]:
+    """(history, source): the cached teacher loaded into `model` ("cache"), or `model` fine-tuned and
+    cached ("trained"); its checkpoint lives beside the entry until the entry holds the weights."""
+    entry = cache_entry(cfg, key, "fine-tuning again")
+    checkpoint = StageCheckpoint(entry.path.with_suffix(".ckpt"), key, "teacher")
+
+    def fine_tune() -> tuple[dict, dict]:
+        log.info("teacher: fine-tuning %s for %d epochs (cache key %s)", cfg.teacher.name, cfg.teacher.epochs, key)
+        history = _fine_tune(model, cfg, d, progress, checkpoint, stop, on_epoch)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return state, {"history": history, "teacher": dataclasses.asdict(cfg.teacher)}
+
+    def fits(state, manifest) -> bool:  # loads the cached weights into `model` when they fit
+        return isinstance(manifest.get("history"), list) and load_exact(model, state)
+
+    with cache_lock(entry.path, stop, "teacher"):  # waiting, it still reacts to SIGTERM
+        _, manifest, trained = entry.get_or_make(fine_tune, fits)
+        if trained:
+            checkpoint.remove()
+        else:
+            log.info("teacher: loaded from cache %s", entry.path.with_suffix(".pt"))
+    return manifest["history"], "trained" if trained else "cache"
+
+
+def cache_entry(cfg: RunConfig, key: str, redo: str) -> CacheEntry:
+    """The cache entry of the teacher of `cfg` whose `teacher_key` is `key`; `redo`: what a broken one means."""
+    return CacheEntry(Path(cfg.cache_dir) / "teachers" / f"{cfg.teacher.name}-{key}", "teacher cache entry", redo)
 
 
 def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, stop, on_epoch) -> list[dict]:
@@ -138,26 +142,3 @@ def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, 
         stop=stop,
         on_epoch=on_epoch,
     )
-
-
-def _save_entry(model, history: list[dict], entry: Path, cfg: RunConfig) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    publish_checked(state, entry, history=history, teacher=dataclasses.asdict(cfg.teacher))
-
-
-def _load_entry(model, entry: Path) -> list[dict] | None:
-    """The cached history after loading the weights into `model`, or None when there is no valid entry."""
-
-    def fits(state, manifest) -> bool:
-        return (
-            isinstance(state, dict)
-            and state_dict_mismatch(model, state) is None
-            and isinstance(manifest.get("history"), list)
-        )
-
-    loaded = load_checked(entry, "teacher cache entry", "fine-tuning again", fits)
-    if loaded is None:
-        return None
-    state, manifest = loaded
-    model.load_state_dict(state)
-    return manifest["history"]

@@ -18,7 +18,8 @@ import torch
 
 from kd_runner.errors import UserError
 from kd_runner.runtime.rng import rng_states, set_rng_states
-from kd_runner.store.files import load_failure_reason, save_torch, state_dict_mismatch
+from kd_runner.store.files import load_failure_reason, save_torch
+from kd_runner.store.state_dicts import load_exact
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -103,10 +104,7 @@ class StageCheckpoint:
                 f"{self.path} is a checkpoint of another config (digest {state['digest']}, this config {self.digest}): "
                 "use another run directory, or delete it"
             )
-        problem = state_dict_mismatch(model, state["model"])
-        if problem:
-            raise UserError(f"{self.path} does not match the {self.name} model: {problem}")
-        model.load_state_dict(state["model"])
+        load_exact(model, state["model"], f"{self.path} does not match the {self.name} model")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
