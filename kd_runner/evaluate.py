@@ -131,11 +131,8 @@ def run_objective(cfg: RunConfig, run_dir: Path, student, teacher, d, logits, te
     try:
         if model.state.trainable is not None:
             weights = run_dir / "distill.pt"
-            state = read_state_dict(weights, "checkpoint")
-            problem = state_dict_mismatch(model.state.trainable, state)
-            if problem:
-                raise UserError(f"{weights} does not fit distill={cfg.distill.method}'s parameters: {problem}")
-            model.state.trainable.load_state_dict(state)
+            misfit = f"{weights} does not fit distill={cfg.distill.method}'s parameters"
+            load_exact(model.state.trainable, read_state_dict(weights, "checkpoint"), misfit)
         return loss.validation(model, d, logits, d.val.labels)
     finally:
         loss.close()
