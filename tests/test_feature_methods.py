@@ -116,3 +116,21 @@ def test_default_layers_are_the_last_feature_map_and_the_embedding_before_the_he
     assert default_layers(mlp, sample, embedding=True, key="k") == ["body"]
     with pytest.raises(UserError, match="no top-level layer that outputs a feature map"):
         default_layers(mlp, sample, embedding=False, key="k")
+
+
+@pytest.mark.parametrize("method, refused", [("at", True), ("fitnet", False)])
+def test_a_one_position_map_is_refused_where_the_method_would_learn_nothing_from_it(method, refused):
+    """AT normalises each map over its positions: on a 1 x 1 map the attention is constantly 1 and loss_at 0."""
+    from kd_runner.methods.objective import feature_taps
+
+    student, teacher = SmallCNN(1, 10, 8, width=4, depth=2), SmallCNN(1, 10, 8, width=8, depth=2)
+    made = methods.make(methods.params_type(method)(), 4.0, "kl")
+    layers = (["features"], ["pool"])
+    if not refused:
+        for tap in feature_taps(made, *layers, student, teacher, torch.randn(2, 1, 8, 8)):
+            tap.remove()
+        return
+    with pytest.raises(UserError) as exc:
+        feature_taps(made, *layers, student, teacher, torch.randn(2, 1, 8, 8))
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith("distill.teacher_layers: layer 'pool' outputs a 1 x 1 map")

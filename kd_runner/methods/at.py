@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kd_runner.errors import UserError
 from kd_runner.methods.base import FeatureParams, Method
 
 
@@ -19,6 +20,13 @@ class AT(Method):
     params_type = Params
     parts = ("loss_at",)
     needs = "maps"
+
+    def check_feature(self, key, name, feature):
+        if feature.shape[-1] * feature.shape[-2] == 1:  # a normalised map of one position is always 1
+            raise UserError(
+                f"{key}: layer {name!r} outputs a 1 x 1 map {tuple(feature.shape)}; its attention map is constant, "
+                "so loss_at would be 0: name a layer whose map has more than one position"
+            )
 
     def terms(self, student, teacher, labels, inputs):
         return {"loss_at": self.params.beta / 2 * attention_loss(student, teacher)}

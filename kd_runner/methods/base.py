@@ -97,6 +97,10 @@ class Method:
         (FitNets' regressors); None for most methods."""
         return None
 
+    def check_feature(self, key: str, name: str, feature: Tensor) -> None:
+        """Refuse (one line) an activation of layer `name` the method would learn nothing from; `key` names
+        the setting (distill.student_layers or distill.teacher_layers)."""
+
     def terms(self, student, teacher, labels: Tensor | None, inputs: Tensor | None) -> dict[str, Tensor]:
         """The method's parts on one batch: logits (N x C) or lists of features of both models. `inputs`: the
         normalised batch (None on the whole validation split); `labels` None on unlabeled data."""

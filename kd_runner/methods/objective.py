@@ -150,6 +150,7 @@ def feature_taps(method: Method, student_layers, teacher_layers, student, teache
                     f"distill.{key}_layers: layer {name!r} of the {key} outputs {tuple(f.shape)}; "
                     f"distill={method.params.method} needs feature maps (N x C x H x W): name a convolutional layer"
                 )
+            method.check_feature(f"distill.{key}_layers", name, f)
     return taps
 
 
