@@ -3,17 +3,24 @@
 
 `call` imports the callable, passes the spec's other keys as arguments plus those the runner offers (e.g.
 the dataset's `num_classes`) that the callable takes by name, and turns any failure into one line naming
-the key. `source_digest` identifies the code, so a cache keyed on it notices an edit.
+the key. `source_digest` identifies the code (with the user's modules it imports), so a cache keyed on it
+notices an edit.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
+import os
+import sys
+import sysconfig
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from kd_runner.errors import ConfigError, UserError, one_line
-from kd_runner.store.files import sha256_file
+from kd_runner.store.files import digest, sha256_file
 
 
 def resolve(path: str, key: str) -> Callable:
@@ -41,12 +48,74 @@ def resolve(path: str, key: str) -> Callable:
 
 
 def source_digest(path: str | None, key: str) -> str | None:
-    """sha256 of the source file that defines the callable at `path` (None for no path, or code without a file)."""
+    """A digest of the user's code behind the callable at `path`: the source of its module and of every module
+    of the user's own code that it imports, transitively (None for no path, or code without a file). Module
+    names, not file paths, label the sources, so the digest does not depend on where the code lives."""
     if path is None:
         return None
     module = inspect.getmodule(resolve(path, key))
-    file = getattr(module, "__file__", None)
-    return sha256_file(file) if file else None
+    sources = user_sources(module.__name__) if getattr(module, "__file__", None) else {}
+    return digest({name: sha256_file(file) for name, file in sorted(sources.items())}) if sources else None
+
+
+def user_sources(root: str) -> dict[str, str]:
+    """{module name: source file} of `root` and the user modules it imports, followed through their import
+    statements (read, not executed); installed packages, the standard library and kd_runner are not followed."""
+    found, todo = {}, [root]
+    while todo:
+        name = todo.pop()
+        file = _user_file(name)
+        if file is None or name in found:
+            continue
+        found[name] = file
+        todo.extend(_imported(name, file))
+    return found
+
+
+def _user_file(name: str) -> str | None:
+    """The .py file of module `name` when it is the user's own code (not installed, not kd_runner); an installed
+    package is recognised by its top level, before anything of it would be imported."""
+    top = name.split(".")[0]
+    if top == "kd_runner" or _origin(top) is None:
+        return None
+    return _origin(name)
+
+
+def _origin(name: str) -> str | None:
+    """The source file of module `name` outside the Python installation, or None."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    if not origin or not origin.endswith(".py"):
+        return None
+    return None if any(origin.startswith(p + os.sep) for p in _installed_roots()) else origin
+
+
+def _installed_roots() -> set[str]:
+    """The standard library and every site-packages folder on the path (venvs, user site, .pth-added ones)."""
+    stdlib = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib")}
+    sites = {p for p in sys.path if os.path.basename(p.rstrip(os.sep)) in ("site-packages", "dist-packages")}
+    return {p for p in stdlib | sites if p}
+
+
+def _imported(name: str, file: str) -> list[str]:
+    """The modules `file` (module `name`) imports, relative imports resolved; `from m import x` also names
+    m.x, in case x is a submodule."""
+    package = name if file.endswith("__init__.py") else name.rpartition(".")[0]
+    names = []
+    for node in ast.walk(ast.parse(Path(file).read_bytes())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (
+                importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if node.level
+                else node.module
+            )
+            names += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    return names
 
 
 def call(spec: Mapping, key: str, offered: Mapping, through_kwargs: tuple[str, ...] = ()) -> object:

@@ -280,3 +280,31 @@ def test_bad_user_code_is_one_line_and_writes_nothing(user_package, capsys, over
 def test_custom_network_needs_a_label_of_its_own(capsys):
     err = usage_error_line(["teacher.model._target_=torch.nn.Linear"], capsys)
     assert "teacher.name='cnn'" in err and "label of your own" in err
+
+
+def test_the_code_digest_covers_the_user_modules_a_model_imports_and_nothing_installed(tmp_path, monkeypatch):
+    """Editing a helper module that the model's file imports (relatively or absolutely) changes the digest
+    that keys the teacher and logits caches; a file it does not import, and installed packages, do not count."""
+    from kd_runner import targets
+
+    pkg = tmp_path / "digestpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "blocks.py").write_text("import torch\n\ndef act(x):\n    return torch.relu(x)\n")
+    (pkg / "more.py").write_text("SCALE = 1\n")
+    (pkg / "nets.py").write_text(
+        "from torch import nn\n\nfrom .blocks import act\nfrom digestpkg import more\n\n"
+        "def make():\n    return nn.Linear(2, 2)\n"
+    )
+    (pkg / "unused.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    expected = {"digestpkg", "digestpkg.nets", "digestpkg.blocks", "digestpkg.more"}  # the package: imported too
+    assert set(targets.user_sources("digestpkg.nets")) == expected
+    before = targets.source_digest("digestpkg.nets.make", "teacher.model._target_")
+    (pkg / "unused.py").write_text("X = 2\n")
+    assert targets.source_digest("digestpkg.nets.make", "teacher.model._target_") == before
+    for helper in ("blocks.py", "more.py"):
+        (pkg / helper).write_text((pkg / helper).read_text() + "\n# edited\n")
+        after = targets.source_digest("digestpkg.nets.make", "teacher.model._target_")
+        assert after != before
+        before = after
