@@ -7,11 +7,10 @@ import math
 import numpy as np
 import torch
 
-from kd_runner.data import Dataset, Split, channel_stats, register
+from kd_runner.data import Dataset, Split, channel_stats
 from kd_runner.errors import ConfigError
 
 
-@register("digits")
 def build_digits(cfg) -> Dataset:
     """1,797 real 8x8 handwritten digits (16 grey levels), a stratified split fixed by `split_seed`."""
     from sklearn.datasets import load_digits  # imported here: scikit-learn takes over a second to import
@@ -37,7 +36,6 @@ def build_digits(cfg) -> Dataset:
     return Dataset("digits", train, val, 10, mean, std)
 
 
-@register("synthetic")
 def build_synthetic(cfg) -> Dataset:
     """Noisy copies of one random prototype image per class: learnable, any size, for tests and benchmarks."""
     n_val = max(1, int(round(cfg.num_samples * cfg.val_fraction)))
