@@ -38,6 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 import kd_runner
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
+from kd_runner.groups import register_groups
 from kd_runner.runtime import interrupt
 from kd_runner.runtime.process import cpu_cores, launched_rank, launched_world_size
 from kd_runner.status import Status
@@ -55,6 +56,7 @@ log = logging.getLogger("kd_runner")
 def register_schema() -> None:
     """Make the typed schema (kd_runner.config.RunConfig) the base of conf/config.yaml, as `kd_schema`."""
     ConfigStore.instance().store(name="kd_schema", node=RunConfig)
+    register_groups(ConfigStore.instance())
 
 
 @dataclass

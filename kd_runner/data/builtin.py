@@ -12,7 +12,8 @@ from kd_runner.errors import ConfigError
 
 
 def build_digits(cfg) -> Dataset:
-    """1,797 real 8x8 handwritten digits (16 grey levels), a stratified split fixed by `split_seed`."""
+    """scikit-learn's 1,797 real 8x8 handwritten digits (bundled, offline; 16 grey levels), a stratified
+    holdout split (val_fraction) fixed by `split_seed`."""
     from sklearn.datasets import load_digits  # imported here: scikit-learn takes over a second to import
     from sklearn.model_selection import train_test_split
 
@@ -37,7 +38,8 @@ def build_digits(cfg) -> Dataset:
 
 
 def build_synthetic(cfg) -> Dataset:
-    """Noisy copies of one random prototype image per class: learnable, any size, for tests and benchmarks."""
+    """Generated images (noisy copies of one random prototype per class) for tests and benchmarks: learnable,
+    of the shape dataset.num_samples, image_size, channels and num_classes set."""
     n_val = max(1, int(round(cfg.num_samples * cfg.val_fraction)))
     if n_val >= cfg.num_samples:
         raise ConfigError(

@@ -192,36 +192,45 @@ _VGG13 = [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]]
 
 
 def resnet20(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-20 (stages of 16, 32, 64 channels), CRD/RepDistiller definition."""
     return CifarResNet(20, (16, 16, 32, 64), in_channels, num_classes)
 
 
 def resnet56(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-56 (stages of 16, 32, 64 channels), CRD/RepDistiller definition."""
     return CifarResNet(56, (16, 16, 32, 64), in_channels, num_classes)
 
 
 def resnet110(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-110 (stages of 16, 32, 64 channels), CRD/RepDistiller definition."""
     return CifarResNet(110, (16, 16, 32, 64), in_channels, num_classes)
 
 
 def resnet8x4(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-8, four times as wide (stages of 64, 128, 256 channels), CRD/RepDistiller definition."""
     return CifarResNet(8, (32, 64, 128, 256), in_channels, num_classes)
 
 
 def resnet32x4(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-32, four times as wide (stages of 64, 128, 256 channels), CRD/RepDistiller definition."""
     return CifarResNet(32, (32, 64, 128, 256), in_channels, num_classes)
 
 
 def wrn_40_2(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """Wide ResNet 40-2 (depth 40, widening factor 2), CRD/RepDistiller definition."""
     return WideResNet(40, 2, in_channels, num_classes)
 
 
 def wrn_16_2(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """Wide ResNet 16-2 (depth 16, widening factor 2), CRD/RepDistiller definition."""
     return WideResNet(16, 2, in_channels, num_classes)
 
 
 def vgg8(*, in_channels: int, num_classes: int, image_size: int, **_) -> nn.Module:
+    """VGG-8 with BatchNorm, CRD/RepDistiller definition."""
     return VGG(_VGG8, in_channels, num_classes, image_size)
 
 
 def vgg13(*, in_channels: int, num_classes: int, image_size: int, **_) -> nn.Module:
+    """VGG-13 with BatchNorm, CRD/RepDistiller definition."""
     return VGG(_VGG13, in_channels, num_classes, image_size)
