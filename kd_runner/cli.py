@@ -40,6 +40,7 @@ import kd_runner
 from kd_runner import methods
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
+from kd_runner.groups import register_groups
 from kd_runner.runtime import interrupt
 from kd_runner.runtime.process import cpu_cores, launched_rank, launched_world_size
 from kd_runner.status import Status
@@ -61,6 +62,7 @@ def register_schema() -> None:
     store.store(name="kd_schema", node=RunConfig(distill=methods.Params()))
     for name, method in methods.METHODS.items():
         store.store(group="distill", name=name, node=method.params_type)
+    register_groups(store)
 
 
 @dataclass

@@ -49,7 +49,9 @@ SEED_MAX = 2**32 - 1  # numpy's legacy seeding (seeded with every run) takes 32-
 
 @dataclass
 class DatasetConfig:
-    name: str = field(default="digits", metadata={"doc": "the dataset; dataset=NAME picks its file in conf/dataset/"})
+    name: str = field(
+        default="digits", metadata={"doc": "the dataset; dataset=NAME picks it (its file in conf/dataset/ if any)"}
+    )
     root: str = field(default="data", metadata={"doc": "folder of the dataset's files (file-based datasets)"})
     download: bool = field(
         default=False,
@@ -104,7 +106,9 @@ class StageConfig:
 
     name: str = field(
         default="cnn",
-        metadata={"doc": "the network; teacher=NAME / student=NAME pick its file in conf/teacher/, conf/student/"},
+        metadata={
+            "doc": "the network; teacher=NAME / student=NAME pick it (its file in conf/teacher/, conf/student/ if any)"
+        },
     )
     model: dict[str, typing.Any] = field(
         default_factory=lambda: {"_target_": None},

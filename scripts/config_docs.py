@@ -10,12 +10,19 @@ stays. tests/test_config_docs.py fails when a committed file differs from what t
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import sys
 from pathlib import Path
+from pkgutil import resolve_name
 
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from kd_runner import cli
 from kd_runner.config import RunConfig, key_docs
+from kd_runner.names import DATASETS, NETWORKS
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -46,6 +53,7 @@ SECTIONS = {
     "transfer": "Transfer keys",
 }
 GROUP_ORDER = ("teacher", "student", "dataset", "transfer", "experiment", "recipe", "sweep", "hparams_search")
+REGISTRIES = {"teacher": NETWORKS, "student": NETWORKS, "dataset": DATASETS, "transfer": DATASETS}
 GROUP_USE = {
     "recipe": "`+recipe@teacher=NAME`, `+recipe@student=NAME`; in a preset `- /recipe@teacher: NAME`",
     "sweep": "`sweep=NAME`, a multirun",
@@ -113,36 +121,48 @@ def keys_md() -> str:
     return "\n\n".join(parts)
 
 
-def description(path: Path) -> str:
-    """The first sentence of a config file's leading comment."""
-    comment = []
+def comment(path: Path) -> str:
+    """A config file's leading comment."""
+    lines = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
         if "@package" not in line:
-            comment.append(line.lstrip("#").strip())
-    if not comment:
+            lines.append(line.lstrip("#").strip())
+    if not lines:
         raise SystemExit(f"{path.relative_to(REPO)}: no leading comment that says what it is")
-    return re.split(r"(?<=\.)\s+", " ".join(comment), maxsplit=1)[0]
+    return " ".join(lines)
 
 
-def groups() -> dict[str, list[Path]]:
-    """Config group -> its option files, Hydra's own settings (conf/hydra/) left out."""
-    names = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
-    names.sort(key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
-    return {g: sorted((CONF / g).glob("*.yaml")) for g in names}
+def description(group: str, option: str) -> str:
+    """The first sentence of the option's file comment or, for a registered node, of its builder's docstring."""
+    path = CONF / group / f"{option}.yaml"
+    text = (
+        comment(path) if path.is_file() else " ".join(inspect.getdoc(resolve_name(REGISTRIES[group][option])).split())
+    )
+    return re.split(r"(?<=\.)\s+", text, maxsplit=1)[0]
+
+
+def groups() -> dict[str, list[str]]:
+    """Config group -> its options as `kd-run --help` lists them (files and registered nodes), hydra/ left out."""
+    cli.register_schema()
+    with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        names = sorted(g for g in loader.list_groups("") if g != "hydra")
+        names.sort(key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
+        return {g: loader.get_group_options(g) for g in names}
 
 
 def groups_md() -> str:
     """A table of options per group; groups with the same options (teacher and student) share one."""
-    files = groups()
+    options = groups()
     merged: dict[tuple[str, ...], list[str]] = {}
-    for group, paths in files.items():
-        merged.setdefault(tuple(f.stem for f in paths), []).append(group)
+    for group, names in options.items():
+        merged.setdefault(tuple(names), []).append(group)
     parts = []
     for names in merged.values():
         use = "; ".join(GROUP_USE.get(g, f"`{g}=NAME`") for g in names)
-        lines = [(f"`{f.stem}`", md(description(f))) for f in files[names[0]]]
+        lines = [(f"`{option}`", md(description(names[0], option))) for option in options[names[0]]]
         parts += [f"### {', '.join(f'`{g}`' for g in names)}", f"Use: {use}.", table(("NAME", "what it is"), lines)]
     return "\n\n".join(parts)
 

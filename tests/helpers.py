@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from scipy import stats
 
@@ -72,6 +73,13 @@ def compose_config(*overrides: str) -> RunConfig:
     with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):
         raw = compose("config", overrides=list(overrides))
     return load_config(OmegaConf.to_container(raw, resolve=True))
+
+
+def group_options(group: str) -> list[str]:
+    """What `GROUP=NAME` offers, as `kd-run --help` lists it: the files in conf/ and the registered nodes."""
+    cli.register_schema()
+    with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):
+        return GlobalHydra.instance().config_loader().get_group_options(group)
 
 
 def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:

@@ -1,5 +1,6 @@
-"""The config files: teacher/ and student/ offer the same networks, every network and dataset file composes to
-a valid config, and each states only what differs from the schema (besides the name it selects)."""
+"""The config groups: teacher and student offer the same networks, every built-in network and dataset is an
+option, every option composes to a valid config, the group files state only what differs from the schema,
+and no network file repeats another."""
 
 from __future__ import annotations
 
@@ -7,53 +8,70 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_module
-from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from helpers import compose_config, group_options
 
-from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TeacherConfig, load_config
-from kd_runner.models import MODEL_NAMES
+from kd_runner.config import DatasetConfig, LoggerConfig, StageConfig, TeacherConfig
+from kd_runner.names import DATASET_NAMES, MODEL_NAMES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SCHEMA_DEFAULTS = {"teacher": TeacherConfig(), "student": StageConfig(), "dataset": DatasetConfig()}
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_run_config(*overrides: str) -> RunConfig:
-    ConfigStore.instance().store(name="kd_schema", node=RunConfig)
-    with initialize_config_module(config_module="kd_runner.conf", version_base="1.3"):
-        raw = compose("config", overrides=list(overrides))
-    return load_config(OmegaConf.to_container(raw, resolve=True))
+SCHEMA_DEFAULTS = {
+    "teacher": TeacherConfig(),
+    "student": StageConfig(),
+    "dataset": DatasetConfig(),
+    "logger": LoggerConfig(),
+}
+# folders whose files may restate the schema's defaults, and why
+WHOLE = {
+    "experiment": "a preset states its published values",
+    "recipe": "a recipe states all of its settings",
+    "distill": "a method's file states its defaults whole, its method among them",
+    "sweep": "Hydra's sweeper settings",
+    "hparams_search": "Hydra's sweeper settings",
+    "hydra": "Hydra's own settings",
+}
 
 
 def test_teacher_and_student_offer_the_same_networks():
-    assert options("teacher") == options("student")
+    assert group_options("teacher") == group_options("student")
 
 
-def test_every_model_has_a_network_file():
-    assert options("teacher") == sorted([*MODEL_NAMES, "timm"])  # timm: any timm architecture by model.arch
+def test_every_network_and_dataset_is_an_option():
+    assert group_options("teacher") == sorted([*MODEL_NAMES, "timm"])  # timm: any timm architecture by model.arch
+    assert group_options("dataset") == group_options("transfer") == sorted(DATASET_NAMES)
 
 
-@pytest.mark.parametrize("stage, name", [(s, n) for s in ("teacher", "student") for n in options(s)])
-def test_network_file_composes_to_a_valid_config(stage, name):
-    cfg = compose_run_config(f"{stage}={name}")
+@pytest.mark.parametrize("stage, name", [(s, n) for s in ("teacher", "student") for n in group_options(s)])
+def test_network_option_composes_to_a_valid_config(stage, name):
+    cfg = compose_config(f"{stage}={name}")
     assert getattr(cfg, stage).name == name
 
 
-@pytest.mark.parametrize("name", options("dataset"))
-def test_dataset_file_composes_as_dataset_and_as_transfer_set(name):
-    cfg = compose_run_config(f"dataset={name}", f"transfer={name}")
+@pytest.mark.parametrize("name", group_options("dataset"))
+def test_dataset_option_composes_as_dataset_and_as_transfer_set(name):
+    cfg = compose_config(f"dataset={name}", f"transfer={name}")
     assert cfg.dataset == cfg.transfer.dataset and cfg.dataset.name == name
+
+
+def test_every_group_folder_is_checked_or_states_its_values_whole():
+    folders = {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == set(SCHEMA_DEFAULTS) | set(WHOLE)
 
 
 @pytest.mark.parametrize("group", sorted(SCHEMA_DEFAULTS))
 def test_group_files_state_only_what_differs_from_the_schema(group):
-    for name in options(group):
-        settings = yaml.safe_load((CONF / group / f"{name}.yaml").read_text()) or {}
-        assert settings.get("name") == name, f"{group}/{name}.yaml must name its {group}"
+    for path in sorted((CONF / group).glob("*.yaml")):
+        settings = yaml.safe_load(path.read_text()) or {}
+        settings.pop("defaults", None)  # another file it builds on: a recipe, or the teacher's network
+        assert settings.get("name", path.stem) == path.stem, f"{group}/{path.name} must name its own {group}"
         default = SCHEMA_DEFAULTS[group]
         same = [key for key, value in settings.items() if key != "name" and value == getattr(default, key)]
-        assert not same, f"{group}/{name}.yaml restates the schema's defaults of {same}"
+        assert not same, f"{group}/{path.name} restates the schema's defaults of {same}"
+
+
+def test_no_student_file_repeats_the_teachers():
+    for path in sorted((CONF / "student").glob("*.yaml")):
+        teacher = CONF / "teacher" / path.name
+        same = teacher.is_file() and yaml.safe_load(teacher.read_text()) == yaml.safe_load(path.read_text())
+        assert not same, (
+            f"student/{path.name} repeats teacher/{path.name}: build on it (defaults: /teacher/NAME@_here_)"
+        )

@@ -1,7 +1,7 @@
 """A fast start: kd-run's --help, --version, --shell-completion and every mistake the config's checks catch,
 and kd-aggregate / kd-report, answer without importing torch, torchvision or scikit-learn (each console
-script runs in a fresh process that reports the packages it imported); the name tables the config is
-checked against (kd_runner.names) are the registries' names."""
+script runs in a fresh process that reports the packages it imported); every builder the registries in
+kd_runner.names point to exists, and the tables of torchvision's networks and datasets name the same ones."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+from pkgutil import resolve_name
 
 import pytest
 from test_aggregate import grid_sweep
 
 import kd_runner
-from kd_runner import data, models, names
+from kd_runner import names
 from kd_runner.data import vision
 from kd_runner.models import torchvision_nets
 
@@ -113,8 +114,8 @@ def test_aggregate_and_report_read_a_sweep_without_torch(tmp_path):
     assert "torch" not in imported and "torchvision" not in imported
 
 
-def test_the_name_tables_are_the_registries_names():
-    assert set(models._BUILDERS) == set(names.MODEL_NAMES)
+def test_every_registered_builder_exists():
+    for path in [*names.NETWORKS.values(), *names.DATASETS.values()]:
+        assert callable(resolve_name(path)), path
     assert tuple(torchvision_nets.FAMILIES) == names.PRETRAINED_FAMILIES
-    assert data.dataset_names() == names.DATASET_NAMES
     assert tuple(vision.FILE_DATASETS) == names.DOWNLOADABLE

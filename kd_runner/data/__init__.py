@@ -1,6 +1,7 @@
 """Dataset registry: every dataset name maps to a builder that returns in-memory train/val splits.
 
-A builder takes the typed dataset config and returns a `Dataset`: image tensors (uint8 in [0, 255] or
+``kd_runner.names.DATASETS`` names each builder by its "module:function" path, imported when that dataset
+is built. A builder takes the typed dataset config and returns a `Dataset`: image tensors (uint8 in [0, 255] or
 float32 in [0, 1], shape N x C x H x W) plus int64 labels, and the per-channel mean/std used to
 normalise batches on the device. Keeping whole splits as tensors is what lets the engine batch by index
 with no per-sample Python.
@@ -8,14 +9,15 @@ with no per-sample Python.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from pkgutil import resolve_name
 
 import torch
 
 from kd_runner.data.augment import Augmentation, augmentation_preset
 from kd_runner.data.normalize import normalized, unit_range
 from kd_runner.errors import ConfigError
+from kd_runner.names import DATASET_NAMES, DATASETS
 
 
 @dataclass
@@ -67,30 +69,15 @@ class Dataset:
         }
 
 
-BUILDERS: dict[str, Callable] = {}
-
-
-def register(name: str):
-    def wrap(fn):
-        BUILDERS[name] = fn
-        return fn
-
-    return wrap
-
-
-def dataset_names() -> tuple[str, ...]:
-    return tuple(sorted(BUILDERS))
-
-
 def build_dataset(cfg) -> Dataset:
     """Build the dataset named by `cfg.name` or the user's by `cfg.factory` (a `kd_runner.config.DatasetConfig`),
     with the augmentation preset and normalisation statistics `cfg` sets."""
     if cfg.factory["_target_"] is not None:
         data = build_custom(cfg)
-    elif cfg.name in BUILDERS:
-        data = BUILDERS[cfg.name](cfg)
+    elif cfg.name in DATASETS:
+        data = resolve_name(DATASETS[cfg.name])(cfg)
     else:
-        raise ConfigError("dataset.name", cfg.name, "one of: " + ", ".join(dataset_names()))
+        raise ConfigError("dataset.name", cfg.name, "one of: " + ", ".join(DATASET_NAMES))
     if isinstance(cfg.augment, str) or not cfg.augment:  # a preset by name (true: the dataset's own)
         data.augmentation = augmentation_preset(cfg.augment, data.image_size)
     if cfg.mean:
@@ -109,6 +96,5 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-from kd_runner.data import builtin, vision  # noqa: E402,F401  (register digits, synthetic and the file datasets)
 from kd_runner.data.checks import check_dataset  # noqa: E402
 from kd_runner.data.custom import build_custom  # noqa: E402

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import torch
 
-from kd_runner.data import Dataset, Split, channel_stats, register
+from kd_runner.data import Dataset, Split, channel_stats
 from kd_runner.errors import ConfigError
 
 
-@register("digits")
 def build_digits(cfg) -> Dataset:
-    """1,797 real 8x8 handwritten digits (16 grey levels), a stratified split fixed by `split_seed`."""
+    """scikit-learn's 1,797 real 8x8 handwritten digits (bundled, offline; 16 grey levels), a stratified
+    holdout split (val_fraction) fixed by `split_seed`."""
     from sklearn.datasets import load_digits  # imported here: scikit-learn takes over a second to import
     from sklearn.model_selection import train_test_split
 
@@ -37,9 +37,9 @@ def build_digits(cfg) -> Dataset:
     return Dataset("digits", train, val, 10, mean, std)
 
 
-@register("synthetic")
 def build_synthetic(cfg) -> Dataset:
-    """Noisy copies of one random prototype image per class: learnable, any size, for tests and benchmarks."""
+    """Generated images (noisy copies of one random prototype per class) for tests and benchmarks: learnable,
+    of the shape dataset.num_samples, image_size, channels and num_classes set."""
     n_val = max(1, int(round(cfg.num_samples * cfg.val_fraction)))
     if n_val >= cfg.num_samples:
         raise ConfigError(

@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from kd_runner.data import Dataset, Split, channel_stats, register
+from kd_runner.data import Dataset, Split, channel_stats
 from kd_runner.data.augment import Augmentation
 from kd_runner.errors import UserError, one_line
 
@@ -210,10 +210,6 @@ def build_file_dataset(cfg) -> Dataset:
     return Dataset(cfg.name, train, val, spec.num_classes, mean, std, augmentation)
 
 
-for _name in FILE_DATASETS:
-    register(_name)(build_file_dataset)
-
-
 def decode(dataset) -> Split:
     """Every (image, label) of a torchvision dataset whose transform ends in PILToTensor, as one uint8 split.
 
@@ -253,7 +249,6 @@ def _open_image_folder(cfg, part: str) -> torchvision.datasets.ImageFolder:
         ) from None
 
 
-@register("imagefolder")
 def build_imagefolder(cfg) -> Dataset:
     """A `train/` and `val/` tree of class folders, every image decoded once at `image_size` (ImageNet stats).
 
@@ -279,7 +274,6 @@ def build_imagefolder(cfg) -> Dataset:
     return Dataset("imagefolder", train, val, len(classes), IMAGENET_MEAN, IMAGENET_STD, augmentation)
 
 
-@register("fake")
 def build_fake(cfg) -> Dataset:
     """torchvision's FakeData: `num_samples` random images (and a test split of val_fraction as many)."""
 

@@ -1,31 +1,20 @@
 """Model registry: every network the runner can build, by name, adapted to the dataset's shape.
 
-Each module below registers its builders with ``@register("name")``. A builder takes keyword arguments
-``in_channels, num_classes, image_size, width, depth`` and returns a randomly initialised model;
-``build_model`` adds the weights (``pretrained`` or ``weights_path``) on top, so weight handling lives
-in one place.
+``kd_runner.names.NETWORKS`` names each network's builder by its "module:function" path, imported when
+that network is built. A builder takes keyword arguments ``name, in_channels, num_classes, image_size,
+width, depth`` and returns a randomly initialised model; ``build_model`` adds the weights (``pretrained``
+or ``weights_path``) on top, so weight handling lives in one place.
 """
 
-from collections.abc import Callable
+from pkgutil import resolve_name
 
 from torch import nn
 
 from kd_runner.config import check_pretrained
 from kd_runner.errors import ConfigError
-from kd_runner.names import MODEL_NAMES
+from kd_runner.models import custom, torchvision_nets
+from kd_runner.names import MODEL_NAMES, NETWORKS
 from kd_runner.store.state_dicts import load_exact, read_state_dict, state_dict_mismatch
-
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(name: str):
-    """Adds a builder to the registry under ``name``."""
-
-    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _BUILDERS[name] = builder
-        return builder
-
-    return add
 
 
 def build_model(
@@ -45,14 +34,13 @@ def build_model(
     loads a state dict of this very model, or, for torchvision families, a plain torchvision state dict
     (see ``torchvision_nets.from_torchvision_state``). ``width``/``depth`` only shape ``cnn`` and ``mlp``.
     """
-    builder = _BUILDERS.get(name)
-    if builder is None:
+    if name not in NETWORKS:
         raise ConfigError("model", name, "one of: " + ", ".join(MODEL_NAMES))
     dims = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     check_pretrained(name, pretrained, weights_path)
     if pretrained:
         return torchvision_nets.build_pretrained(name, **dims)
-    model = builder(**dims, width=width, depth=depth)
+    model = resolve_name(NETWORKS[name])(name=name, **dims, width=width, depth=depth)
     if weights_path is None:
         return model
     state = read_state_dict(weights_path, "weights_path")
@@ -133,7 +121,3 @@ def freeze_backbone(model: nn.Module, key: str = "freeze") -> None:
     head = {id(p) for p in classifier_head(model, key).parameters()}
     for p in model.parameters():
         p.requires_grad = id(p) in head
-
-
-# Imported last, for their @register side effects: they need `register` defined above.
-from kd_runner.models import cifar_nets, custom, small_nets, torchvision_nets  # noqa: E402, F401

@@ -12,8 +12,6 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from kd_runner.models import register
-
 
 class BasicBlock(nn.Module):
     """Post-activation residual block of the CIFAR ResNets (He et al. 2016)."""
@@ -193,46 +191,46 @@ _VGG8 = [[64], [128], [256], [512], [512]]
 _VGG13 = [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]]
 
 
-@register("resnet20")
 def resnet20(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-20 (stages of 16, 32, 64 channels), CRD/RepDistiller definition."""
     return CifarResNet(20, (16, 16, 32, 64), in_channels, num_classes)
 
 
-@register("resnet56")
 def resnet56(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-56 (stages of 16, 32, 64 channels), CRD/RepDistiller definition."""
     return CifarResNet(56, (16, 16, 32, 64), in_channels, num_classes)
 
 
-@register("resnet110")
 def resnet110(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-110 (stages of 16, 32, 64 channels), CRD/RepDistiller definition."""
     return CifarResNet(110, (16, 16, 32, 64), in_channels, num_classes)
 
 
-@register("resnet8x4")
 def resnet8x4(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-8, four times as wide (stages of 64, 128, 256 channels), CRD/RepDistiller definition."""
     return CifarResNet(8, (32, 64, 128, 256), in_channels, num_classes)
 
 
-@register("resnet32x4")
 def resnet32x4(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """CIFAR ResNet-32, four times as wide (stages of 64, 128, 256 channels), CRD/RepDistiller definition."""
     return CifarResNet(32, (32, 64, 128, 256), in_channels, num_classes)
 
 
-@register("wrn_40_2")
 def wrn_40_2(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """Wide ResNet 40-2 (depth 40, widening factor 2), CRD/RepDistiller definition."""
     return WideResNet(40, 2, in_channels, num_classes)
 
 
-@register("wrn_16_2")
 def wrn_16_2(*, in_channels: int, num_classes: int, **_) -> nn.Module:
+    """Wide ResNet 16-2 (depth 16, widening factor 2), CRD/RepDistiller definition."""
     return WideResNet(16, 2, in_channels, num_classes)
 
 
-@register("vgg8")
 def vgg8(*, in_channels: int, num_classes: int, image_size: int, **_) -> nn.Module:
+    """VGG-8 with BatchNorm, CRD/RepDistiller definition."""
     return VGG(_VGG8, in_channels, num_classes, image_size)
 
 
-@register("vgg13")
 def vgg13(*, in_channels: int, num_classes: int, image_size: int, **_) -> nn.Module:
+    """VGG-13 with BatchNorm, CRD/RepDistiller definition."""
     return VGG(_VGG13, in_channels, num_classes, image_size)

@@ -2,8 +2,6 @@
 
 from torch import nn
 
-from kd_runner.models import register
-
 
 class SmallCNN(nn.Module):
     """``depth`` conv3x3-BN-ReLU blocks of ``width * 2**i`` channels, global average pool, linear head.
@@ -48,12 +46,10 @@ class MLP(nn.Module):
         return self.fc(self.body(x))
 
 
-@register("cnn")
-def cnn(*, in_channels: int, num_classes: int, image_size: int, width: int, depth: int) -> nn.Module:
+def cnn(*, in_channels: int, num_classes: int, image_size: int, width: int, depth: int, **_) -> nn.Module:
     return SmallCNN(in_channels, num_classes, image_size, width, depth)
 
 
-@register("mlp")
-def mlp(*, in_channels: int, num_classes: int, image_size: int, width: int, depth: int) -> nn.Module:
+def mlp(*, in_channels: int, num_classes: int, image_size: int, width: int, depth: int, **_) -> nn.Module:
     """``depth=0`` is multinomial logistic regression on the pixels."""
     return MLP(in_channels, num_classes, image_size, width, depth)

@@ -9,14 +9,12 @@ a 3x3 stride-1 first conv and no max-pool, mobilenet/efficientnet a stride-1 fir
 import os
 import pickle
 from collections.abc import Mapping
-from functools import partial
 
 import torch
 import torchvision
 from torch import nn
 
 from kd_runner.errors import UserError
-from kd_runner.models import register
 from kd_runner.store.state_dicts import load_exact
 
 SMALL_INPUT = 64
@@ -78,10 +76,6 @@ def build(name: str, *, in_channels: int, num_classes: int, image_size: int, **_
     extra = {"zero_init_residual": True} if name.startswith("resnet") else {}
     model = torchvision.models.get_model(name, num_classes=num_classes, **extra)
     return _adapt(name, model, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
-
-
-for _name in FAMILIES:
-    register(_name)(partial(build, _name))
 
 
 def pretrained_weights(name: str) -> str:
