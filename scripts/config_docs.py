@@ -22,6 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from kd_runner import cli
 from kd_runner.config import RunConfig, key_docs
+from kd_runner.methods import METHODS
 from kd_runner.names import DATASETS, NETWORKS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,11 +136,15 @@ def comment(path: Path) -> str:
 
 
 def description(group: str, option: str) -> str:
-    """The first sentence of the option's file comment or, for a registered node, of its builder's docstring."""
+    """The first sentence of the option's file comment or, for a registered node, of its builder's docstring
+    (a method: its module's)."""
     path = CONF / group / f"{option}.yaml"
-    text = (
-        comment(path) if path.is_file() else " ".join(inspect.getdoc(resolve_name(REGISTRIES[group][option])).split())
-    )
+    if path.is_file():
+        text = comment(path)
+    elif group == "distill":
+        text = " ".join(inspect.getdoc(inspect.getmodule(METHODS[option])).split())
+    else:
+        text = " ".join(inspect.getdoc(resolve_name(REGISTRIES[group][option])).split())
     return re.split(r"(?<=\.)\s+", text, maxsplit=1)[0]
 
 

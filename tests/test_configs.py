@@ -24,7 +24,6 @@ SCHEMA_DEFAULTS = {
 WHOLE = {
     "experiment": "a preset states its published values",
     "recipe": "a recipe states all of its settings",
-    "distill": "a method's file states its defaults whole, its method among them",
     "sweep": "Hydra's sweeper settings",
     "hparams_search": "Hydra's sweeper settings",
     "hydra": "Hydra's own settings",
