@@ -281,3 +281,17 @@ def test_kd_report_on_an_empty_or_columnless_summary_is_one_line(content, tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"kd-report: error: '{tmp_path / 'summary.csv'}'") and "run kd-aggregate" in err
     assert "\n" not in err
+
+
+def test_equal_differences_give_no_interval_and_no_significance_star():
+    """Three seeds whose gains are all equal have no observed spread: no zero-width CI, no p, no star; a star
+    needs at least 3 seeds whose CI excludes 0."""
+    from kd_runner.sweep import aggregate, stats
+
+    gain = stats.paired_gain([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])
+    assert gain["std"] == pytest.approx(0, abs=1e-12) and math.isnan(gain["ci95_low"]) and math.isnan(gain["p"])
+    row = {f"{aggregate.GAIN}_{k}": v for k, v in gain.items()}
+    cell = aggregate._gain_cell(row)
+    assert cell == "+0.1000 (3 seeds, all differences equal: no interval)" and "*" not in cell
+    two = {f"{aggregate.GAIN}_{k}": v for k, v in stats.paired_gain([0.9, 0.95], [0.1, 0.1]).items()}
+    assert two[f"{aggregate.GAIN}_ci95_low"] > 0 and "*" not in aggregate._gain_cell(two)  # 2 seeds: no star

@@ -355,16 +355,18 @@ def _cell(mean: float, std: float) -> str:
 
 
 def _gain_cell(row: dict) -> str:
-    """The gain cell, e.g. "+0.0500 [+0.0100, +0.0900] p=0.020 (3 seeds) *": the star when the CI excludes 0."""
-    mean, low, high = (row[f"{GAIN}_{s}"] for s in ("mean", "ci95_low", "ci95_high"))
+    """The gain cell, e.g. "+0.0500 [+0.0100, +0.0900] p=0.020 (3 seeds) *": the star when at least 3 seeds'
+    CI excludes 0."""
+    mean, low, high, n = (row[f"{GAIN}_{s}"] for s in ("mean", "ci95_low", "ci95_high", "n_pairs"))
     if math.isnan(mean):
         return "-"
     if math.isnan(low):
-        return f"{mean:+.4f} (1 seed)"
+        why = "1 seed" if n < 2 else f"{n:.0f} seeds, all differences equal: no interval"
+        return f"{mean:+.4f} ({why})"
     p = row[f"{GAIN}_p"]
-    star = " *" if low > 0 or high < 0 else ""
+    star = " *" if n >= 3 and (low > 0 or high < 0) else ""
     p_text = "p=-" if math.isnan(p) else f"p={p:.3f}"
-    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] {p_text} ({row[f'{GAIN}_n_pairs']:.0f} seeds){star}"
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] {p_text} ({n:.0f} seeds){star}"
 
 
 def _story_lines(summary: pd.DataFrame, keys: list[str]) -> list[str]:
