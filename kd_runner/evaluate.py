@@ -96,10 +96,12 @@ def cached_teacher(cfg: RunConfig, record: dict, data) -> nn.Module | None:
 def evaluate(cfg: RunConfig, run_dir: Path, weights: Path) -> dict:
     """The run's student (`weights`), and its teacher when cached, on the validation split of
     `cfg.dataset`: the training metrics, or the student's own ones (student_acc, student_loss, top-5)
-    without a teacher."""
+    without a teacher. The images are normalised with the run's statistics, as its networks learnt them
+    (and as `load_student` does), whatever dataset they come from."""
     record = completed_record(run_dir)
     compute = Compute.resolve(resolve_device(cfg.device), cfg.precision, cfg.memory_format, False)
-    data = build_dataset(cfg.dataset)
+    trained = record["data"]
+    data = dataclasses.replace(build_dataset(cfg.dataset), mean=tuple(trained["mean"]), std=tuple(trained["std"]))
     d = InMemoryData(data, compute)
     student = compute.prepare(build_student(cfg, data, weights))
     student_logits = engine.predict(student, d, d.val.images)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -105,3 +106,18 @@ def test_kd_eval_reports_the_objective_of_the_runs_method(method, smoke_run, tmp
     written = json.loads((tmp_path / "run" / "eval" / "student-digits.json").read_text())
     expected = {k: v for k, v in record["metrics"].items() if k in written["metrics"]}
     assert written["metrics"] == pytest.approx(expected, rel=1e-6) and "objective" in expected
+
+
+def test_kd_eval_on_another_dataset_normalises_as_the_run_did(run_copy, capsys):
+    """Images of another dataset go through the run's normalisation, as load_student's model applies it: both
+    give the same accuracy on the same images (the other dataset's own statistics would not)."""
+    args = ["dataset=synthetic", "dataset.num_classes=10", "dataset.channels=1", "dataset.image_size=8"]
+    code, _, err = kd_eval([str(run_copy), *args], capsys)
+    assert code == 0, err
+    written = json.loads((run_copy / "eval" / "student-synthetic.json").read_text())
+    result, _ = read_run(run_copy)
+    other = build_dataset(dataclasses.replace(load_config(result["config"]).dataset, name="synthetic", num_classes=10))
+    assert other.mean != tuple(result["data"]["mean"])  # a dataset of other statistics
+    with torch.no_grad():
+        logits = kd_runner.load_student(run_copy)(other.val.images)
+    assert written["metrics"]["student_acc"] == pytest.approx(accuracy(logits, other.val.labels), abs=1e-6)
