@@ -257,11 +257,11 @@ def _check_student_side(cfg: RunConfig, data, split_data: SplitData, student_dat
     method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
     if method.needs != "logits":
         _check_layers(cfg, method, data, split_data)
-    if cfg.alpha < 1:  # so does a user objective that gives no loss
+    if cfg.alpha < 1 and method.checks_a_batch:  # so does a user objective that gives no loss
         student = build_stage_model(
             dataclasses.replace(cfg.student, pretrained=False, weights_path=None), data, "student"
         )
-        objective.check_custom(method, student.to(student_data.device), objective.sample_batch(student_data))
+        objective.check_on_batch(method, student.to(student_data.device), student_data)
 
 
 def _check_layers(cfg: RunConfig, method, data, split_data: SplitData) -> None:

@@ -308,3 +308,33 @@ def test_the_code_digest_covers_the_user_modules_a_model_imports_and_nothing_ins
         after = targets.source_digest("digestpkg.nets.make", "teacher.model._target_")
         assert after != before
         before = after
+
+
+def test_a_streamed_dataset_is_keyed_by_its_images_not_only_its_labels():
+    """New images under the same labels and the same fixed statistics: another data digest, so neither the
+    cached teacher nor the cached logits of the old images are taken for them."""
+    from torch.utils.data import Dataset as TorchDataset
+
+    from kd_runner.data import Dataset
+    from kd_runner.data.custom import _streamed
+    from kd_runner.teacher.logits_cache import data_digest
+
+    class Items(TorchDataset):
+        def __init__(self, images, labels):
+            self.images, self.labels = images, labels
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return self.images[i], int(self.labels[i])
+
+    labels = torch.arange(6) % 3
+    old, new = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(6, 1, 4, 4)
+
+    def digest(images):
+        split = _streamed(Items(images, labels))
+        assert torch.equal(split.labels, labels)
+        return data_digest(Dataset("mine", split, split, 3, (0.5,), (0.25,)))
+
+    assert digest(old) == digest(old.clone()) and digest(old) != digest(new)

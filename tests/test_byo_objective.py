@@ -89,7 +89,7 @@ def test_a_user_objective_that_gives_no_usable_loss_is_one_line_before_the_teach
     "args, expected",
     [
         (["distill=custom"], "distill.objective._target_=None is not allowed: a dotted path module.callable"),
-        (["distill.objective._target_=mypkg.losses.my_kd"], "unset: distill=kd has its own loss"),
+        (["distill.objective._target_=mypkg.losses.my_kd"], "distill.objective is not allowed: unknown key"),
     ],
 )
 def test_distill_custom_and_its_objective_go_together(args, expected, losses, monkeypatch, capsys):

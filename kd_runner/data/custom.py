@@ -5,11 +5,13 @@ The callable returns `(train, val)` or `(train, val, num_classes)`; each split i
 `torch.utils.data.Dataset` whose item i is such an image (C x H x W) and its label. Splits that together fit
 in `dataset.memory_mb` are materialised as tensors, as the built-in datasets are; larger map-style splits
 stay where they are and stream through DataLoader workers (the run then uses `loader=dataloader`), the
-reason logged. `num_classes` defaults to the largest label + 1.
+reason logged; they are read once when built, for their labels and the digest of their content.
+`num_classes` defaults to the largest label + 1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
@@ -25,10 +27,11 @@ STATS_SAMPLES = 2048  # images of a streamed training split the normalisation st
 
 
 class Images(TorchDataset):
-    """The images of a map-style dataset of (image, label) items, read on demand."""
+    """The images of a map-style dataset of (image, label) items, read on demand; `digest` identifies the
+    content read when the split was built (the cache keys' data digest)."""
 
-    def __init__(self, items: TorchDataset):
-        self.items = items
+    def __init__(self, items: TorchDataset, digest: str):
+        self.items, self.digest = items, digest
 
     def __len__(self) -> int:
         return len(self.items)
@@ -101,11 +104,16 @@ def _materialise(split) -> Split:
 
 
 def _streamed(split) -> Split:
-    """The images stay in the map-style dataset; its labels are read once (its `targets`, when it has them)."""
-    labels = getattr(split, "targets", None)
-    if labels is None or len(labels) != len(split):
-        labels = [int(split[i][1]) for i in range(len(split))]
-    return Split(Images(split), torch.as_tensor(labels, dtype=torch.long))
+    """The images stay in the map-style dataset. Its items are read once, for the labels and a digest of the
+    whole content (images and labels): a teacher or logits cached for other data is never taken for it."""
+    content, labels = hashlib.sha256(), []
+    for i in range(len(split)):
+        image, label = split[i]
+        image = image.detach().cpu().contiguous()
+        content.update(f"{image.dtype}{tuple(image.shape)}{int(label)}".encode())
+        content.update(image.view(torch.uint8).numpy().tobytes())
+        labels.append(int(label))
+    return Split(Images(split, content.hexdigest()[:16]), torch.as_tensor(labels, dtype=torch.long))
 
 
 def _stats_sample(images) -> torch.Tensor:

@@ -84,6 +84,7 @@ class Method:
     params_type: ClassVar[type[Params]] = Params
     parts: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[str] = "logits"
+    checks_a_batch: ClassVar[bool] = False  # `check_on` the student's logits of one batch before training
 
     def __init__(self, params: Params, temperature: float, soft_loss: str):
         self.params, self.temperature, self.soft_loss = params, temperature, soft_loss
@@ -96,6 +97,9 @@ class Method:
         """Parameters the method trains with the student, shaped by one batch of both models' features
         (FitNets' regressors); None for most methods."""
         return None
+
+    def check_on(self, logits: Tensor, sample: Tensor) -> None:
+        """Refuse (one line) a method that cannot train on the student's `logits` for the batch `sample`."""
 
     def check_feature(self, key: str, name: str, feature: Tensor) -> None:
         """Refuse (one line) an activation of layer `name` the method would learn nothing from; `key` names

@@ -33,6 +33,7 @@ class Params(base.Params):
 class Custom(Method):
     params_type = Params
     parts = ("loss_custom",)
+    checks_a_batch = True  # the user's code: called once before any training
 
     def __init__(self, params: Params, temperature: float, soft_loss: str):
         super().__init__(params, temperature, soft_loss)

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 
 from kd_runner.errors import UserError
 from kd_runner.methods.base import Method, combine
-from kd_runner.methods.custom import Custom
 from kd_runner.methods.features import FeatureTap, default_layers, probe
 
 
@@ -154,7 +153,9 @@ def feature_taps(method: Method, student_layers, teacher_layers, student, teache
     return taps
 
 
-def check_custom(method: Method, student: nn.Module, sample: Tensor) -> None:
-    """distill=custom: its objective called once on the student's logits for `sample` (one line if unfit)."""
-    if isinstance(method, Custom):
+def check_on_batch(method: Method, student: nn.Module, data) -> None:
+    """A method that checks itself on one batch (distill=custom: the user's objective) gets the student's
+    logits for two validation images (one line if unfit)."""
+    if method.checks_a_batch:
+        sample = sample_batch(data)
         method.check_on(student(sample).float(), sample)

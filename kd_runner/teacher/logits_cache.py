@@ -35,13 +35,12 @@ CACHE_FORMAT = 1
 
 
 def data_digest(data: Dataset) -> str:
-    """Digest of what a network is fed: the images and labels of both splits and the normalisation.
-
-    Images streamed from a user's dataset (not a tensor) are not read for this: their labels stand in,
-    beside the dataset's config (its factory, arguments and source) that the keys hold too."""
+    """Digest of what a network is fed: the images and labels of both splits and the normalisation. Images
+    streamed from a user's dataset count by the digest of their content read when the split was built."""
     splits = (data.train.images, data.train.labels, data.val.images, data.val.labels)
     tensors = [t for t in splits if isinstance(t, torch.Tensor)]
-    return tensors_digest(tensors, {"mean": data.mean, "std": data.std, "streamed": len(tensors) < len(splits)})
+    streamed = [t.digest for t in splits if not isinstance(t, torch.Tensor)]
+    return tensors_digest(tensors, {"mean": data.mean, "std": data.std, "streamed": streamed})
 
 
 def weights_digest(model: nn.Module) -> str:
