@@ -210,3 +210,32 @@ def test_mlflow_server_gets_the_run_and_a_server_gone_only_warns(tmp_path, mlflo
     assert log.count("logger=mlflow failed") == 1, log
     record, metrics = read_run(tmp_path / "run2")
     assert record["status"] == "completed" and len(metrics.query("stage == 'student'")) == 10
+
+
+def _start_and_finish(store: str, name: str, run_dir: str) -> None:
+    from kd_runner.trackers import RunInfo
+    from kd_runner.trackers.mlflow_run import MlflowTracker
+
+    tracker = MlflowTracker(store)
+    tracker.start(RunInfo(Path(run_dir), "kd-runner", "race", name, {"alpha": 0.5}))
+    tracker.finish({"status": "completed", "metrics": {"student_acc": 0.5}})
+
+
+def test_parallel_jobs_create_one_local_mlflow_store_without_losing_a_run(tmp_path):
+    """Jobs that open a new local store at the same time (a joblib sweep) take turns creating its schema:
+    every run is there, and the store stays usable."""
+    import multiprocessing
+
+    store = str(tmp_path / "mlflow")
+    context = multiprocessing.get_context("spawn")
+    jobs = [context.Process(target=_start_and_finish, args=(store, str(i), str(tmp_path))) for i in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=240)
+    assert [job.exitcode for job in jobs] == [0, 0, 0]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kd-runner/race")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.info.run_name for run in runs) == ["0", "1", "2"]
+    assert all(run.info.status == "FINISHED" for run in runs)

@@ -4,11 +4,13 @@ and any plots as artifacts. A local store by default; logger.tracking_uri names 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
 
 from kd_runner.status import Status
+from kd_runner.store.files import file_lock
 from kd_runner.trackers import RunInfo
 
 BATCH = 100  # an MLflow server takes at most 100 params per request
@@ -27,6 +29,15 @@ def store_uri(tracking_uri: str) -> tuple[str, str | None]:
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
 
 
+def _store_lock(tracking_uri: str):
+    """A lock on a local store's folder while a client opens it: parallel jobs of a sweep (joblib) would
+    otherwise race on the SQLite schema's creation and leave the store broken for every later run. A
+    server serialises its clients itself."""
+    if "://" in tracking_uri:
+        return contextlib.nullcontext()
+    return file_lock(Path(tracking_uri).resolve() / "mlflow.db.lock")
+
+
 class MlflowTracker:
     def __init__(self, tracking_uri: str):
         self.tracking_uri = tracking_uri
@@ -38,10 +49,12 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a server gone: fail in seconds, not minutes
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         uri, artifacts = store_uri(self.tracking_uri)
-        self.client = MlflowClient(tracking_uri=uri)
         experiment = info.project if info.group is None else f"{info.project}/{info.group}"
+        with _store_lock(self.tracking_uri):  # a new local store migrates its schema: one process at a time
+            self.client = MlflowClient(tracking_uri=uri)
+            experiment_id = self._experiment_id(experiment, artifacts)
         tags = {"kd_runner.run_dir": str(info.run_dir), **({"kd_runner.sweep": info.group} if info.group else {})}
-        run = self.client.create_run(self._experiment_id(experiment, artifacts), run_name=info.name, tags=tags)
+        run = self.client.create_run(experiment_id, run_name=info.name, tags=tags)
         self.run_id, self.run_dir = run.info.run_id, info.run_dir
         params = [Param(key, str(value)) for key, value in info.params.items()]
         for i in range(0, len(params), BATCH):
