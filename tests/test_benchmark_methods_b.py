@@ -1,0 +1,161 @@
+"""VID and CRD against references written here from the papers' equations (float64, small fixed
+tensors, explicit loops where the equation is a sum), in value and gradient; the papers' identities; and what
+the trained state must keep (CRD's bank, its draws) so that a resume is exact."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kd_runner import methods
+from kd_runner.methods.crd import nce_loss
+
+
+def make(name: str, **params):
+    return methods.make(methods.params_type(name)(**params), 4.0, "kl")
+
+
+def grads(loss, *tensors):
+    return torch.autograd.grad(loss, tensors)
+
+
+def assert_same(ours, ref, inputs, ref_inputs):
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-6)
+    for g, rg in zip(grads(ours, *inputs), grads(ref, *ref_inputs)):
+        torch.testing.assert_close(g, rg, atol=1e-6, rtol=0)
+
+
+# VID
+
+
+def test_vid_is_the_gaussian_negative_log_likelihood_of_the_teachers_map_in_value_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    vid = make("vid")
+    student = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 5, 2, 2, generator=g, dtype=torch.float64)
+    module = vid.trainable([student], [teacher]).double()
+    with torch.no_grad():
+        module["log_scales"][0].copy_(torch.randn(5, generator=g, dtype=torch.float64))
+    ours = vid.terms([student], [teacher], None, None)["loss_vid"]
+
+    scale = module["log_scales"][0]
+    ref_student, ref_scale = student.detach().clone().requires_grad_(), scale.detach().clone().requires_grad_()
+    mean = module["regressors"][0](F.avg_pool2d(ref_student, 2))  # the larger map pooled to the smaller
+    var = torch.log(1 + torch.exp(ref_scale)) + 1e-5
+    normal = torch.distributions.Normal(mean, var.sqrt().view(1, 5, 1, 1))
+    ref = (-normal.log_prob(teacher) - 0.5 * math.log(2 * math.pi)).mean()
+    assert_same(ours, ref, (student, scale), (ref_student, ref_scale))
+
+
+def test_vid_starts_at_the_initial_variance_and_its_term_is_half_the_log_variance_at_a_perfect_mean():
+    vid = make("vid", init_pred_var=3.0)
+    fs, ft = torch.randn(2, 3, 2, 2), torch.randn(2, 4, 2, 2)
+    module = vid.trainable([fs], [ft])
+    var = F.softplus(module["log_scales"][0]) + 1e-5
+    torch.testing.assert_close(var, torch.full((4,), 3.0))
+    with torch.no_grad():
+        mean = module["regressors"][0](fs)
+    from kd_runner.methods.vid import vid_nll
+
+    assert vid_nll(mean, module["log_scales"][0], mean, 1e-5).item() == pytest.approx(0.5 * math.log(3.0), rel=1e-6)
+
+
+def test_vid_regressors_are_teacher_wide_and_train_and_the_teacher_is_detached():
+    vid = make("vid")
+    student, teacher = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 6, 4, 4, requires_grad=True)
+    module = vid.trainable([student, student], [teacher, teacher])
+    assert [c.out_channels for c in module["regressors"][0] if isinstance(c, torch.nn.Conv2d)] == [6, 6, 6]
+    loss = vid.terms([student, student], [teacher, teacher], None, None)["loss_vid"]
+    loss.backward()
+    assert teacher.grad is None and module["log_scales"][1].grad.abs().sum() > 0
+
+
+# CRD
+
+
+def reference_nce(anchor, rows, z, n_data, t):
+    """Tian et al. (2020), Eq. 18 with their normalised score: h(a, r) = e / (e + K N_noise), e = exp(<a, r> / T) / Z,
+    noise 1 / N; minus the mean over the batch of log h(positive) + sum of log(1 - h(negative))."""
+    k = rows.shape[1] - 1
+    total = 0
+    for i in range(len(anchor)):
+        for j in range(k + 1):
+            e = torch.exp(anchor[i] @ rows[i, j] / t) / z
+            h = e / (e + k / n_data)
+            total = total + (torch.log(h) if j == 0 else torch.log(1 - h))
+    return -total / len(anchor)
+
+
+def test_nce_loss_matches_the_papers_equation_in_value_and_gradient():
+    g = torch.Generator().manual_seed(1)
+    anchor = F.normalize(torch.randn(3, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    rows = F.normalize(torch.randn(3, 6, 4, generator=g, dtype=torch.float64), dim=2)
+    z, n = 7.5, 40
+    ours = nce_loss(torch.exp(torch.bmm(rows, anchor[:, :, None])[:, :, 0] / 0.07) / z, n)
+    ref_anchor = anchor.detach().clone().requires_grad_()
+    assert_same(ours, reference_nce(ref_anchor, rows, z, n, 0.07), (anchor,), (ref_anchor,))
+
+
+def crd_setup(n=12, k=5):
+    labels = torch.tensor([0, 1, 2] * (n // 3))
+    crd = make("crd", feat_dim=4, nce_k=k)
+    crd.attach(labels, [], [])
+    g = torch.Generator().manual_seed(2)
+    fs = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    ft = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    torch.manual_seed(3)
+    state = crd.trainable([fs[:2]], [ft[:2]]).double()
+    return crd, state, labels, fs, ft
+
+
+def test_a_crd_training_batch_is_the_two_sided_nce_on_the_banks_then_updates_them():
+    crd, state, labels, fs, ft = crd_setup()
+    drawn, draw = [], state.negatives
+    state.negatives = lambda idx: drawn.append(draw(idx)) or drawn[-1]
+    idx = torch.tensor([4, 0, 9])
+    before = copy.deepcopy(state)
+    student = fs[idx].clone().requires_grad_()
+    ours = crd.batch_terms([student], [ft[idx]], labels[idx], None, idx)["loss_crd"]
+
+    neg = drawn[0]
+    assert neg.shape == (3, 5) and (labels[neg] != labels[idx][:, None]).all()  # negatives of other classes
+    ref_student = student.detach().clone().requires_grad_()
+    v_s = F.normalize(before.embed_s(ref_student), dim=1)
+    v_t = F.normalize(before.embed_t(ft[idx]), dim=1)
+    rows = torch.cat([idx[:, None], neg], 1)
+    ref = 0
+    for anchor, bank in ((v_s, before.memory_t), (v_t, before.memory_s)):
+        z = torch.exp(torch.bmm(bank[rows], anchor.detach()[:, :, None]) / 0.07).mean() * 12  # Z of the first batch
+        ref = ref + reference_nce(anchor, bank[rows], z, 12, 0.07)
+    assert_same(ours, 0.8 * ref, (student,), (ref_student,))
+
+    m = 0.5  # the bank rows of the batch: the momentum average, renormalised; the others unchanged
+    torch.testing.assert_close(state.memory_s[idx], F.normalize(m * before.memory_s[idx] + (1 - m) * v_s, dim=1))
+    torch.testing.assert_close(state.memory_t[idx], F.normalize(m * before.memory_t[idx] + (1 - m) * v_t, dim=1))
+    others = torch.ones(12, dtype=torch.bool)
+    others[idx] = False
+    assert torch.equal(state.memory_s[others], before.memory_s[others])
+    assert (state.z > 0).all() and (before.z < 0).all()
+
+
+def test_crd_validation_changes_nothing_and_a_saved_state_resumes_the_same_draws_and_losses():
+    crd, state, labels, fs, ft = crd_setup()
+    crd.batch_terms([fs[:3]], [ft[:3]], labels[:3], None, torch.arange(3))
+    saved = copy.deepcopy(state.state_dict())
+    crd.terms([fs[5:8]], [ft[5:8]], None, None)
+    assert all(torch.equal(v, state.state_dict()[k]) for k, v in saved.items())
+    idx = torch.tensor([6, 2, 11])
+    first = crd.batch_terms([fs[idx]], [ft[idx]], labels[idx], None, idx)["loss_crd"]
+
+    resumed, state2, *_ = crd_setup()
+    state2.load_state_dict(saved)
+    again = resumed.batch_terms([fs[idx]], [ft[idx]], labels[idx], None, idx)["loss_crd"]
+    assert again.item() == first.item()
+    assert all(torch.equal(v, state.state_dict()[k]) for k, v in state2.state_dict().items())
+
+
+def test_crd_caps_its_negatives_at_the_training_set_size():
+    _, state, *_ = crd_setup(n=9, k=16384)
+    assert state.k == 9 and state.memory_s.shape == (9, 4)
