@@ -1,4 +1,4 @@
-"""VID and CRD against references written here from the papers' equations (float64, small fixed
+"""VID, CRD and OFD against references written here from the papers' equations (float64, small fixed
 tensors, explicit loops where the equation is a sum), in value and gradient; the papers' identities; and what
 the trained state must keep (CRD's bank, its draws) so that a resume is exact."""
 
@@ -159,3 +159,82 @@ def test_crd_validation_changes_nothing_and_a_saved_state_resumes_the_same_draws
 def test_crd_caps_its_negatives_at_the_training_set_size():
     _, state, *_ = crd_setup(n=9, k=16384)
     assert state.k == 9 and state.memory_s.shape == (9, 4)
+
+
+# OFD
+
+
+def reference_partial_l2(s, t, m):
+    """Heo et al. (2019), Eq. 3-4: T = max(t, m) per channel; d_p = sum over the entries of (T - S)^2 except
+    where S <= T <= 0; divided by the batch size."""
+    total = 0
+    n, c, h, w = s.shape
+    for i in range(n):
+        for j in range(c):
+            for y in range(h):
+                for x in range(w):
+                    target = torch.maximum(t[i, j, y, x], m[j])
+                    if not (s[i, j, y, x] <= target <= 0):
+                        total = total + (target - s[i, j, y, x]) ** 2
+    return total / n
+
+
+def test_ofd_partial_l2_matches_the_papers_equation_in_value_and_gradient():
+    from kd_runner.methods.ofd import partial_l2
+
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64)
+    m = torch.tensor([-0.5, -1.0, -0.2], dtype=torch.float64)
+    ref_s = s.detach().clone().requires_grad_()
+    assert_same(partial_l2(s, t, m.view(1, 3, 1, 1)), reference_partial_l2(ref_s, t, m), (s,), (ref_s,))
+
+
+def test_ofd_margin_is_the_expected_negative_preactivation_of_the_bn_and_minus_3_sigma_when_rare():
+    from kd_runner.methods.ofd import margin
+
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, -0.5, 0.2]))
+        bn.bias.copy_(torch.tensor([0.0, 0.3, 1.0]))  # channel 3: P(x < 0) = Phi(-5) < 0.001
+    ours = margin(bn, 3)
+    for c, (gamma, beta) in enumerate([(1.0, 0.0), (0.5, 0.3)]):  # E[x | x < 0] by numerical integration
+        x = torch.linspace(beta - 12 * gamma, 0, 200001, dtype=torch.float64)
+        density = torch.exp(-(((x - beta) / gamma) ** 2) / 2)
+        expected = torch.trapezoid(x * density, x) / torch.trapezoid(density, x)
+        assert ours[c].item() == pytest.approx(expected.item(), abs=1e-6)
+    assert ours[2].item() == pytest.approx(-0.6) and margin(None, 2).tolist() == pytest.approx([-0.797885] * 2)
+
+
+def test_ofd_margin_comes_from_the_last_bn_of_a_resnet_stage_outside_the_shortcut():
+    from kd_runner.methods.ofd import _bn_before_relu
+    from kd_runner.models.cifar_nets import CifarResNet
+
+    net = CifarResNet(8, (8, 8, 16, 32), 3, 10)  # one block a stage, the second and third with a shortcut
+    assert _bn_before_relu(net.layer2, 16) is net.layer2[-1].bn2  # mdistiller's get_bn_before_relu
+    assert _bn_before_relu(net.layer3, 32) is net.layer3[-1].bn2 and _bn_before_relu(net.layer3, 7) is None
+
+
+def test_ofd_connects_the_student_replaces_the_teachers_zeros_by_the_margin_and_halves_per_stage():
+    from kd_runner.methods.ofd import margin, partial_l2
+
+    g = torch.Generator().manual_seed(5)
+    student = [torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    teacher = [torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64).relu() for _ in range(2)]
+    bns = [torch.nn.BatchNorm2d(4), torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4))]
+    with torch.no_grad():
+        bns[1][1].weight.uniform_(0.5, 2.0, generator=g)
+        bns[1][1].bias.uniform_(-1.0, 1.0, generator=g)
+    ofd = make("ofd", weight_ofd=1.0)
+    ofd.attach(torch.zeros(4, dtype=torch.long), [], bns)
+    module = ofd.trainable(student, teacher).double()
+    torch.testing.assert_close(module.margin1, margin(bns[1][1], 4).double())
+    ours = ofd.terms(student, [t.requires_grad_() for t in teacher], None, None)["loss_ofd"]
+    expected = 0
+    for i, (connect, fs, ft) in enumerate(zip(module.connectors, student, teacher)):
+        m = getattr(module, f"margin{i}").view(1, 4, 1, 1)
+        expected = expected + partial_l2(connect(fs), torch.where(ft == 0, m, ft), m) / 2 ** (1 - i)
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-12)
+    ours.backward()
+    assert all(t.grad is None for t in teacher) and module.connectors[0][0].weight.grad.abs().sum() > 0
+

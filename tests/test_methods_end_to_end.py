@@ -12,7 +12,7 @@ from kd_runner import pipeline
 from kd_runner.errors import RunInterrupted
 from kd_runner.methods import METHODS
 
-TRAINED = ("fitnet", "vid", "crd")  # methods with parameters of their own, saved in distill.pt
+TRAINED = ("fitnet", "vid", "crd", "ofd")  # methods with parameters of their own, saved in distill.pt
 ARGS = ("experiment=smoke", "student=cnn", "student.width=8", "student.depth=2", "alpha=0.3")
 
 
@@ -21,7 +21,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("methods-cache")
 
 
-@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "vid", "crd"])
+@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "vid", "crd", "ofd"])
 def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch(method, cache, tmp_path):
     cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}")
     ref = pipeline.run(cfg, tmp_path / "ref")
@@ -88,6 +88,8 @@ def test_a_feature_layer_mistake_is_one_line_and_exit_2_before_the_teacher_train
         (["distill=kd", "distill.student_layers=[pool]"], "distill.student_layers"),
         (["distill=rkd", "teacher.ensemble=2"], "teacher.ensemble=2 is not allowed: 1 with distill=rkd"),
         (["distill=at", "compile=true"], "compile=True is not allowed: false with distill=at"),
+        (["distill=crd", "distill.nce_m=2"], "distill.nce_m=2.0 is not allowed: a number from 0 to 1"),
+        (["distill=vid", "distill.init_pred_var=0"], "distill.init_pred_var=0.0 is not allowed: a number >"),
     ],
 )
 def test_a_method_parameter_mistake_is_a_usage_error(args, words, capsys):

@@ -7,7 +7,7 @@ Adding a method: one file here with its `Params` and its `Method` subclass, its 
 
 from __future__ import annotations
 
-from kd_runner.methods import at, crd, custom, dist, dkd, fitnet, kd, rkd, vid
+from kd_runner.methods import at, crd, custom, dist, dkd, fitnet, kd, ofd, rkd, vid
 from kd_runner.methods.base import Method, Params, combine
 
 METHODS: dict[str, type[Method]] = {
@@ -19,6 +19,7 @@ METHODS: dict[str, type[Method]] = {
     "rkd": rkd.RKD,
     "crd": crd.CRD,
     "vid": vid.VID,
+    "ofd": ofd.OFD,
     "custom": custom.Custom,
 }
 PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))
