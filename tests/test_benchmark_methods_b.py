@@ -1,4 +1,4 @@
-"""VID, CRD and OFD against references written here from the papers' equations (float64, small fixed
+"""VID, CRD, OFD and ReviewKD against references written here from the papers' equations (float64, small fixed
 tensors, explicit loops where the equation is a sum), in value and gradient; the papers' identities; and what
 the trained state must keep (CRD's bank, its draws) so that a resume is exact."""
 
@@ -238,3 +238,66 @@ def test_ofd_connects_the_student_replaces_the_teachers_zeros_by_the_margin_and_
     ours.backward()
     assert all(t.grad is None for t in teacher) and module.connectors[0][0].weight.grad.abs().sum() > 0
 
+
+# ReviewKD
+
+
+def block_mean(f, size):
+    """Average over size x size equal blocks, written out (the map's side a multiple of size)."""
+    n, c, h, w = f.shape
+    return f.reshape(n, c, size, h // size, size, w // size).mean(dim=(3, 5))
+
+
+def reference_hcl(student, teacher):
+    """Chen et al. (2021), HCL: per level sum_k w_k MSE(P_k(S), P_k(T)) / sum_k w_k over the map itself (w 1) and
+    its pools to 4, 2, 1 smaller than it (w halving each time); summed over the levels."""
+    total = 0
+    for fs, ft in zip(student, teacher):
+        terms = [(1.0, ((fs - ft) ** 2).mean())]
+        for size in (4, 2, 1):
+            if size < fs.shape[2]:
+                terms.append((terms[-1][0] / 2, ((block_mean(fs, size) - block_mean(ft, size)) ** 2).mean()))
+        total = total + sum(w * v for w, v in terms) / sum(w for w, _ in terms)
+    return total
+
+
+def test_hcl_matches_the_papers_equation_in_value_and_gradient_and_a_constant_shift_costs_its_square():
+    from kd_runner.methods.reviewkd import hcl_loss
+
+    g = torch.Generator().manual_seed(6)
+    shapes = [(2, 3, 8, 8), (2, 4, 4, 4), (2, 5, 1, 1)]
+    student = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+    teacher = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+    ref_student = [s.detach().clone().requires_grad_() for s in student]
+    assert_same(hcl_loss(student, teacher), reference_hcl(ref_student, teacher), student, ref_student)
+    shifted = [t + 0.3 for t in teacher]  # every pooled difference is the same 0.3: each level costs 0.09
+    assert hcl_loss(shifted, teacher).item() == pytest.approx(3 * 0.09, abs=1e-12)
+
+
+def nearest(x, size):
+    """Nearest upsampling by an integer factor, written out."""
+    factor = size // x.shape[-1]
+    return x.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+
+
+def test_reviewkd_fuses_from_the_deepest_level_with_attention_and_matches_the_teachers_sizes():
+    g = torch.Generator().manual_seed(7)
+    student = [torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)]
+    teacher = [torch.randn(2, 6, 8, 8, generator=g, dtype=torch.float64)]
+    rkd = make("reviewkd", warmup=4)
+    abfs = rkd.trainable(student, teacher).double()
+    assert "att_conv" not in abfs[0] and "att_conv" in abfs[1]  # the deepest level (the pooled one) has no fusion
+    ours = rkd.terms(student, teacher, None, None)["loss_reviewkd"]
+
+    pooled_s, pooled_t = student[0].mean(dim=(2, 3), keepdim=True), teacher[0].mean(dim=(2, 3), keepdim=True)
+    deep = abfs[0]["conv1"](pooled_s)  # 1 x 1, already the teacher's pooled size
+    out_deep = abfs[0]["conv2"](deep)
+    x = abfs[1]["conv1"](student[0])
+    y = nearest(deep, 4)
+    z = abfs[1]["att_conv"](torch.cat([x, y], 1))
+    fused = nearest(x * z[:, 0:1] + y * z[:, 1:2], 8)  # the student's 4 x 4 brought to the teacher's 8 x 8
+    out = abfs[1]["conv2"](fused)
+    expected = 5.0 / 4 * reference_hcl([out, out_deep], [teacher[0], pooled_t])  # epoch 1 of a 4-epoch warm-up
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-12)
+    rkd.start_epoch(9)
+    assert rkd.terms(student, teacher, None, None)["loss_reviewkd"].item() == pytest.approx(4 * ours.item())

@@ -12,7 +12,7 @@ from kd_runner import pipeline
 from kd_runner.errors import RunInterrupted
 from kd_runner.methods import METHODS
 
-TRAINED = ("fitnet", "vid", "crd", "ofd")  # methods with parameters of their own, saved in distill.pt
+TRAINED = ("fitnet", "vid", "crd", "ofd", "reviewkd")  # methods with parameters of their own, saved in distill.pt
 ARGS = ("experiment=smoke", "student=cnn", "student.width=8", "student.depth=2", "alpha=0.3")
 
 
@@ -21,7 +21,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("methods-cache")
 
 
-@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "vid", "crd", "ofd"])
+@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "vid", "crd", "ofd", "reviewkd"])
 def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch(method, cache, tmp_path):
     cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}")
     ref = pipeline.run(cfg, tmp_path / "ref")

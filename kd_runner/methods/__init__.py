@@ -7,7 +7,7 @@ Adding a method: one file here with its `Params` and its `Method` subclass, its 
 
 from __future__ import annotations
 
-from kd_runner.methods import at, crd, custom, dist, dkd, fitnet, kd, ofd, rkd, vid
+from kd_runner.methods import at, crd, custom, dist, dkd, fitnet, kd, ofd, reviewkd, rkd, vid
 from kd_runner.methods.base import Method, Params, combine
 
 METHODS: dict[str, type[Method]] = {
@@ -20,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     "crd": crd.CRD,
     "vid": vid.VID,
     "ofd": ofd.OFD,
+    "reviewkd": reviewkd.ReviewKD,
     "custom": custom.Custom,
 }
 PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))
