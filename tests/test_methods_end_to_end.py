@@ -12,6 +12,7 @@ from kd_runner import pipeline
 from kd_runner.errors import RunInterrupted
 from kd_runner.methods import METHODS
 
+TRAINED = ("fitnet", "vid", "crd", "ofd", "reviewkd")  # methods with parameters of their own, saved in distill.pt
 ARGS = ("experiment=smoke", "student=cnn", "student.width=8", "student.depth=2", "alpha=0.3")
 
 
@@ -20,7 +21,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("methods-cache")
 
 
-@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd"])
+@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "vid", "crd", "ofd", "reviewkd"])
 def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch(method, cache, tmp_path):
     cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}")
     ref = pipeline.run(cfg, tmp_path / "ref")
@@ -30,7 +31,7 @@ def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch
     assert parts.notna().all().all() and (parts > 0).all().all()
     expected = 0.3 * student.loss_ce + 0.7 * parts.sum(axis=1)
     pd.testing.assert_series_equal(student.train_loss, expected, check_names=False, rtol=1e-5)
-    assert (tmp_path / "ref" / "distill.pt").exists() == (method == "fitnet")
+    assert (tmp_path / "ref" / "distill.pt").exists() == (method in TRAINED)
 
     with pytest.raises(RunInterrupted) as exc:  # teacher cached: 1 check at the start, then 23 batches an epoch
         pipeline.run(cfg, tmp_path / "run", stop=stop_after(30))
@@ -38,7 +39,7 @@ def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch
     resumed = pipeline.run(cfg, tmp_path / "run")
     assert resumed["metrics"] == ref["metrics"]
     pd.testing.assert_frame_equal(read_run(tmp_path / "run")[1], rows, check_exact=True)
-    if method == "fitnet":
+    if method in TRAINED:
         saved = [torch.load(p / "distill.pt", weights_only=True) for p in (tmp_path / "ref", tmp_path / "run")]
         assert saved[0].keys() == saved[1].keys() and all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
 
@@ -87,6 +88,8 @@ def test_a_feature_layer_mistake_is_one_line_and_exit_2_before_the_teacher_train
         (["distill=kd", "distill.student_layers=[pool]"], "distill.student_layers"),
         (["distill=rkd", "teacher.ensemble=2"], "teacher.ensemble=2 is not allowed: 1 with distill=rkd"),
         (["distill=at", "compile=true"], "compile=True is not allowed: false with distill=at"),
+        (["distill=crd", "distill.nce_m=2"], "distill.nce_m=2.0 is not allowed: a number from 0 to 1"),
+        (["distill=vid", "distill.init_pred_var=0"], "distill.init_pred_var=0.0 is not allowed: a number >"),
     ],
 )
 def test_a_method_parameter_mistake_is_a_usage_error(args, words, capsys):

@@ -78,8 +78,9 @@ class FeatureParams(Params):
 
 class Method:
     """A method's soft terms. `needs`: what it reads from both models, "logits", "maps" (N x C x H x W
-    activations) or "embedding" (one flattened layer). `parts`: the names of its terms (metrics.csv columns).
-    One instance serves one run: `start_epoch` tells it the epoch being trained (1-based)."""
+    activations), "stages" (maps, by default one per stage of each model) or "embedding" (one flattened
+    layer). `parts`: the names of its terms (metrics.csv columns). One instance serves one run: `start_epoch`
+    tells it the epoch being trained (1-based)."""
 
     params_type: ClassVar[type[Params]] = Params
     parts: ClassVar[tuple[str, ...]] = ()
@@ -89,6 +90,13 @@ class Method:
     def __init__(self, params: Params, temperature: float, soft_loss: str):
         self.params, self.temperature, self.soft_loss = params, temperature, soft_loss
         self.epoch = 1
+        self.train_labels: Tensor | None = None  # set by `attach`
+        self.layers: tuple[list[nn.Module], list[nn.Module]] = ([], [])
+
+    def attach(self, train_labels: Tensor, student_layers: list, teacher_layers: list) -> None:
+        """Before `trainable`: the labels of the training split that a batch's `idx` indexes (CRD keeps a row per
+        sample) and the hooked modules of both models (OFD reads the teacher's BatchNorm)."""
+        self.train_labels, self.layers = train_labels, (list(student_layers), list(teacher_layers))
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -109,6 +117,11 @@ class Method:
         """The method's parts on one batch: logits (N x C) or lists of features of both models. `inputs`: the
         normalised batch (None on the whole validation split); `labels` None on unlabeled data."""
         raise NotImplementedError
+
+    def batch_terms(self, student, teacher, labels: Tensor | None, inputs: Tensor, idx: Tensor) -> dict[str, Tensor]:
+        """The parts on a training batch whose samples are rows `idx` of the training split; `terms` unless the
+        method keeps a state per sample (CRD's memory bank), which only training batches update."""
+        return self.terms(student, teacher, labels, inputs)
 
 
 def combine(alpha: float, parts: dict[str, Tensor]) -> Tensor:

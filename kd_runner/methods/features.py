@@ -21,6 +21,7 @@ class FeatureTap:
                 known = ", ".join(n for n in modules if n)
                 raise UserError(f"{key}: the model has no layer {name!r}; its layers: {known}")
         self.names, self.flat, self.outputs = list(names), flat, {}
+        self.modules = [modules[n] for n in names]
         self.handles = [modules[n].register_forward_hook(self._keeper(n)) for n in names]
 
     def _keeper(self, name: str):
@@ -53,6 +54,18 @@ def default_layers(model: nn.Module, sample: Tensor, embedding: bool, key: str) 
     if not maps:
         raise UserError(f"{key}: the model has no top-level layer that outputs a feature map; name one")
     return [maps[-1]]
+
+
+def stage_layers(model: nn.Module, sample: Tensor, key: str) -> list[str]:
+    """The stages of a model, for methods that read several maps (VID, OFD, ReviewKD): among its top-level
+    children whose output is a map with H*W > 1, the last one to run at each spatial size (the CIFAR ResNets:
+    layer1, layer2, layer3; `cnn`: features)."""
+    sizes = [(name, tuple(out.shape[-2:])) for name, out in _run_order(model, sample) if out.dim() == 4]
+    sizes = [(name, size) for name, size in sizes if size[0] * size[1] > 1]
+    stages = [name for i, (name, size) in enumerate(sizes) if i + 1 == len(sizes) or sizes[i + 1][1] != size]
+    if not stages:
+        raise UserError(f"{key}: the model has no top-level layer that outputs a feature map; name its stages")
+    return stages
 
 
 def _run_order(model: nn.Module, sample: Tensor) -> list[tuple[str, Tensor]]:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from kd_runner.errors import UserError
 from kd_runner.methods.base import Method, combine
-from kd_runner.methods.features import FeatureTap, default_layers, probe
+from kd_runner.methods.features import FeatureTap, default_layers, probe, stage_layers
 
 
 class MethodState(nn.Module):
@@ -61,17 +61,21 @@ class Objective:
         self.val_batch = val_batch  # feature terms on validation: batch means over batches of this size
 
     def __call__(self, logits: Tensor, idx: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
-        parts = self.parts(logits, labels, lambda: self._teacher_side(idx, inputs), inputs)
+        parts = self.parts(logits, labels, lambda: self._teacher_side(idx, inputs), inputs, idx)
         self.state.tally(parts, len(idx))
         return combine(self.alpha, parts)
 
-    def parts(self, logits: Tensor, labels, teacher, inputs) -> dict[str, Tensor]:
+    def parts(self, logits: Tensor, labels, teacher, inputs, idx: Tensor | None = None) -> dict[str, Tensor]:
         """loss_ce (alpha > 0) and the method's terms (alpha < 1) on one batch; `teacher()` gives the teacher's
-        side (logits, or both models' features) only when a term needs it."""
+        side (logits, or both models' features) only when a term needs it; `idx`: the training batch's rows
+        (None on validation)."""
         parts = {"loss_ce": F.cross_entropy(logits.float(), labels)} if self.alpha > 0 else {}
         if self.alpha < 1:
             student, teacher_side = (logits, teacher()) if self.taps is None else teacher()
-            parts.update(self.method.terms(student, teacher_side, labels, inputs))
+            if idx is None:
+                parts.update(self.method.terms(student, teacher_side, labels, inputs))
+            else:
+                parts.update(self.method.batch_terms(student, teacher_side, labels, inputs, idx))
         return parts
 
     def _teacher_side(self, idx: Tensor, inputs: Tensor):
@@ -118,6 +122,7 @@ def build(method: Method, alpha: float, student: nn.Module, targets, data, batch
         return Distilled(student, state.to(data.device)), Objective(method, alpha, state, targets, None, batch_size)
     p = method.params
     taps = feature_taps(method, p.student_layers, p.teacher_layers, student, targets.teacher, sample_batch(data))
+    method.attach(data.train.labels, taps[0].modules, taps[1].modules)
     trainable = method.trainable(taps[0].features(), taps[1].features())  # the shapes of feature_taps' probe
     state = data.compute.prepare(MethodState(method, trainable))
     return Distilled(student, state), Objective(method, alpha, state, targets, taps, batch_size)
@@ -132,8 +137,11 @@ def feature_taps(method: Method, student_layers, teacher_layers, student, teache
     """Hooks on the configured (or default) layers of both models; one line for a layer that is not
     there, a count that differs, or activations of the wrong shape for the method."""
     embedding = method.needs == "embedding"
-    s_names = student_layers or default_layers(student, sample, embedding, "distill.student_layers")
-    t_names = teacher_layers or default_layers(teacher, sample, embedding, "distill.teacher_layers")
+    s_names = student_layers or _default_layers(method, student, sample, "distill.student_layers")
+    t_names = teacher_layers or _default_layers(method, teacher, sample, "distill.teacher_layers")
+    if method.needs == "stages" and not student_layers and not teacher_layers:
+        n = min(len(s_names), len(t_names))  # the deepest stages pair up (mdistiller's _align_list)
+        s_names, t_names = s_names[-n:], t_names[-n:]
     if len(s_names) != len(t_names) or (embedding and len(s_names) != 1):
         allowed = "one layer each" if embedding else "the same number of layers"
         raise UserError(f"distill.student_layers: {s_names} against distill.teacher_layers {t_names}; {allowed}")
@@ -151,6 +159,12 @@ def feature_taps(method: Method, student_layers, teacher_layers, student, teache
                 )
             method.check_feature(f"distill.{key}_layers", name, f)
     return taps
+
+
+def _default_layers(method: Method, model: nn.Module, sample: Tensor, key: str) -> list[str]:
+    if method.needs == "stages":
+        return stage_layers(model, sample, key)
+    return default_layers(model, sample, method.needs == "embedding", key)
 
 
 def check_on_batch(method: Method, student: nn.Module, data) -> None:
