@@ -4,6 +4,7 @@ small tensors, explicit loops) in value and gradient, and the identities each pa
 import pytest
 import torch
 
+from kd_runner.methods.pkt import pkt_loss
 from kd_runner.methods.sp import similarity_loss
 
 
@@ -45,3 +46,29 @@ def test_sp_is_zero_on_the_teachers_map_and_blind_to_its_scale_and_a_second_pair
     assert similarity_loss([7.0 * fs], [ft]).item() == pytest.approx(similarity_loss([fs], [ft]).item(), rel=1e-12)
     pair = similarity_loss([fs], [ft])
     assert similarity_loss([fs, fs], [ft, ft]).item() == pytest.approx(2 * pair.item(), rel=1e-12)
+
+
+def reference_pkt(s, t, eps=1e-7):
+    """Passalis & Tefas (2018): K = (cos + 1) / 2, p_{j|i} = K_ij / sum_k K_ik, KL(t || s), mean over i, j."""
+    b = len(s)
+
+    def probabilities(e):
+        unit = [e[i] / (sum(e[i, d] ** 2 for d in range(e.shape[1])).sqrt() + eps) for i in range(b)]
+        k = [[(sum(unit[i] * unit[j]) + 1) / 2 for j in range(b)] for i in range(b)]
+        return [[k[i][j] / sum(k[i]) for j in range(b)] for i in range(b)]
+
+    ps, pt = probabilities(s), probabilities(t)
+    return sum(pt[i][j] * ((pt[i][j] + eps) / (ps[i][j] + eps)).log() for i in range(b) for j in range(b)) / b**2
+
+
+def test_pkt_matches_the_papers_equations_in_value_and_gradient():
+    s, t = randn(5, 3, seed=4), randn(5, 6, seed=5, scale=3.0)  # embeddings of different widths
+    assert_same_value_and_gradient(pkt_loss, reference_pkt, s, t)
+
+
+def test_pkt_is_zero_on_the_teachers_embedding_and_blind_to_each_samples_scale():
+    t, s = randn(5, 4, seed=6), randn(5, 4, seed=7)
+    assert pkt_loss(t.clone(), t).item() == pytest.approx(0, abs=1e-12)
+    rescaled = s * torch.tensor([[1.0], [2.0], [0.5], [3.0], [10.0]], dtype=torch.float64)
+    assert pkt_loss(rescaled, t).item() == pytest.approx(pkt_loss(s, t).item(), rel=1e-6)
+    assert pkt_loss(s, t).item() > 0

@@ -7,7 +7,7 @@ Adding a method: one file here with its `Params` and its `Method` subclass, its 
 
 from __future__ import annotations
 
-from kd_runner.methods import at, custom, dist, dkd, fitnet, kd, rkd, sp
+from kd_runner.methods import at, custom, dist, dkd, fitnet, kd, pkt, rkd, sp
 from kd_runner.methods.base import Method, Params, combine
 
 METHODS: dict[str, type[Method]] = {
@@ -18,6 +18,7 @@ METHODS: dict[str, type[Method]] = {
     "at": at.AT,
     "rkd": rkd.RKD,
     "sp": sp.SP,
+    "pkt": pkt.PKT,
     "custom": custom.Custom,
 }
 PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))
