@@ -4,6 +4,7 @@ small tensors, explicit loops) in value and gradient, and the identities each pa
 import pytest
 import torch
 
+from kd_runner.methods.nst import nst_loss
 from kd_runner.methods.pkt import pkt_loss
 from kd_runner.methods.sp import similarity_loss
 
@@ -72,3 +73,37 @@ def test_pkt_is_zero_on_the_teachers_embedding_and_blind_to_each_samples_scale()
     rescaled = s * torch.tensor([[1.0], [2.0], [0.5], [3.0], [10.0]], dtype=torch.float64)
     assert pkt_loss(rescaled, t).item() == pytest.approx(pkt_loss(s, t).item(), rel=1e-6)
     assert pkt_loss(s, t).item() > 0
+
+
+def reference_nst(fs, ft):
+    """Huang & Wang (2017), Eq. 6 with k(x, y) = (x^T y)^2 on the L2-normalised channel patterns, per sample
+    1/Ct^2 sum k(t, t') + 1/Cs^2 sum k(s, s') - 2/(Cs Ct) sum k(s, t), averaged over the batch."""
+
+    def patterns(f):
+        return [[f[n, c].flatten() / f[n, c].flatten().norm() for c in range(f.shape[1])] for n in range(len(f))]
+
+    def mean_kernel(a, b):
+        return sum((x @ y) ** 2 for x in a for y in b) / (len(a) * len(b))
+
+    ps, pt = patterns(fs), patterns(ft)
+    per_sample = [mean_kernel(t, t) + mean_kernel(s, s) - 2 * mean_kernel(s, t) for s, t in zip(ps, pt)]
+    return sum(per_sample) / len(per_sample)
+
+
+def test_nst_matches_the_papers_mmd_in_value_and_gradient_the_larger_map_pooled():
+    fs, ft = randn(2, 3, 4, 4, seed=8), randn(2, 5, 2, 2, seed=9)
+    pooled = fs.view(2, 3, 2, 2, 2, 2).mean(dim=(3, 5))  # 2x2 average pooling written out
+
+    def reference(s, t):
+        return reference_nst(s.view(2, 3, 2, 2, 2, 2).mean(dim=(3, 5)), t)
+
+    assert_same_value_and_gradient(lambda s, t: nst_loss([s], [t]), reference, fs, ft)
+    assert nst_loss([fs], [ft]).item() == pytest.approx(reference_nst(pooled, ft).item(), abs=1e-12)
+
+
+def test_nst_is_zero_for_the_same_distribution_of_channel_patterns():
+    ft = randn(2, 4, 3, 3, seed=10)
+    assert nst_loss([ft.clone()], [ft]).item() == pytest.approx(0, abs=1e-12)
+    shuffled_scaled_twice = torch.cat([ft[:, [2, 0, 3, 1]], 5.0 * ft], dim=1)  # same patterns, any order and scale
+    assert nst_loss([shuffled_scaled_twice], [ft]).item() == pytest.approx(0, abs=1e-12)
+    assert nst_loss([randn(2, 4, 3, 3, seed=11)], [ft]).item() > 0

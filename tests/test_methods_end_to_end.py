@@ -20,7 +20,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("methods-cache")
 
 
-@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "sp", "pkt"])
+@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "sp", "pkt", "nst"])
 def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch(method, cache, tmp_path):
     cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}")
     ref = pipeline.run(cfg, tmp_path / "ref")

@@ -7,7 +7,7 @@ Adding a method: one file here with its `Params` and its `Method` subclass, its 
 
 from __future__ import annotations
 
-from kd_runner.methods import at, custom, dist, dkd, fitnet, kd, pkt, rkd, sp
+from kd_runner.methods import at, custom, dist, dkd, fitnet, kd, nst, pkt, rkd, sp
 from kd_runner.methods.base import Method, Params, combine
 
 METHODS: dict[str, type[Method]] = {
@@ -19,6 +19,7 @@ METHODS: dict[str, type[Method]] = {
     "rkd": rkd.RKD,
     "sp": sp.SP,
     "pkt": pkt.PKT,
+    "nst": nst.NST,
     "custom": custom.Custom,
 }
 PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))
