@@ -4,6 +4,8 @@ small tensors, explicit loops) in value and gradient, and the identities each pa
 import pytest
 import torch
 
+from kd_runner import methods
+from kd_runner.methods.cc import correlation_loss
 from kd_runner.methods.nst import nst_loss
 from kd_runner.methods.pkt import pkt_loss
 from kd_runner.methods.sp import similarity_loss
@@ -107,3 +109,30 @@ def test_nst_is_zero_for_the_same_distribution_of_channel_patterns():
     shuffled_scaled_twice = torch.cat([ft[:, [2, 0, 3, 1]], 5.0 * ft], dim=1)  # same patterns, any order and scale
     assert nst_loss([shuffled_scaled_twice], [ft]).item() == pytest.approx(0, abs=1e-12)
     assert nst_loss([randn(2, 4, 3, 3, seed=11)], [ft]).item() > 0
+
+
+def reference_cc(s, t):
+    """RepDistiller's Correlation (the CC authors' code): (1 / (b - 1)) sum_i sum_d |Δ_i,d| |Δ_i+1,d|, Δ = s - t."""
+    b, dims = s.shape
+    return sum(abs(s[i, d] - t[i, d]) * abs(s[i + 1, d] - t[i + 1, d]) for i in range(b - 1) for d in range(dims)) / (
+        b - 1
+    )
+
+
+def test_cc_matches_the_reference_code_in_value_and_gradient_and_is_zero_when_the_heads_agree():
+    s, t = randn(5, 4, seed=12), randn(5, 4, seed=13)
+    assert_same_value_and_gradient(correlation_loss, reference_cc, s, t)
+    assert correlation_loss(t.clone(), t).item() == 0
+    assert correlation_loss(t + 1.0, t).item() == pytest.approx(4.0)  # |Δ| = 1 everywhere: 4 dims per pair
+
+
+def test_cc_trains_a_head_for_each_model_and_nothing_flows_to_the_teachers_features():
+    cc = methods.make(methods.params_type("cc")(weight=1.0, embed_dim=3), 4.0, "kl")
+    s, t = randn(4, 6, seed=14).requires_grad_(), randn(4, 5, seed=15).requires_grad_()
+    head_s, head_t = cc.trainable([s], [t]).double()
+    assert (head_s.in_features, head_s.out_features, head_t.in_features, head_t.out_features) == (6, 3, 5, 3)
+    loss = cc.terms([s], [t], None, None)["loss_cc"]
+    assert loss.item() == pytest.approx(reference_cc(head_s(s), head_t(t)).item(), abs=1e-12)
+    loss.backward()
+    assert s.grad.abs().sum() > 0 and head_s.weight.grad.abs().sum() > 0 and head_t.weight.grad.abs().sum() > 0
+    assert t.grad is None

@@ -7,7 +7,7 @@ Adding a method: one file here with its `Params` and its `Method` subclass, its 
 
 from __future__ import annotations
 
-from kd_runner.methods import at, custom, dist, dkd, fitnet, kd, nst, pkt, rkd, sp
+from kd_runner.methods import at, cc, custom, dist, dkd, fitnet, kd, nst, pkt, rkd, sp
 from kd_runner.methods.base import Method, Params, combine
 
 METHODS: dict[str, type[Method]] = {
@@ -20,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     "sp": sp.SP,
     "pkt": pkt.PKT,
     "nst": nst.NST,
+    "cc": cc.CC,
     "custom": custom.Custom,
 }
 PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))
