@@ -3,9 +3,12 @@ small tensors, explicit loops) in value and gradient, and the identities each pa
 
 import pytest
 import torch
+from helpers import compose_config
 
 from kd_runner import methods
+from kd_runner.errors import UserError
 from kd_runner.methods.cc import correlation_loss
+from kd_runner.methods.kdsvd import kdsvd_loss
 from kd_runner.methods.nst import nst_loss
 from kd_runner.methods.pkt import pkt_loss
 from kd_runner.methods.sp import similarity_loss
@@ -136,3 +139,86 @@ def test_cc_trains_a_head_for_each_model_and_nothing_flows_to_the_teachers_featu
     loss.backward()
     assert s.grad.abs().sum() > 0 and head_s.weight.grad.abs().sum() > 0 and head_t.weight.grad.abs().sum() > 0
     assert t.grad is None
+
+
+def reference_kdsvd(student, teacher, k):
+    """Lee et al. (2018) as RepDistiller computes it, written per sample with the right singular vectors as the
+    eigenvectors of X^T X (X: the HW x C map) and the singular values as the roots of its eigenvalues."""
+
+    def top(f, n):
+        x = f.reshape(f.shape[0], -1).T
+        values, vectors = torch.linalg.eigh(x.T @ x)
+        s = values.flip(0)[:n].clamp(min=0).sqrt()
+        return vectors.flip(1)[:, :n], s / s.norm()
+
+    def signed(v):
+        return torch.stack([v[:, j] * v[v[:, j].abs().argmax(), j].sign() for j in range(v.shape[1])], 1)
+
+    def aligned(v_s, v_t):
+        columns = []
+        for j in range(v_t.shape[1]):
+            cosines = [v_s[:, i] @ v_t[:, j] for i in range(v_s.shape[1])]
+            best = max(range(len(cosines)), key=lambda i: abs(cosines[i].item()))
+            columns.append(cosines[best].sign() * v_s[:, best])
+        return torch.stack(columns, 1)
+
+    def rbf(a, b):
+        return [
+            [[(-((a[c, j] - b[d, j]) ** 2) / 8).exp() for j in range(k)] for d in range(len(b))] for c in range(len(a))
+        ]
+
+    total = 0
+    for n in range(len(student[0])):
+        previous = None
+        for fs, ft in zip(student, teacher):
+            v_t, s_t = top(ft[n], k)
+            v_t = signed(v_t) * s_t
+            v_s = aligned(top(fs[n], k + 3)[0], signed(top(ft[n], k)[0])) * s_t
+            if previous is not None:
+                r_s, r_t = rbf(v_s, previous[0]), rbf(v_t, previous[1])
+                total = total + sum(
+                    (r_s[c][d][j] - r_t[c][d][j]) ** 2
+                    for c in range(len(r_s))
+                    for d in range(len(r_s[0]))
+                    for j in range(k)
+                )
+            previous = v_s, v_t
+    return total / len(student[0])
+
+
+MAPS = [randn(2, 5, 3, 3, seed=16), randn(2, 4, 3, 3, seed=17)]  # two layers: 5 then 4 channels, 9 positions
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_kdsvd_matches_the_reference_in_value_and_gradient(k):
+    teacher = [randn(2, 5, 3, 3, seed=18), randn(2, 4, 3, 3, seed=19)]
+
+    def ours(first, second, teacher):
+        return kdsvd_loss([first, second], teacher, k)
+
+    def reference(first, second, teacher):
+        return reference_kdsvd([first, second], teacher, k)
+
+    assert_same_value_and_gradient(ours, reference, MAPS[0], MAPS[1], teacher)
+    second = MAPS[1].clone().requires_grad_()
+    (grad,) = torch.autograd.grad(kdsvd_loss([MAPS[0], second], teacher, k), second)
+    (ref_grad,) = torch.autograd.grad(reference_kdsvd([MAPS[0], second], teacher, k), second)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-6, rtol=0)
+
+
+def test_kdsvd_is_zero_on_the_teachers_maps_and_blind_to_scale_and_to_the_order_of_positions():
+    teacher = [randn(2, 5, 3, 3, seed=20), randn(2, 4, 3, 3, seed=21)]
+    assert kdsvd_loss([f.clone() for f in teacher], teacher, 1).item() == pytest.approx(0, abs=1e-12)
+    loss = kdsvd_loss(MAPS, teacher, 1).item()
+    assert loss > 0
+    moved = [3.0 * MAPS[0].flip(-1), MAPS[1].transpose(-1, -2)]  # the same HW x C rows, reordered and scaled
+    assert kdsvd_loss(moved, teacher, 1).item() == pytest.approx(loss, rel=1e-9)
+
+
+def test_kdsvd_refuses_one_layer_and_layers_of_different_widths_in_one_line():
+    with pytest.raises(UserError, match="two or more layers"):
+        compose_config("experiment=smoke", "student=cnn", "distill=kdsvd")
+    kdsvd = methods.make(methods.params_type("kdsvd")(), 4.0, "kl")
+    with pytest.raises(UserError, match="layer pair 1 has 4 student and 6 teacher channels") as exc:
+        kdsvd.terms(MAPS, [MAPS[0], randn(2, 6, 3, 3, seed=22)], None, None)
+    assert "\n" not in str(exc.value)

@@ -13,6 +13,8 @@ from kd_runner.errors import RunInterrupted
 from kd_runner.methods import METHODS, Method
 
 ARGS = ("experiment=smoke", "student=cnn", "student.width=8", "student.depth=2", "alpha=0.3")
+# kdsvd relates consecutive layers of equal widths: two layers of a student as wide as the teacher
+LAYERS = {"kdsvd": ("student.width=16", *(f"distill.{m}_layers=[features.2,features]" for m in ("student", "teacher")))}
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +22,9 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("methods-cache")
 
 
-@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "sp", "pkt", "nst", "cc"])
+@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "sp", "pkt", "nst", "cc", "kdsvd"])
 def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch(method, cache, tmp_path):
-    cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}")
+    cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}", *LAYERS.get(method, ()))
     ref = pipeline.run(cfg, tmp_path / "ref")
     _, rows = read_run(tmp_path / "ref")
     student = rows[rows.stage == "student"]

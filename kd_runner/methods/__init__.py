@@ -7,7 +7,7 @@ Adding a method: one file here with its `Params` and its `Method` subclass, its 
 
 from __future__ import annotations
 
-from kd_runner.methods import at, cc, custom, dist, dkd, fitnet, kd, nst, pkt, rkd, sp
+from kd_runner.methods import at, cc, custom, dist, dkd, fitnet, kd, kdsvd, nst, pkt, rkd, sp
 from kd_runner.methods.base import Method, Params, combine
 
 METHODS: dict[str, type[Method]] = {
@@ -21,6 +21,7 @@ METHODS: dict[str, type[Method]] = {
     "pkt": pkt.PKT,
     "nst": nst.NST,
     "cc": cc.CC,
+    "kdsvd": kdsvd.KDSVD,
     "custom": custom.Custom,
 }
 PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))
