@@ -10,10 +10,11 @@ from test_resume import stop_after
 
 from kd_runner import pipeline
 from kd_runner.errors import RunInterrupted
-from kd_runner.methods import METHODS
+from kd_runner.methods import METHODS, Method
 
-TRAINED = ("fitnet", "vid", "crd", "ofd", "reviewkd")  # methods with parameters of their own, saved in distill.pt
 ARGS = ("experiment=smoke", "student=cnn", "student.width=8", "student.depth=2", "alpha=0.3")
+# kdsvd relates consecutive layers of equal widths: two layers of a student as wide as the teacher
+LAYERS = {"kdsvd": ("student.width=16", *(f"distill.{m}_layers=[features.2,features]" for m in ("student", "teacher")))}
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +22,12 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("methods-cache")
 
 
-@pytest.mark.parametrize("method", ["dkd", "dist", "fitnet", "at", "rkd", "vid", "crd", "ofd", "reviewkd"])
+@pytest.mark.parametrize(
+    "method",
+    ["dkd", "dist", "fitnet", "at", "rkd", "vid", "crd", "ofd", "reviewkd", "sp", "pkt", "nst", "cc", "kdsvd"],
+)
 def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch(method, cache, tmp_path):
-    cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}")
+    cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}", *LAYERS.get(method, ()))
     ref = pipeline.run(cfg, tmp_path / "ref")
     _, rows = read_run(tmp_path / "ref")
     student = rows[rows.stage == "student"]
@@ -31,7 +35,8 @@ def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch
     assert parts.notna().all().all() and (parts > 0).all().all()
     expected = 0.3 * student.loss_ce + 0.7 * parts.sum(axis=1)
     pd.testing.assert_series_equal(student.train_loss, expected, check_names=False, rtol=1e-5)
-    assert (tmp_path / "ref" / "distill.pt").exists() == (method in TRAINED)
+    trains = METHODS[method].trainable is not Method.trainable  # the method has parameters of its own
+    assert (tmp_path / "ref" / "distill.pt").exists() == trains
 
     with pytest.raises(RunInterrupted) as exc:  # teacher cached: 1 check at the start, then 23 batches an epoch
         pipeline.run(cfg, tmp_path / "run", stop=stop_after(30))
@@ -39,7 +44,7 @@ def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch
     resumed = pipeline.run(cfg, tmp_path / "run")
     assert resumed["metrics"] == ref["metrics"]
     pd.testing.assert_frame_equal(read_run(tmp_path / "run")[1], rows, check_exact=True)
-    if method in TRAINED:
+    if trains:
         saved = [torch.load(p / "distill.pt", weights_only=True) for p in (tmp_path / "ref", tmp_path / "run")]
         assert saved[0].keys() == saved[1].keys() and all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
 

@@ -7,7 +7,7 @@ Adding a method: one file here with its `Params` and its `Method` subclass, its 
 
 from __future__ import annotations
 
-from kd_runner.methods import at, crd, custom, dist, dkd, fitnet, kd, ofd, reviewkd, rkd, vid
+from kd_runner.methods import at, cc, crd, custom, dist, dkd, fitnet, kd, kdsvd, nst, ofd, pkt, reviewkd, rkd, sp, vid
 from kd_runner.methods.base import Method, Params, combine
 
 METHODS: dict[str, type[Method]] = {
@@ -21,6 +21,11 @@ METHODS: dict[str, type[Method]] = {
     "vid": vid.VID,
     "ofd": ofd.OFD,
     "reviewkd": reviewkd.ReviewKD,
+    "sp": sp.SP,
+    "pkt": pkt.PKT,
+    "nst": nst.NST,
+    "cc": cc.CC,
+    "kdsvd": kdsvd.KDSVD,
     "custom": custom.Custom,
 }
 PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))
