@@ -106,10 +106,18 @@ def test_kd_bench_times_a_sweep(tmp_path):
     assert f"{sweep['speedup']:.2f}" in stdout
 
 
-def test_unknown_workload_is_a_usage_error(tmp_path):
-    proc = subprocess.run([KD_BENCH, "--workloads", "imagenet"], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "unknown workload(s) imagenet; known: digits, resnet32, resnet32-aug, resnet224" in proc.stderr
+def bench_usage_error(args: list[str], capsys) -> tuple[str, str]:
+    """kd-bench ARGS in-process, expecting argparse's usage error: exit 2; its stdout and stderr."""
+    with pytest.raises(SystemExit) as exc:
+        bench.main(args)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_unknown_workload_is_a_usage_error(capsys):
+    _, err = bench_usage_error(["--workloads", "imagenet"], capsys)
+    assert "unknown workload(s) imagenet; known: digits, resnet32, resnet32-aug, resnet224" in err
 
 
 @pytest.mark.parametrize(
@@ -121,8 +129,9 @@ def test_unknown_workload_is_a_usage_error(tmp_path):
     ]
     + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "device='cuda' is not available on this machine")]),
 )
-def test_bad_arguments_are_one_line_before_any_work(tmp_path, args, message):
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, message):
     (tmp_path / "afile").write_text("a file, not a folder")
-    proc = subprocess.run([KD_BENCH, *args], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 2 and message in proc.stderr
-    assert "Traceback" not in proc.stderr and "kd-bench on" not in proc.stdout
+    monkeypatch.chdir(tmp_path)
+    out, err = bench_usage_error(args, capsys)
+    assert err.strip().splitlines()[-1].startswith("kd-bench: error: ") and message in err
+    assert "kd-bench on" not in out

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 
 import torch
-from helpers import kd_run, read_run
+from helpers import compose_config, read_run
+from torch.nn.modules.module import register_module_forward_hook
 
+from kd_runner import pipeline
 from kd_runner.runtime.compute import Compute
 
 
@@ -24,10 +26,29 @@ def test_the_switch_turns_deterministic_algorithms_on_and_off(monkeypatch):
         torch.use_deterministic_algorithms(False)
 
 
-def test_a_deterministic_cpu_run_completes_and_records_it(tmp_path):
-    kd_run(
-        "experiment=smoke", "deterministic=true", "hydra.run.dir=run", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path
-    )
+def forward_passes_under(overrides: list[str], run_dir) -> tuple[dict, list[bool]]:
+    """Run the config in-process; for every module's forward pass of the run, whether torch's
+    deterministic algorithms were on."""
+    seen = []
+    hook = register_module_forward_hook(lambda *_: seen.append(torch.are_deterministic_algorithms_enabled()))
+    try:
+        record = pipeline.run(compose_config("experiment=smoke", *overrides), run_dir)
+    finally:
+        hook.remove()
+        torch.use_deterministic_algorithms(False)
+    return record, seen
+
+
+def test_a_deterministic_cpu_run_trains_with_deterministic_algorithms_and_records_it(tmp_path):
+    _, seen = forward_passes_under(["deterministic=true", f"cache_dir={tmp_path / 'cache'}"], tmp_path / "run")
+    assert seen and all(seen)  # both stages, every forward pass
     result, _ = read_run(tmp_path / "run")
-    assert result["status"] == "completed"
+    assert result["status"] == "completed" and result["metrics"]["student_acc"] > 0.5  # harmless on a CPU
     assert result["compute"]["deterministic"] is True and result["config"]["deterministic"] is True
+
+
+def test_a_default_run_switches_deterministic_algorithms_off_and_records_it(tmp_path):
+    torch.use_deterministic_algorithms(True)  # left on by an earlier deterministic run in the process
+    record, seen = forward_passes_under([f"cache_dir={tmp_path / 'cache'}"], tmp_path / "run")
+    assert seen and not any(seen)
+    assert record["compute"]["deterministic"] is False

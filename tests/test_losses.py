@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import kd_objective
+from references import hand_ce, hand_entropy, hand_kl, hand_logit_gap, hand_mse, hand_soft_ce, softmax
 from torch import nn
 
 from kd_runner.methods.logits import soft_loss
@@ -21,55 +22,8 @@ def tensors():
     return torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS)
 
 
-# ---- independent reference math (python floats only) -------------------------------------------
-
-
-def softmax(row, temperature=1.0):
-    scaled = [x / temperature for x in row]
-    top = max(scaled)
-    exps = [math.exp(x - top) for x in scaled]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
-def mean(values):
-    return sum(values) / len(values)
-
-
-def hand_ce(rows, labels):
-    """Mean over samples of -log softmax(row)[label]."""
-    return mean([-math.log(softmax(row)[y]) for row, y in zip(rows, labels)])
-
-
-def hand_kl(student_rows, teacher_rows, temperature):
-    """Unscaled mean over samples of KL(softmax(t/T) || softmax(s/T)) = sum_c p_c log(p_c / q_c)."""
-    per_sample = []
-    for s, t in zip(student_rows, teacher_rows):
-        p, q = softmax(t, temperature), softmax(s, temperature)
-        per_sample.append(sum(pc * math.log(pc / qc) for pc, qc in zip(p, q)))
-    return mean(per_sample)
-
-
-def hand_soft_ce(student_rows, teacher_rows, temperature):
-    """Unscaled mean over samples of -sum_c softmax(t/T)_c log softmax(s/T)_c."""
-    per_sample = []
-    for s, t in zip(student_rows, teacher_rows):
-        p, q = softmax(t, temperature), softmax(s, temperature)
-        per_sample.append(-sum(pc * math.log(qc) for pc, qc in zip(p, q)))
-    return mean(per_sample)
-
-
-def hand_entropy(rows, temperature):
-    """Mean over samples of the entropy of softmax(row/T)."""
-    return mean([-sum(p * math.log(p) for p in softmax(row, temperature)) for row in rows])
-
-
-def hand_mse(student_rows, teacher_rows):
-    return mean([(s - t) ** 2 for srow, trow in zip(student_rows, teacher_rows) for s, t in zip(srow, trow)])
-
-
 def test_reference_math_on_a_known_case():
-    """Anchor the helpers themselves: uniform vs one-hot-ish rows have textbook values."""
+    """Anchor the reference helpers (references.py) themselves: textbook values."""
     assert softmax([0.0, 0.0, 0.0]) == pytest.approx([1 / 3] * 3, abs=1e-15)
     assert hand_entropy([[0.0, 0.0, 0.0]], 1.0) == pytest.approx(math.log(3), abs=1e-15)
     assert hand_kl([[0.0, 0.0]], [[0.0, 0.0]], 1.0) == 0.0
@@ -77,6 +31,13 @@ def test_reference_math_on_a_known_case():
     p = math.e / (1 + math.e)
     expected = p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p))
     assert hand_kl([[0.0, 0.0]], [[1.0, 0.0]], 1.0) == pytest.approx(expected, abs=1e-15)
+    assert softmax([1000.0, 0.0]) == [1.0, 0.0]  # no overflow for large logits
+    assert hand_ce([[0.0, 0.0], [math.log(3), 0.0]], [1, 0]) == pytest.approx((math.log(2) + math.log(4 / 3)) / 2)
+    # soft CE = H(p) + KL(p || q); against a uniform student it is log(classes) whatever the teacher
+    assert hand_soft_ce([[0.0, 0.0, 0.0]], [[3.0, 1.0, -2.0]], 1.0) == pytest.approx(math.log(3), abs=1e-15)
+    # entries (0 - 1), (1 - (-1)): squares 1 and 4, absolute values 1 and 2
+    assert hand_mse([[0.0, 1.0]], [[1.0, -1.0]]) == 2.5
+    assert hand_logit_gap([[0.0, 1.0]], [[1.0, -1.0]]) == 1.5
 
 
 # ---- soft_loss kinds ---------------------------------------------------------------------------------

@@ -1,10 +1,9 @@
 """Validation metrics against values computed by hand (plain python math, no torch losses)."""
 
-import math
-
 import pytest
 import torch
 from helpers import kd_objective
+from references import hand_ce, hand_kl, hand_logit_gap, hand_mse
 
 from kd_runner.names import METRIC_NAMES, TOP5_NAMES
 from kd_runner.train.metrics import (
@@ -23,34 +22,6 @@ LABELS = [0, 1, 2, 2]
 
 def tensors():
     return torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS)
-
-
-def softmax(row, temperature=1.0):
-    exps = [math.exp(x / temperature) for x in row]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
-def mean(values):
-    return sum(values) / len(values)
-
-
-def hand_ce(rows, labels):
-    return mean([-math.log(softmax(row)[y]) for row, y in zip(rows, labels)])
-
-
-def hand_kl(student_rows, teacher_rows, temperature):
-    """Unscaled mean over samples of KL(softmax(t/T) || softmax(s/T))."""
-    return mean(
-        [
-            sum(p * math.log(p / q) for p, q in zip(softmax(t, temperature), softmax(s, temperature)))
-            for s, t in zip(student_rows, teacher_rows)
-        ]
-    )
-
-
-def hand_logit_gap(student_rows, teacher_rows):
-    return mean([abs(t - s) for srow, trow in zip(student_rows, teacher_rows) for s, t in zip(srow, trow)])
 
 
 def test_accuracy_is_top1_fraction():
@@ -98,7 +69,7 @@ def test_compute_metrics_hand_values():
     "kind, soft",
     [
         ("kl", lambda T: T * T * hand_kl(STUDENT, TEACHER, T)),
-        ("mse", lambda T: mean([(t - s) ** 2 for sr, tr in zip(STUDENT, TEACHER) for s, t in zip(sr, tr)])),
+        ("mse", lambda T: hand_mse(STUDENT, TEACHER)),
     ],
 )
 def test_objective_uses_the_runs_kind(kind, soft):

@@ -225,7 +225,7 @@ def test_a_second_signal_exits_75_with_one_line(tmp_path, monkeypatch, capsys):
 def test_a_run_stopped_before_it_started_is_recorded_as_interrupted(tmp_path):
     """A signal that arrives while a sweep job is being set up: its result.json says interrupted, so the
     sweep's tables show it as such, and running it again starts it."""
-    cfg = compose_config("experiment=smoke", f"cache_dir={tmp_path / 'cache'}")
+    cfg = compose_config("experiment=smoke", "teacher.epochs=1", "student.epochs=1", f"cache_dir={tmp_path / 'cache'}")
     with pytest.raises(RunInterrupted, match="before it started"):
         pipeline.run(cfg, tmp_path / "run", stop=lambda: "SIGINT")
     record = json.loads((tmp_path / "run" / "result.json").read_text())

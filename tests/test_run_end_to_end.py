@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 from helpers import compose_config, kd_run, read_run
 
 from kd_runner import pipeline
 from kd_runner.names import METRIC_NAMES, TOP5_NAMES
+from kd_runner.runtime.rng import seed_everything
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def test_smoke_run_writes_result_and_metrics(smoke_run):
@@ -73,9 +79,11 @@ def test_a_different_seed_changes_the_student_but_not_the_teacher(smoke_run):
 
 
 def test_compose_api_run_is_deterministic(tmp_path):
-    """Two runs with the same config and seed, each training its own teacher, give identical metrics."""
+    """Two runs with the same config and seed, each training its own teacher, give identical metrics,
+    whatever state the process's random generators were left in."""
     records = []
-    for name in ("a", "b"):
+    for state, name in enumerate(("a", "b")):
+        seed_everything(1000 + state)
         cfg = compose_config(
             "experiment=smoke", f"cache_dir={tmp_path / name / 'cache'}", "alpha=0.3", "soft_loss=soft_ce"
         )
@@ -87,8 +95,14 @@ def test_compose_api_run_is_deterministic(tmp_path):
 
 @pytest.mark.parametrize("group,option", [("teacher", "resnet50"), ("student", "resnet18"), ("dataset", "synthetic")])
 def test_config_groups_compose(group, option):
-    cfg = compose_config(f"{group}={option}")
-    assert getattr(cfg, group).name == option
+    """GROUP=OPTION gives that group the schema's defaults under its option file's keys; the rest is the default."""
+    cfg, default = compose_config(f"{group}={option}"), compose_config()
+    written = yaml.safe_load((CONF / group / f"{option}.yaml").read_text())
+    assert written["name"] == option and len(written) >= 1
+    composed = getattr(cfg, group)
+    assert composed == dataclasses.replace(type(composed)(), **written)
+    assert composed != getattr(default, group)
+    assert cfg == dataclasses.replace(default, **{group: composed})
 
 
 def test_help_lists_groups_and_main_keys(tmp_path):
