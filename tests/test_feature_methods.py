@@ -134,3 +134,15 @@ def test_a_one_position_map_is_refused_where_the_method_would_learn_nothing_from
         feature_taps(made, *layers, student, teacher, torch.randn(2, 1, 8, 8))
     message = str(exc.value)
     assert "\n" not in message and message.startswith("distill.teacher_layers: layer 'pool' outputs a 1 x 1 map")
+
+
+def test_at_weighs_its_term_by_beta_as_repdistiller_does():
+    """RepDistiller's `-b 1000` is beta * sum over layers of the mean squared attention difference (no 1/2):
+    distill.beta=1000 is that published weight."""
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 8, 4, 4, generator=g)
+    at = methods.make(methods.params_type("at")(beta=1000.0), 4.0, "kl")
+    loss = at.terms([student], [teacher], None, None)["loss_at"]
+    q_s = F.normalize(student.pow(2).mean(1).view(2, -1))  # RepDistiller's Attention.at, p = 2
+    q_t = F.normalize(teacher.pow(2).mean(1).view(2, -1))
+    assert loss.item() == pytest.approx(1000.0 * (q_s - q_t).pow(2).mean().item(), rel=1e-6)
