@@ -276,6 +276,13 @@ class RunConfig:
         default=0,
         metadata={"doc": "CPU threads of a job (CPU results depend on it): 0 = all cores, shared by parallel jobs"},
     )
+    checkpoint_every_s: float = field(
+        default=300.0,
+        metadata={
+            "doc": "seconds between a stage's resumable checkpoints (always written on SIGTERM/SIGINT; a SIGKILL "
+            "loses at most this much training); 0: after every epoch"
+        },
+    )
     logger: LoggerConfig = field(
         default_factory=LoggerConfig,
         metadata={"doc": "experiment trackers, several at once: logger=[csv,tensorboard,mlflow,wandb]"},
@@ -337,10 +344,14 @@ def result_key(cfg: RunConfig) -> str:
     return digest(values)
 
 
+NOT_COMPUTED = ("logger", "checkpoint_every_s")  # where a run reports to and how often it saves change no result
+
+
 def _settings(cfg) -> dict:
-    """A (sub)config's values without `logger`: where a run reports to is not what it computes."""
+    """A (sub)config's values without the NOT_COMPUTED keys."""
     values = dataclasses.asdict(cfg)
-    values.pop("logger", None)
+    for key in NOT_COMPUTED:
+        values.pop(key, None)
     return values
 
 
@@ -440,6 +451,7 @@ def _validate(cfg: RunConfig) -> None:
     _one_of("loader", cfg.loader, LOADERS)
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "expected a whole number >= 0")
     _one_of("optimize_metric", cfg.optimize_metric, (*METRIC_NAMES, "best_student_acc"))
+    _check(cfg.checkpoint_every_s >= 0, "checkpoint_every_s", cfg.checkpoint_every_s, "expected a number >= 0")
     _check(cfg.seeds_per_trial >= 1, "seeds_per_trial", cfg.seeds_per_trial, "expected a whole number >= 1")
     cores = os.cpu_count() or 1
     _check(0 <= cfg.threads <= cores, "threads", cfg.threads, f"expected a whole number in [0, {cores}] (0: all cores)")

@@ -317,6 +317,7 @@ def _train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, che
         loss_fn=loss,
         evaluate=evaluate,
         on_epoch_start=method.start_epoch,
+        checkpoint_every_s=cfg.checkpoint_every_s,
         progress=cfg.progress,
         checkpoint=checkpoint,
         stop=stop,

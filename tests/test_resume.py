@@ -7,6 +7,7 @@ either stage and in the middle of an epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -53,7 +54,7 @@ def assert_same_run(run_dir, ref_dir):
 
 
 def test_sigkill_in_the_student_stage_then_the_same_command_resumes_exactly(workdir):
-    proc = start_kd_run(*ARGS, "hydra.run.dir=killed", cwd=workdir)
+    proc = start_kd_run(*ARGS, "hydra.run.dir=killed", "checkpoint_every_s=0", cwd=workdir)
     checkpoint = rundir.student_checkpoint(workdir / "killed")
     wait_for_file(checkpoint, proc)
     proc.send_signal(signal.SIGKILL)
@@ -63,7 +64,7 @@ def test_sigkill_in_the_student_stage_then_the_same_command_resumes_exactly(work
     epoch = checkpoint_position(checkpoint)["epoch"]
     assert 2 <= epoch <= STUDENT_EPOCHS  # at least one student epoch done, at least one to go
 
-    kd_run(*ARGS, "hydra.run.dir=killed", cwd=workdir)
+    kd_run(*ARGS, "hydra.run.dir=killed", "checkpoint_every_s=0", cwd=workdir)
     assert_same_run(workdir / "killed", workdir / "ref")
     log = (workdir / "killed" / "kd-run.log").read_text()
     assert f"student: resuming from {checkpoint} at epoch {epoch}" in log
@@ -71,7 +72,7 @@ def test_sigkill_in_the_student_stage_then_the_same_command_resumes_exactly(work
 
 
 def test_sigterm_stops_at_a_safe_point_with_exit_75_and_resumes_exactly(workdir):
-    proc = start_kd_run(*ARGS, "hydra.run.dir=term", cwd=workdir)
+    proc = start_kd_run(*ARGS, "hydra.run.dir=term", "checkpoint_every_s=0", cwd=workdir)  # a file to wait for
     checkpoint = rundir.student_checkpoint(workdir / "term")
     wait_for_file(checkpoint, proc)
     proc.send_signal(signal.SIGTERM)
@@ -232,3 +233,28 @@ def test_a_run_stopped_before_it_started_is_recorded_as_interrupted(tmp_path):
     assert record["status"] == "interrupted" and record["stage"] is None and record["signal"] == "SIGINT"
     assert not (tmp_path / "cache").exists()  # nothing was computed
     assert pipeline.run(cfg, tmp_path / "run")["status"] == "completed"
+
+
+def test_checkpoints_are_written_by_time_and_always_on_a_stop(library_ref, tmp_path, monkeypatch):
+    """With checkpoint_every_s, an epoch end saves only once that much time has passed since the last save
+    (a long interval: none at all); a stop always saves, and the run resumes from it exactly."""
+    from kd_runner.train import checkpoint as checkpoints
+
+    cfg, ref, _ = library_ref
+    saves = []
+    save = checkpoints.StageCheckpoint.save
+    monkeypatch.setattr(
+        checkpoints.StageCheckpoint, "save", lambda self, *a, **k: saves.append(1) or save(self, *a, **k)
+    )
+    pipeline.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "long")
+    assert saves == []  # no epoch end saved within the hour
+    pipeline.run(dataclasses.replace(cfg, checkpoint_every_s=0.0), tmp_path / "every")
+    assert len(saves) == cfg.student.epochs  # one per student epoch (the teacher comes from the cache)
+    saves.clear()
+    with pytest.raises(RunInterrupted):
+        pipeline.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "stopped", stop=stop_after(40))
+    assert saves == [1]  # the stop's own save
+    assert (
+        pipeline.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "stopped")["metrics"]
+        == (ref["metrics"])
+    )

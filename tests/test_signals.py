@@ -89,7 +89,7 @@ def test_one_ctrl_c_in_a_joblib_sweep_stops_every_job_at_a_safe_point(smoke_run,
     cwd, _ = smoke_run
     sweep = tmp_path / "sweep"
     args = [KD_RUN, "-m", "experiment=smoke", "seed=0,1", "student.epochs=200", "hydra/launcher=joblib"]
-    args += ["hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    args += ["hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", "checkpoint_every_s=0"]  # a file to wait for
     proc = subprocess.Popen(
         args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )  # its own process group, as a terminal gives it

@@ -11,7 +11,7 @@ from helpers import kd_run, start_kd_run, wait_for_file
 from kd_runner import cli
 from kd_runner.store import rundir
 
-SWEEP = ("-m", "experiment=smoke", "student.epochs=4", "alpha=0,0.5,1", "hydra.sweep.dir=sweep")
+SWEEP = ("-m", "experiment=smoke", "student.epochs=4", "alpha=0,0.5,1", "hydra.sweep.dir=sweep", "checkpoint_every_s=0")
 
 
 def statuses(sweep_dir, jobs=3) -> list:

@@ -141,4 +141,5 @@ def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, 
         checkpoint=checkpoint,
         stop=stop,
         on_epoch=on_epoch,
+        checkpoint_every_s=cfg.checkpoint_every_s,
     )

@@ -9,8 +9,9 @@ teacher can be run on exactly that batch. Batches are index tensors into the dat
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -143,10 +144,12 @@ def fit(
     on_epoch: Callable[[list[dict]], object] | None = None,
     temperature: float | None = None,
     on_epoch_start: Callable[[int], object] | None = None,
+    checkpoint_every_s: float = 0.0,
 ) -> list[dict]:
     """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs, `evaluate()` after each; one
     row per epoch (epoch, lr, mean training loss, metrics). With a `checkpoint`, continue from it and save
-    after every epoch; when `stop()` turns true, save at the next batch boundary and raise RunInterrupted.
+    after an epoch when `checkpoint_every_s` have passed since the last save (0: every epoch); when `stop()`
+    turns true, save at the next batch boundary and raise RunInterrupted.
     A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last good epoch). Each
     epoch is logged in one line, then `on_epoch(rows so far)` records it; `progress`: a per-batch bar.
     `temperature` (the student's soft targets) is named in a divergence hint when it is the likely cause;
@@ -182,7 +185,8 @@ def fit(
         if on_epoch is not None:
             on_epoch(run.rows)
         run.position = EpochPosition.start(run.position.epoch + 1, run.optimizer, run.generator)
-        run.save(model, checkpoint)
+        if time.monotonic() - run.saved_at >= checkpoint_every_s:
+            run.save(model, checkpoint)
     return run.rows
 
 
@@ -196,6 +200,7 @@ class StageRun:
     scaler: torch.amp.GradScaler  # fp16 loss scaling (a pass-through otherwise)
     position: EpochPosition
     rows: list[dict]  # one per finished epoch
+    saved_at: float = field(default_factory=time.monotonic)  # when the checkpoint was last written (or the start)
 
     @classmethod
     def start(cls, model, data: SplitData, recipe: StageConfig, seed: int, checkpoint: StageCheckpoint | None):
@@ -212,6 +217,7 @@ class StageRun:
     def save(self, model, checkpoint: StageCheckpoint | None) -> None:
         if checkpoint is not None:
             checkpoint.save(model, self.optimizer, self.scheduler, self.position, self.rows, self.scaler)
+        self.saved_at = time.monotonic()
 
 
 def check_finite(
