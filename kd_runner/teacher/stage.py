@@ -39,11 +39,11 @@ from kd_runner.store.files import (
     sha256_file,
     state_dict_mismatch,
 )
-from kd_runner.targets import source_digest
 from kd_runner.teacher.logits_cache import data_digest
 from kd_runner.train import engine
 from kd_runner.train.checkpoint import StageCheckpoint
 from kd_runner.train.metrics import accuracy
+from kd_runner.user_code import source_digest
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1

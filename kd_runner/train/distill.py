@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_runner import targets as user_code
+from kd_runner import user_code
 from kd_runner.config import FEATURE_METHODS, RunConfig
 from kd_runner.errors import UserError, one_line
 from kd_runner.train import feature_losses as fl
