@@ -12,10 +12,10 @@ import yaml
 from helpers import scipy_statistics
 from PIL import Image
 
+from kd_runner.cli import sweep_tools
 from kd_runner.errors import UserError
 from kd_runner.names import METRIC_NAMES
 from kd_runner.sweep import aggregate, report
-from kd_runner.sweep import cli as sweep_cli
 
 
 def make_job(sweep, num: int, overrides: list[str], seed: int, acc: float | None, teacher_acc: float = 0.9):
@@ -263,7 +263,7 @@ def test_kd_aggregate_out_that_is_a_file_or_under_one_is_one_line(tmp_path, caps
     (tmp_path / "file").write_text("x")
     for out in (tmp_path / "file", tmp_path / "file" / "tables"):
         with pytest.raises(SystemExit) as exit_info:
-            sweep_cli.aggregate_main([str(tmp_path / "sweep"), "-o", str(out)])
+            sweep_tools.aggregate_main([str(tmp_path / "sweep"), "-o", str(out)])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"kd-aggregate: error: --out '{out}' ") and "expected a directory" in err
@@ -276,7 +276,7 @@ def test_kd_report_on_an_empty_or_columnless_summary_is_one_line(content, tmp_pa
     (tmp_path / "summary.csv").write_text(content)
     (tmp_path / "curves.csv").write_text("epoch,n\n")
     with pytest.raises(SystemExit) as exit_info:
-        sweep_cli.report_main([str(tmp_path)])
+        sweep_tools.report_main([str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"kd-report: error: '{tmp_path / 'summary.csv'}'") and "run kd-aggregate" in err
