@@ -105,7 +105,7 @@ def run_job(job: Job, run_dir: Path, hint: str, multirun: bool) -> list[dict]:
 
 def run_one(cfg, run_dir: Path, job: Job, reuse_from: str | None, hint: str, multirun: bool) -> dict:
     """One run and its record. In a sweep, a failed run's record says how it failed and the sweep goes on;
-    alone, its error is raised (for kd-run's main to report)."""
+    alone, a mistake is one line and exit 2, a bug raised with its traceback."""
     from kd_runner import run
     from kd_runner.run import results
 
@@ -115,6 +115,8 @@ def run_one(cfg, run_dir: Path, job: Job, reuse_from: str | None, hint: str, mul
         report(job, results.failure(exc), run_dir, multirun)
         raise JobStopped(exc, interrupt.requested(), hint) from None
     except Exception as exc:
+        if isinstance(exc, UserError) and not multirun:
+            fail(exc)
         if not multirun:
             raise
         # recorded in its result.json by kd_runner.run; the other jobs of the sweep go on
