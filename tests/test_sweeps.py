@@ -217,7 +217,9 @@ def test_kd_aggregate_combines_sweeps_and_reads_interrupted_ones(alpha_sweep, tm
     sweep, _ = alpha_sweep
     monkeypatch.chdir(tmp_path)
     shutil.copytree(sweep, tmp_path / "cut")
-    (tmp_path / "cut" / "3" / "result.json").unlink()  # as if the sweep was stopped during job 3
+    killed = tmp_path / "cut" / "3" / "result.json"  # as if the sweep was killed during job 3
+    record = json.loads(killed.read_text())
+    killed.write_text(json.dumps({key: record[key] for key in ("config", "overrides")} | {"status": "running"}))
     sweep_tools.aggregate_main([str(sweep), "cut", "--out", "both"])
     runs = pd.read_csv(tmp_path / "both" / "runs.csv")
     assert len(runs) == 8 and list(runs["status"]).count("incomplete") == 1
