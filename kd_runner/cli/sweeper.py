@@ -41,7 +41,7 @@ class KdSweeperConf:
 class KdSweeper(Sweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None):
         self.max_batch_size, self.params = max_batch_size, params or {}
-        self.hydra_context = self.config = self.launcher = None
+        self.hydra_context = self.config = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         """The launcher is made once the jobs are checked, to run them (`task_function` is for sweepers
