@@ -36,13 +36,15 @@ KD_SWEEPER = "hydra_plugins.kd_runner_sweeper.KdSweeper"  # hydra/sweeper=kd, kd
 def register() -> None:
     """Make the typed schema (kd_runner.config.RunConfig) the base of conf/config.yaml, as `kd_schema`, and
     kd-run's sweeper the option `hydra/sweeper=kd` (conf/hydra/default.yaml selects it). The sweeper is
-    registered by hand: an editable install's hydra_plugins package is not one Hydra's scan can list."""
+    registered by hand: an editable install's hydra_plugins package is not one Hydra's scan can list (and
+    after the scan, which runs the plugin modules it finds again)."""
+    plugins = Plugins.instance()
     from hydra_plugins.kd_runner_sweeper import KdSweeper
     from kd_runner.cli.sweeper import KdSweeperConf
 
     ConfigStore.instance().store(name="kd_schema", node=RunConfig)
     ConfigStore.instance().store(group="hydra/sweeper", name="kd", node=KdSweeperConf)
-    Plugins.instance().register(KdSweeper)
+    plugins.register(KdSweeper)
 
 
 @contextmanager
