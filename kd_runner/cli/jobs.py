@@ -41,6 +41,18 @@ class JobStopped(BaseException):
         return JobStopped, (self.error, self.signal, self.hint)
 
 
+class OneJob:
+    """The task function of a single run: its checked job, in the directory Hydra made for it."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def __call__(self, raw: DictConfig) -> list[dict]:
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        return run_job(self.job, run_dir, resume_hint(hydra_cfg, multirun=False), multirun=False)
+
+
 class PlannedJobs:
     """The task function of kd-run's sweeper: each job runs the config checked for it (by job number)."""
 

@@ -147,11 +147,13 @@ def single(session, call: DictConfig) -> int:
 
 
 def run_single(session, call: DictConfig, job: compose.Job) -> int:
+    """What Hydra's own run does (its callbacks, then run_job: the run directory, .hydra/, the log), with
+    the task function given the checked job; its exit code."""
     callbacks = Callbacks(call)
     callbacks.on_run_start(config=call, config_name=compose.CONFIG_NAME)
     ret = run_job(
         hydra_context=HydraContext(config_loader=session.config_loader, callbacks=callbacks),
-        task_function=lambda _: jobs.run_job(job, job.run_dir, jobs.resume_hint(call.hydra, False), False),
+        task_function=jobs.OneJob(job),
         config=call,
         job_dir_key="hydra.run.dir",
         job_subdir_key=None,
