@@ -2,7 +2,7 @@
 
 A run directory's result.json holds the config, the data's shape and normalisation and the teacher's cache
 key, so the student is rebuilt without the data; `evaluate` also runs the teacher when it is still in the
-cache, for the same metrics as training. Nothing here knows Hydra (kd-eval's command line: eval_cli.py).
+cache, for the same metrics as training. Nothing here knows Hydra (kd-eval's command line: cli/eval.py).
 """
 
 from __future__ import annotations

@@ -8,16 +8,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
+import hydra
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from scipy import stats
 
-from kd_runner import cli
+from kd_runner.cli import compose
+from kd_runner.cli.kd_run import main as kd_run_main
+from kd_runner.cli.sweeper import KdSweeper
 from kd_runner.config import RunConfig, load_config
 
 KD_RUN = str(Path(sys.executable).with_name("kd-run"))
@@ -59,7 +63,7 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> N
 def usage_error_line(args: list[str], capsys) -> str:
     """Run `kd-run ARGS` in-process, expecting a usage error: exit 2 and one `kd-run: error:` line, returned."""
     with pytest.raises(SystemExit) as exc:
-        cli.main(args)
+        kd_run_main(args)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -69,17 +73,24 @@ def usage_error_line(args: list[str], capsys) -> str:
 
 def compose_config(*overrides: str) -> RunConfig:
     """The typed config `kd-run OVERRIDES...` would run, composed through Hydra's compose API."""
-    cli.register_schema()
-    with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):
-        raw = compose("config", overrides=list(overrides))
+    compose.register()
+    with initialize_config_module(config_module=compose.CONFIG_MODULE, version_base="1.3"):
+        raw = hydra.compose("config", overrides=list(overrides))
     return load_config(OmegaConf.to_container(raw, resolve=True))
 
 
 def group_options(group: str) -> list[str]:
     """What `GROUP=NAME` offers, as `kd-run --help` lists it: the files in conf/ and the registered nodes."""
-    cli.register_schema()
-    with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):
+    compose.register()
+    with initialize_config_module(config_module=compose.CONFIG_MODULE, version_base="1.3"):
         return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+def planned_jobs(*overrides: str) -> list[compose.Job]:
+    """The jobs kd-run's sweeper composes and checks for `kd-run -m OVERRIDES...`, none of them run."""
+    compose.register()
+    with compose.hydra_session() as session, mock.patch.object(KdSweeper, "launch", lambda self, jobs: jobs):
+        return session.multirun(compose.CONFIG_NAME, None, [*overrides, "hydra.mode=MULTIRUN"])
 
 
 def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:

@@ -1,5 +1,5 @@
 """Aggregation and plots as library calls, on sweep directories laid out as kd-run writes them
-(.hydra/overrides.yaml, .hydra/config.yaml, result.json, metrics.csv) with chosen metric values."""
+(result.json with the job's overrides and config, metrics.csv) with chosen metric values."""
 
 from __future__ import annotations
 
@@ -8,27 +8,26 @@ import math
 
 import pandas as pd
 import pytest
-import yaml
 from helpers import scipy_statistics
 from PIL import Image
 
+from kd_runner.cli import sweep_tools
 from kd_runner.errors import UserError
 from kd_runner.names import METRIC_NAMES
 from kd_runner.sweep import aggregate, report
-from kd_runner.sweep import cli as sweep_cli
 
 
 def make_job(sweep, num: int, overrides: list[str], seed: int, acc: float | None, teacher_acc: float = 0.9):
     """A finished job whose metrics are all derived from `acc` (None: a failed job)."""
     job = sweep / str(num)
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    job.mkdir(parents=True)
+    identity = {"overrides": overrides, "config": {"seed": seed}}
     if acc is None:
-        result = {"status": "failed", "message": "RuntimeError: boom"}
+        result = {"status": "failed", "message": "RuntimeError: boom", **identity}
     else:
         metrics = {name: acc for name in METRIC_NAMES} | {"teacher_acc": teacher_acc, "best_student_acc": acc + 0.01}
-        result = {"status": "completed", "metrics": metrics, "teacher": {"source": "cache", "cache_key": "k"}}
+        teacher = {"source": "cache", "cache_key": "k"}
+        result = {"status": "completed", "metrics": metrics, "teacher": teacher, **identity}
         rows = [
             {
                 "stage": "student",
@@ -92,7 +91,7 @@ def test_ci_and_paired_gain_against_scipy_from_the_result_files(tmp_path):
     results = []
     for job in sorted(tmp_path.iterdir()):
         result = json.loads((job / "result.json").read_text())
-        overrides = aggregate._split(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        overrides = aggregate._split(result["overrides"])
         config = {"alpha": float(overrides["alpha"]), "temperature": int(overrides["temperature"])}
         results.append(result | {"config": config | {"seed": int(overrides["seed"])}})
     expected = scipy_statistics(results)
@@ -219,19 +218,16 @@ def test_report_without_tables_is_a_user_error(tmp_path):
         report.write_plots(tmp_path)
 
 
-def test_a_jobs_identity_comes_from_its_own_result_json(tmp_path):
-    """.hydra/overrides.yaml can be overwritten by a later job; the config the run recorded cannot."""
+def test_a_jobs_values_come_from_the_config_its_result_json_records(tmp_path):
+    """The overrides say which keys were swept; the recorded config says what they were (1 for 1.0)."""
     sweep = tmp_path / "sweep"
     grid_sweep(sweep, {(0, 4): [0.5, 0.7]})
     for num, seed in ((0, 0), (1, 1)):
         result = json.loads((sweep / str(num) / "result.json").read_text())
         result["config"] = {"alpha": 0.0, "temperature": 4.0, "seed": seed}
         (sweep / str(num) / "result.json").write_text(json.dumps(result))
-    overwritten = ["experiment=smoke", "alpha=0", "temperature=4", "seed=0"]  # job 1's files, by job 0
-    (sweep / "1" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overwritten))
-    (sweep / "1" / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
     tables = aggregate.aggregate([sweep], sweep)
-    assert tables.runs["seed"].tolist() == [0, 1]
+    assert tables.runs["seed"].tolist() == [0, 1] and tables.runs["temperature"].tolist() == [4, 4]
     assert tables.summary["n"].tolist() == [2]
 
 
@@ -244,8 +240,6 @@ def test_a_jobs_identity_comes_from_its_own_result_json(tmp_path):
         (lambda job: (job / "metrics.csv").unlink(), "metrics.csv is missing"),
         (lambda job: (job / "metrics.csv").write_text(""), "metrics.csv cannot be read"),
         (lambda job: (job / "metrics.csv").write_text("a,b\n1,2\n"), "metrics.csv has no column 'stage'"),
-        (lambda job: (job / ".hydra" / "config.yaml").unlink(), ".hydra/config.yaml is missing"),
-        (lambda job: (job / ".hydra" / "overrides.yaml").write_text("a: ["), ".hydra/overrides.yaml cannot be read"),
     ],
 )
 def test_a_damaged_job_is_listed_as_such_and_the_others_aggregated(damage, reason, tmp_path):
@@ -263,7 +257,7 @@ def test_kd_aggregate_out_that_is_a_file_or_under_one_is_one_line(tmp_path, caps
     (tmp_path / "file").write_text("x")
     for out in (tmp_path / "file", tmp_path / "file" / "tables"):
         with pytest.raises(SystemExit) as exit_info:
-            sweep_cli.aggregate_main([str(tmp_path / "sweep"), "-o", str(out)])
+            sweep_tools.aggregate_main([str(tmp_path / "sweep"), "-o", str(out)])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"kd-aggregate: error: --out '{out}' ") and "expected a directory" in err
@@ -276,7 +270,7 @@ def test_kd_report_on_an_empty_or_columnless_summary_is_one_line(content, tmp_pa
     (tmp_path / "summary.csv").write_text(content)
     (tmp_path / "curves.csv").write_text("epoch,n\n")
     with pytest.raises(SystemExit) as exit_info:
-        sweep_cli.report_main([str(tmp_path)])
+        sweep_tools.report_main([str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"kd-report: error: '{tmp_path / 'summary.csv'}'") and "run kd-aggregate" in err

@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers import compose_config, kd_run, usage_error_line
 
-from kd_runner import cli, pipeline
+from kd_runner import run
+from kd_runner.cli.kd_run import main as kd_run_main
 from kd_runner.config import DatasetConfig
 from kd_runner.data import Dataset, Split, check_dataset
 from kd_runner.errors import UserError
@@ -143,15 +144,15 @@ def test_bad_input_found_in_the_run_gives_one_line_and_exit_2(args, expected, tm
 
 def test_a_directory_of_another_config_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    for run in ("run", "sweep/1"):
-        (tmp_path / run).mkdir(parents=True)
-        (tmp_path / run / "result.json").write_text(
+    for run_dir in ("run", "sweep/1"):
+        (tmp_path / run_dir).mkdir(parents=True)
+        (tmp_path / run_dir / "result.json").write_text(
             json.dumps({"status": "completed", "config_digest": "0123456789abcdef"})
         )
     before = sorted(tmp_path.rglob("*"))
     for args in (["hydra.run.dir=run"], ["-m", "alpha=0,1", "hydra.sweep.dir=sweep"]):
         with pytest.raises(SystemExit) as exc:
-            cli.main(["experiment=smoke", *args])
+            kd_run_main(["experiment=smoke", *args])
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and len(err.splitlines()) == 1
         assert "already holds a run of another config (config digest 0123456789abcdef" in err
@@ -164,7 +165,7 @@ def test_an_output_directory_under_a_file_is_refused(key, tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("")
     with pytest.raises(SystemExit) as exc:
-        cli.main([f"{key}=afile/out"])
+        kd_run_main([f"{key}=afile/out"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2
     assert err == f"kd-run: error: {key}='afile/out' cannot be created: {tmp_path / 'afile'} is a file, not a directory"
@@ -176,7 +177,7 @@ def test_a_read_only_output_directory_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ro").mkdir(mode=0o555)
     with pytest.raises(SystemExit) as exc:
-        cli.main(["hydra.run.dir=ro/run"])
+        kd_run_main(["hydra.run.dir=ro/run"])
     assert exc.value.code == 2
     assert f"hydra.run.dir='ro/run' cannot be written: {tmp_path / 'ro'} is not writable" in capsys.readouterr().err
     assert list((tmp_path / "ro").iterdir()) == []
@@ -188,9 +189,9 @@ def test_a_traceback_only_with_hydra_full_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     write_checkpoints(tmp_path)
     with pytest.raises(UserError, match="alpha=2.0"):
-        cli.main(["alpha=2"])
+        kd_run_main(["alpha=2"])
     with pytest.raises(UserError, match="truncated"):
-        cli.main(["experiment=smoke", "teacher.checkpoint=truncated.pt", "hydra.run.dir=run"])
+        kd_run_main(["experiment=smoke", "teacher.checkpoint=truncated.pt", "hydra.run.dir=run"])
 
 
 def test_an_error_inside_the_run_shows_no_traceback_through_the_console_script(tmp_path):
@@ -218,7 +219,7 @@ def test_a_damaged_result_json_in_the_run_directory_is_reported(tmp_path, monkey
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "result.json").write_text('{"status": "compl')
     with pytest.raises(SystemExit) as exc:
-        cli.main(["hydra.run.dir=run"])
+        kd_run_main(["hydra.run.dir=run"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2
     assert err == (
@@ -232,7 +233,7 @@ def test_a_damaged_result_json_in_the_run_directory_is_reported(tmp_path, monkey
 def test_a_batch_too_small_for_the_processes_is_refused_for_both_stages(stage, tmp_path):
     cfg = compose_config("experiment=smoke", f"{stage}.batch_size=3", f"cache_dir={tmp_path}")
     with pytest.raises(UserError, match=f"{stage}.batch_size=3 is not allowed: at least 4 with 2 processes"):
-        pipeline.check_job(cfg, None, dir_key="hydra.run.dir", processes=2)
+        run.check_job(cfg, None, dir_key="hydra.run.dir", processes=2)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import compose_config, kd_run, usage_error_line
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model, classifier_head
@@ -230,7 +230,7 @@ def test_timm_networks_by_name_fit_the_data(dataset, teacher, student):
         f"student.model.arch={student}",
         "student.freeze=backbone",
     )
-    pipeline._check_user_code(cfg)  # both built for the data's channels and classes, checked on one batch
+    run.check.check_user_code(cfg)  # both built for the data's channels and classes, checked on one batch
     data = build_dataset(cfg.dataset)
     model = build_stage_model(cfg.student, data, "student")
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -285,7 +285,7 @@ def test_custom_network_needs_a_label_of_its_own(capsys):
 def test_the_code_digest_covers_the_user_modules_a_model_imports_and_nothing_installed(tmp_path, monkeypatch):
     """Editing a helper module that the model's file imports (relatively or absolutely) changes the digest
     that keys the teacher and logits caches; a file it does not import, and installed packages, do not count."""
-    from kd_runner import targets
+    from kd_runner import user_code as targets
 
     pkg = tmp_path / "digestpkg"
     pkg.mkdir()

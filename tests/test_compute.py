@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import compose_config, usage_error_line
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.errors import ConfigError
@@ -47,12 +47,12 @@ SHORT = ("experiment=smoke", "teacher.epochs=1", "student.epochs=1")
 @pytest.fixture(scope="module")
 def fp32_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("fp32")
-    return pipeline.run(compose_config(*SHORT, f"cache_dir={path}"), path)
+    return run.run(compose_config(*SHORT, f"cache_dir={path}"), path)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_runs_end_to_end(tmp_path, fp32_run, precision):
-    low = pipeline.run(compose_config(*SHORT, f"precision={precision}", f"cache_dir={tmp_path}"), tmp_path)
+    low = run.run(compose_config(*SHORT, f"precision={precision}", f"cache_dir={tmp_path}"), tmp_path)
     assert low["compute"]["precision"] == precision and fp32_run["compute"]["precision"] == "fp32"
     assert (
         low["teacher"]["cache_key"] != fp32_run["teacher"]["cache_key"]
@@ -95,7 +95,7 @@ def test_channels_last_applies_to_conv_nets_only():
 
 
 def test_channels_last_run_matches_contiguous_run(tmp_path, fp32_run):
-    nchw = pipeline.run(compose_config(*SHORT, "memory_format=contiguous", f"cache_dir={tmp_path}"), tmp_path)
+    nchw = run.run(compose_config(*SHORT, "memory_format=contiguous", f"cache_dir={tmp_path}"), tmp_path)
     assert nchw["compute"]["memory_format"] == "contiguous" and fp32_run["compute"]["memory_format"] == "channels_last"
     for name, value in nchw["metrics"].items():  # other conv kernels round differently: a few samples may flip
         assert value == pytest.approx(fp32_run["metrics"][name], rel=0.02, abs=0.02), name
@@ -117,15 +117,15 @@ def test_compile_gives_the_eager_results_and_compiles_once_per_process(tmp_path)
     """torch.compile (inductor; minutes on a small CPU): same metrics as eager, and a second job reuses the code."""
     from torch._dynamo.utils import counters
 
-    eager = pipeline.run(compose_config("experiment=smoke", f"cache_dir={tmp_path / 'e'}"), tmp_path / "e")
-    compiled = pipeline.run(
+    eager = run.run(compose_config("experiment=smoke", f"cache_dir={tmp_path / 'e'}"), tmp_path / "e")
+    compiled = run.run(
         compose_config("experiment=smoke", "compile=true", f"cache_dir={tmp_path / 'c'}"), tmp_path / "c"
     )
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0 and compiled["compute"]["compile"] is True
     for name, value in compiled["metrics"].items():
         assert value == pytest.approx(eager["metrics"][name], rel=1e-3, abs=1e-3), name
-    again = pipeline.run(
+    again = run.run(
         compose_config("experiment=smoke", "compile=true", "seed=1", f"cache_dir={tmp_path / 'c'}"), tmp_path / "d"
     )
     assert counters["stats"]["unique_graphs"] == graphs  # new networks of the same code: nothing recompiled

@@ -90,7 +90,7 @@ def test_every_schema_key_is_in_the_help_and_the_docs():
 def test_every_group_option_is_in_the_docs():
     docs = DOCS.read_text()
     groups = [p.name for p in (REPO / "conf").iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")]
-    for group in {*groups, "transfer"}:  # transfer: registered nodes only (kd_runner.groups)
+    for group in {*groups, "transfer"}:  # transfer: registered nodes only (kd_runner.cli.groups)
         assert f"`{group}=NAME`" in docs or f"`+{group}@" in docs, group
         for option in group_options(group):
             assert f"| `{option}` |" in docs, f"{group}={option} is missing from {DOCS.name}"

@@ -9,7 +9,7 @@ import torch
 from helpers import compose_config, read_run
 from torch.nn.modules.module import register_module_forward_hook
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.runtime.compute import Compute
 
 
@@ -32,7 +32,7 @@ def forward_passes_under(overrides: list[str], run_dir) -> tuple[dict, list[bool
     seen = []
     hook = register_module_forward_hook(lambda *_: seen.append(torch.are_deterministic_algorithms_enabled()))
     try:
-        record = pipeline.run(compose_config("experiment=smoke", *overrides), run_dir)
+        record = run.run(compose_config("experiment=smoke", *overrides), run_dir)
     finally:
         hook.remove()
         torch.use_deterministic_algorithms(False)

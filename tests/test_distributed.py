@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-from helpers import KD_RUN, compose_config, read_run
+from helpers import KD_RUN, compose_config, planned_jobs, read_run, usage_error_line
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.runtime.distributed import Shard
 
 # Splitting every batch across processes gives the same gradient up to float rounding; the last batch
@@ -96,7 +96,7 @@ def test_two_process_sweep_matches_single_process_runs(tmp_path):
         assert result["config"]["alpha"] == alpha
         assert result["compute"]["processes"] == 2
         assert result["teacher"]["source"] == ("trained" if job == 0 else "cache")
-        single = pipeline.run(
+        single = run.run(
             compose_config("experiment=smoke", f"alpha={alpha}", f"cache_dir={tmp_path / 'single'}"),
             tmp_path / f"single{job}",
         )
@@ -106,17 +106,17 @@ def test_two_process_sweep_matches_single_process_runs(tmp_path):
         assert list(metrics["stage"]) == ["teacher", "teacher", "student", "student"]
 
 
-def test_preflight_under_torchrun_checks_the_batch_per_process_and_the_launcher(monkeypatch):
-    from kd_runner import cli
+def test_checks_under_torchrun_take_the_batch_per_process_and_the_launcher(monkeypatch, tmp_path, capsys):
     from kd_runner.errors import UserError
 
-    cli.register_schema()  # as cli.main does
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UserError, match=r"a search is not allowed under torchrun"):
-        cli.preflight(["experiment=smoke", "hparams_search=alpha_temperature"], multirun=False)
-    with pytest.raises(UserError, match=r"student.batch_size=3 is not allowed: at least 4 with 2 processes"):
-        cli.preflight(["experiment=smoke", "student.batch_size=3"], multirun=False)
+    monkeypatch.chdir(tmp_path)
+    err = usage_error_line(["experiment=smoke", "hparams_search=alpha_temperature"], capsys)
+    assert "a search is not allowed under torchrun" in err
+    err = usage_error_line(["experiment=smoke", "student.batch_size=3"], capsys)
+    assert "student.batch_size=3 is not allowed: at least 4 with 2 processes" in err
     with pytest.raises(UserError, match=r"hydra/launcher=JoblibLauncher is not allowed under torchrun"):
-        cli.preflight(["experiment=smoke", "alpha=0,1", "hydra/launcher=joblib"], multirun=True)
-    plan = cli.preflight(["experiment=smoke", "alpha=0,1"], multirun=True)
-    assert plan.multirun and [c.alpha for c in plan.configs] == [0.0, 1.0]  # the jobs every process runs, in order
+        planned_jobs("experiment=smoke", "alpha=0,1", "hydra/launcher=joblib")
+    planned = planned_jobs("experiment=smoke", "alpha=0,1")
+    assert [job.cfg.alpha for job in planned] == [0.0, 1.0]  # the jobs every process runs, in order
+    assert list(tmp_path.iterdir()) == []

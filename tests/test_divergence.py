@@ -9,7 +9,7 @@ import re
 import pandas as pd
 import pytest
 
-from kd_runner import cli
+from kd_runner.cli.kd_run import main as kd_run_main
 from kd_runner.config import StageConfig
 from kd_runner.errors import Diverged
 from kd_runner.store import rundir
@@ -18,7 +18,7 @@ from kd_runner.train import engine
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exc:
-        cli.main(args)
+        kd_run_main(args)
     out = capsys.readouterr()
     return exc.value.code, out.out, out.err
 

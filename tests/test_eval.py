@@ -11,7 +11,7 @@ import torch
 from helpers import kd_run, read_run
 
 import kd_runner
-from kd_runner import eval_cli
+from kd_runner.cli import eval as eval_cli
 from kd_runner.config import load_config
 from kd_runner.data import build_dataset
 from kd_runner.train.metrics import accuracy
@@ -77,7 +77,7 @@ def test_kd_eval_refuses_what_is_not_a_run(tmp_path, capsys):
     assert code == 2 and "no such run directory or student weights file" in err
     (tmp_path / "student.pt").write_bytes(b"")
     code, _, err = kd_eval([str(tmp_path)], capsys)
-    assert code == 2 and "has no .hydra/overrides.yaml: not a kd-run run directory" in err
+    assert code == 2 and "holds no completed kd-run run (no result.json)" in err
 
 
 def test_load_student_gives_the_trained_student_with_its_normalisation(run_copy):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import compose_config, kd_run, usage_error_line
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.errors import UserError
 from kd_runner.store.files import file_lock, remove_orphan_temps
 from kd_runner.store.state_dicts import read_state_dict
@@ -136,12 +136,12 @@ def _finished_pid() -> int:
 
 def test_stale_temporary_files_in_the_teacher_logits_cache_are_removed(tmp_path):
     cfg = compose_config("experiment=smoke", f"cache_dir={tmp_path / 'cache'}", "teacher.epochs=1", "student.epochs=1")
-    pipeline.run(cfg, tmp_path / "a")
+    run.run(cfg, tmp_path / "a")
     folder = tmp_path / "cache" / "teacher_logits"
     (entry,) = folder.glob("*-val.pt")
     stale = folder / f".{entry.name}.99999999.tmp"
     stale.write_bytes(b"partial")
-    pipeline.run(cfg, tmp_path / "b")
+    run.run(cfg, tmp_path / "b")
     assert not stale.exists()
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import compose_config
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.data import Split, build_dataset
 from kd_runner.data.augment import Augmentation
 from kd_runner.data.device import InMemoryData, index_batches, steps_per_epoch
@@ -27,8 +27,8 @@ CPU = torch.device("cpu")
 def test_dataloader_run_equals_in_memory_run(tmp_path, workers):
     """Whole runs (teacher fine-tuning, teacher logits, student), each with its own cache: identical."""
     common = ["experiment=smoke", "alpha=0.3"]
-    memory = pipeline.run(compose_config(*common, f"cache_dir={tmp_path / 'm'}"), tmp_path / "m")
-    streamed = pipeline.run(
+    memory = run.run(compose_config(*common, f"cache_dir={tmp_path / 'm'}"), tmp_path / "m")
+    streamed = run.run(
         compose_config(*common, "loader=dataloader", f"num_workers={workers}", f"cache_dir={tmp_path / 's'}"),
         tmp_path / "s",
     )

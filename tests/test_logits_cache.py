@@ -10,7 +10,7 @@ import logging
 import torch
 from helpers import compose_config, kd_run, read_run
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.data import Split, build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model
@@ -46,12 +46,12 @@ def test_cached_logits_are_the_computed_ones(tmp_path):
 
 def test_run_with_cached_logits_equals_run_that_computed_them(tmp_path):
     cfg = compose_config("experiment=smoke", f"cache_dir={tmp_path / 'cache'}", "alpha=0.2")
-    first = pipeline.run(cfg, tmp_path / "a")
-    second = pipeline.run(cfg, tmp_path / "b")
+    first = run.run(cfg, tmp_path / "a")
+    second = run.run(cfg, tmp_path / "b")
     assert first["teacher"]["logits"] == "computed" and second["teacher"]["logits"] == "cache"
     assert second["metrics"] == first["metrics"]
     # and an independent run that computes everything itself (its own cache) agrees as well
-    fresh = pipeline.run(dataclasses.replace(cfg, cache_dir=str(tmp_path / "other")), tmp_path / "c")
+    fresh = run.run(dataclasses.replace(cfg, cache_dir=str(tmp_path / "other")), tmp_path / "c")
     assert fresh["teacher"]["logits"] == "computed" and fresh["metrics"] == first["metrics"]
 
 
@@ -122,7 +122,7 @@ def test_a_retrained_teacher_never_gets_the_old_teachers_logits(tmp_path):
     """Logits are keyed by the teacher's weights: a teacher entry replaced by other weights (retrained on a GPU,
     new pretrained weights) under the same config key computes its logits again."""
     cfg = compose_config("experiment=smoke", "student.epochs=1", f"cache_dir={tmp_path / 'cache'}")
-    assert pipeline.run(cfg, tmp_path / "a")["teacher"]["logits"] == "computed"
+    assert run.run(cfg, tmp_path / "a")["teacher"]["logits"] == "computed"
     (entry,) = (tmp_path / "cache" / "teachers").glob("*.pt")
     state = torch.load(entry, weights_only=True)
     manifest = json.loads(entry.with_suffix(".json").read_text())
@@ -131,15 +131,15 @@ def test_a_retrained_teacher_never_gets_the_old_teachers_logits(tmp_path):
         history=manifest["history"],
         teacher=manifest["teacher"],
     )
-    again = pipeline.run(cfg, tmp_path / "b")
+    again = run.run(cfg, tmp_path / "b")
     assert again["teacher"]["source"] == "cache" and again["teacher"]["logits"] == "computed"
 
 
 def test_an_ensembles_logits_are_cached_per_temperature(tmp_path):
     """An ensemble's logits combine its members' softened outputs: another temperature is another entry."""
     common = ["experiment=smoke", "teacher.ensemble=2", "student.epochs=1", f"cache_dir={tmp_path / 'cache'}"]
-    first = pipeline.run(compose_config(*common, "temperature=2"), tmp_path / "t2")
-    other = pipeline.run(compose_config(*common, "temperature=4"), tmp_path / "t4")
-    again = pipeline.run(compose_config(*common, "temperature=2", "seed=1"), tmp_path / "t2s1")
+    first = run.run(compose_config(*common, "temperature=2"), tmp_path / "t2")
+    other = run.run(compose_config(*common, "temperature=4"), tmp_path / "t4")
+    again = run.run(compose_config(*common, "temperature=2", "seed=1"), tmp_path / "t2s1")
     assert [r["teacher"]["logits"] for r in (first, other, again)] == ["computed", "computed", "cache"]
     assert [r["teacher"]["source"] for r in (first, other, again)] == ["trained,trained", "cache,cache", "cache,cache"]

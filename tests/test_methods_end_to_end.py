@@ -8,7 +8,7 @@ import torch
 from helpers import compose_config, read_run, usage_error_line
 from test_resume import stop_after
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.errors import RunInterrupted
 from kd_runner.methods import METHODS, Method
 
@@ -28,7 +28,7 @@ def cache(tmp_path_factory):
 )
 def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch(method, cache, tmp_path):
     cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}", *LAYERS.get(method, ()))
-    ref = pipeline.run(cfg, tmp_path / "ref")
+    ref = run.run(cfg, tmp_path / "ref")
     _, rows = read_run(tmp_path / "ref")
     student = rows[rows.stage == "student"]
     parts = student[list(METHODS[method].parts)]
@@ -39,9 +39,9 @@ def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch
     assert (tmp_path / "ref" / "distill.pt").exists() == trains
 
     with pytest.raises(RunInterrupted) as exc:  # teacher cached: 1 check at the start, then 23 batches an epoch
-        pipeline.run(cfg, tmp_path / "run", stop=stop_after(30))
+        run.run(cfg, tmp_path / "run", stop=stop_after(30))
     assert (exc.value.stage, exc.value.epoch) == ("student", 2)
-    resumed = pipeline.run(cfg, tmp_path / "run")
+    resumed = run.run(cfg, tmp_path / "run")
     assert resumed["metrics"] == ref["metrics"]
     pd.testing.assert_frame_equal(read_run(tmp_path / "run")[1], rows, check_exact=True)
     if trains:
@@ -50,7 +50,7 @@ def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch
 
 
 def test_the_default_kd_run_logs_ce_and_kd_parts(cache, tmp_path):
-    pipeline.run(compose_config(*ARGS, f"cache_dir={cache}"), tmp_path / "run")
+    run.run(compose_config(*ARGS, f"cache_dir={cache}"), tmp_path / "run")
     student = read_run(tmp_path / "run")[1].query("stage == 'student'")
     pd.testing.assert_series_equal(
         student.train_loss, 0.3 * student.loss_ce + 0.7 * student.loss_kd, check_names=False, rtol=1e-6

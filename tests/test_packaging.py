@@ -34,7 +34,7 @@ def test_wheel_contains_configs_and_runs_from_another_directory(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     repo_configs = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
     assert repo_configs and {f"kd_runner/conf/{c}" for c in repo_configs} <= names
-    assert "kd_runner/cli.py" in names
+    assert {"kd_runner/cli/kd_run.py", "kd_runner/run/run.py", "hydra_plugins/kd_runner_sweeper/__init__.py"} <= names
 
     site = tmp_path / "site"
     subprocess.run(
@@ -50,7 +50,7 @@ def test_wheel_contains_configs_and_runs_from_another_directory(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, kd_runner.cli as c; print(c.__file__, file=sys.stderr); c.main()",
+            "import sys, kd_runner.cli.kd_run as c; print(c.__file__, file=sys.stderr); c.main()",
             "experiment=smoke",
             "hydra.run.dir=run",
         ],

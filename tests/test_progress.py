@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from helpers import compose_config, kd_run, read_run
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.errors import RunInterrupted
 from kd_runner.train.progress import BatchBar, duration, epoch_line
 
@@ -62,7 +62,7 @@ def test_metrics_and_running_result_are_on_disk_after_every_epoch(tmp_path):
         return "SIGTERM" if frame is not None and (frame.stage == "student").sum() == 1 else None
 
     try:
-        pipeline.run(cfg, run_dir, stop=stop)
+        run.run(cfg, run_dir, stop=stop)
     except RunInterrupted:
         pass
     record, frame = seen[-1]

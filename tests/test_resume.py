@@ -17,7 +17,8 @@ import pytest
 import torch
 from helpers import compose_config, kd_run, read_run, start_kd_run, wait_for_file
 
-from kd_runner import cli, pipeline
+from kd_runner import run
+from kd_runner.cli.kd_run import main as kd_run_main
 from kd_runner.errors import RunInterrupted, UserError
 from kd_runner.runtime import interrupt
 from kd_runner.store import rundir
@@ -110,7 +111,7 @@ def stop_after(calls: int):
 def library_ref(tmp_path_factory):
     path = tmp_path_factory.mktemp("library")
     cfg = compose_config(*ARGS, f"cache_dir={path / 'cache'}")
-    return cfg, pipeline.run(cfg, path / "ref"), path
+    return cfg, run.run(cfg, path / "ref"), path
 
 
 @pytest.mark.parametrize("checks,stage", [(30, "teacher"), (75, "student")])
@@ -119,7 +120,7 @@ def test_a_stop_in_the_middle_of_an_epoch_resumes_exactly(library_ref, tmp_path,
     ref_cfg, ref, ref_dir = library_ref
     cfg = compose_config(*ARGS, f"cache_dir={tmp_path / 'cache'}")  # trains its own teacher
     with pytest.raises(RunInterrupted) as exc:
-        pipeline.run(cfg, tmp_path / "run", stop=stop_after(checks))
+        run.run(cfg, tmp_path / "run", stop=stop_after(checks))
     assert exc.value.stage == stage and exc.value.batches > 0
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert (record["status"], record["stage"], record["epoch"]) == ("interrupted", stage, exc.value.epoch)
@@ -127,7 +128,7 @@ def test_a_stop_in_the_middle_of_an_epoch_resumes_exactly(library_ref, tmp_path,
         assert [p.suffix for p in (tmp_path / "cache" / "teachers").glob("*.ckpt")] == [".ckpt"]
         assert not list((tmp_path / "cache" / "teachers").glob("*.json"))
 
-    resumed = pipeline.run(cfg, tmp_path / "run")
+    resumed = run.run(cfg, tmp_path / "run")
     assert resumed["metrics"] == ref["metrics"]
     pd.testing.assert_frame_equal(read_run(tmp_path / "run")[1], read_run(ref_dir / "ref")[1], check_exact=True)
     assert not list((tmp_path / "cache" / "teachers").glob("*.ckpt"))  # dropped once the entry is published
@@ -137,7 +138,7 @@ def test_rerunning_a_completed_run_skips_it(library_ref, caplog):
     cfg, ref, path = library_ref
     before = (path / "ref" / "result.json").read_bytes()
     caplog.set_level("INFO")
-    again = pipeline.run(cfg, path / "ref")
+    again = run.run(cfg, path / "ref")
     assert again == json.loads(before)
     assert (path / "ref" / "result.json").read_bytes() == before
     assert "skipped" in caplog.text and "completed" in caplog.text
@@ -148,28 +149,28 @@ def test_a_run_directory_of_another_config_is_refused_untouched(library_ref):
     before = {p.name: p.read_bytes() for p in (path / "ref").iterdir() if p.is_file()}
     other = compose_config(*ARGS, "alpha=0.9", f"cache_dir={path / 'cache'}")
     with pytest.raises(UserError, match="already holds a run of another config"):
-        pipeline.run(other, path / "ref")
+        run.run(other, path / "ref")
     assert {p.name: p.read_bytes() for p in (path / "ref").iterdir() if p.is_file()} == before
 
 
 def test_a_checkpoint_of_another_config_is_refused(library_ref, tmp_path):
     cfg, _, path = library_ref
     with pytest.raises(RunInterrupted):
-        pipeline.run(cfg, tmp_path / "run", stop=stop_after(5))  # teacher cached: stops in the student stage
+        run.run(cfg, tmp_path / "run", stop=stop_after(5))  # teacher cached: stops in the student stage
     (tmp_path / "run" / "result.json").unlink()  # without its record, only the checkpoint's digest tells
     other = compose_config(*ARGS, "alpha=0.9", f"cache_dir={path / 'cache'}")
     with pytest.raises(UserError, match="checkpoint of another config"):
-        pipeline.run(other, tmp_path / "run")
+        run.run(other, tmp_path / "run")
 
 
 def test_an_unreadable_checkpoint_is_reported_removed_and_the_stage_starts_over(library_ref, tmp_path, caplog):
     cfg, ref, _ = library_ref
     with pytest.raises(RunInterrupted):
-        pipeline.run(cfg, tmp_path / "run", stop=stop_after(40))
+        run.run(cfg, tmp_path / "run", stop=stop_after(40))
     checkpoint = rundir.student_checkpoint(tmp_path / "run")
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # damaged on disk
     caplog.set_level("INFO")
-    resumed = pipeline.run(cfg, tmp_path / "run")
+    resumed = run.run(cfg, tmp_path / "run")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "unreadable" in warnings[0] and "starts over" in warnings[0]
     assert resumed["metrics"] == ref["metrics"]  # starting over gives the same run
@@ -180,7 +181,7 @@ def test_a_run_directory_in_use_by_another_process_is_refused(library_ref, tmp_p
     (tmp_path / "run").mkdir()
     with directory_lock(tmp_path / "run"):  # as a kd-run writing there would hold it
         with pytest.raises(UserError, match="in use by another kd-run process"):
-            pipeline.run(cfg, tmp_path / "run")
+            run.run(cfg, tmp_path / "run")
     assert list((tmp_path / "run").iterdir()) == []
 
 
@@ -216,9 +217,9 @@ def test_a_second_signal_exits_75_with_one_line(tmp_path, monkeypatch, capsys):
     def killed_again(cfg, run_dir, **kwargs):
         raise interrupt.StopNow("SIGINT")  # what the handler raises on a second signal
 
-    monkeypatch.setattr(pipeline, "run", killed_again)
+    monkeypatch.setattr(run, "run", killed_again)
     with pytest.raises(SystemExit) as exc:
-        cli.main(["hydra.run.dir=run"])
+        kd_run_main(["hydra.run.dir=run"])
     assert exc.value.code == 75
     assert capsys.readouterr().err.startswith("kd-run: stopped at once by a second signal; run the same command again")
 
@@ -228,11 +229,11 @@ def test_a_run_stopped_before_it_started_is_recorded_as_interrupted(tmp_path):
     sweep's tables show it as such, and running it again starts it."""
     cfg = compose_config("experiment=smoke", "teacher.epochs=1", "student.epochs=1", f"cache_dir={tmp_path / 'cache'}")
     with pytest.raises(RunInterrupted, match="before it started"):
-        pipeline.run(cfg, tmp_path / "run", stop=lambda: "SIGINT")
+        run.run(cfg, tmp_path / "run", stop=lambda: "SIGINT")
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["status"] == "interrupted" and record["stage"] is None and record["signal"] == "SIGINT"
     assert not (tmp_path / "cache").exists()  # nothing was computed
-    assert pipeline.run(cfg, tmp_path / "run")["status"] == "completed"
+    assert run.run(cfg, tmp_path / "run")["status"] == "completed"
 
 
 def test_checkpoints_are_written_by_time_and_always_on_a_stop(library_ref, tmp_path, monkeypatch):
@@ -246,15 +247,15 @@ def test_checkpoints_are_written_by_time_and_always_on_a_stop(library_ref, tmp_p
     monkeypatch.setattr(
         checkpoints.StageCheckpoint, "save", lambda self, *a, **k: saves.append(1) or save(self, *a, **k)
     )
-    pipeline.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "long")
+    run.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "long")
     assert saves == []  # no epoch end saved within the hour
-    pipeline.run(dataclasses.replace(cfg, checkpoint_every_s=0.0), tmp_path / "every")
+    run.run(dataclasses.replace(cfg, checkpoint_every_s=0.0), tmp_path / "every")
     assert len(saves) == cfg.student.epochs  # one per student epoch (the teacher comes from the cache)
     saves.clear()
     with pytest.raises(RunInterrupted):
-        pipeline.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "stopped", stop=stop_after(40))
+        run.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "stopped", stop=stop_after(40))
     assert saves == [1]  # the stop's own save
     assert (
-        pipeline.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "stopped")["metrics"]
+        run.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "stopped")["metrics"]
         == (ref["metrics"])
     )

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from helpers import compose_config, kd_run, read_run
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.names import METRIC_NAMES, TOP5_NAMES
 from kd_runner.runtime.rng import seed_everything
 
@@ -87,7 +87,7 @@ def test_compose_api_run_is_deterministic(tmp_path):
         cfg = compose_config(
             "experiment=smoke", f"cache_dir={tmp_path / name / 'cache'}", "alpha=0.3", "soft_loss=soft_ce"
         )
-        records.append(pipeline.run(cfg, tmp_path / name))
+        records.append(run.run(cfg, tmp_path / name))
     assert records[0]["teacher"]["source"] == records[1]["teacher"]["source"] == "trained"
     assert records[0]["metrics"] == records[1]["metrics"]
     assert records[0]["config"]["alpha"] == 0.3 and records[0]["config"]["soft_loss"] == "soft_ce"

@@ -19,22 +19,24 @@ from helpers import KD_RUN, _env, start_kd_run, wait_for_file
 
 from kd_runner.store import rundir
 
-# kd-run's own main, the functions named in argv[1] wrapped so that the process sends itself the signal argv[2]
-# as each is called: a real signal at a chosen moment
+# kd-run's own main, the functions named in argv[1] (MODULE.FUNCTION of kd_runner.cli) wrapped so that the
+# process sends itself the signal argv[2] as each is called: a real signal at a chosen moment
 SCRIPT = """
-import os, signal, sys
-from kd_runner import cli
+import importlib, os, signal, sys
 
-def signalled(name, sig):
-    real = getattr(cli, name)
+def signalled(path, sig):
+    module_name, name = path.rsplit(".", 1)
+    module = importlib.import_module("kd_runner.cli." + module_name)
+    real = getattr(module, name)
     def wrapped(*args, **kwargs):
         os.kill(os.getpid(), getattr(signal, sig))
         return real(*args, **kwargs)
-    setattr(cli, name, wrapped)
+    setattr(module, name, wrapped)
 
-for name in sys.argv[1].split(","):
-    signalled(name, sys.argv[2])
-cli.main(sys.argv[3:])
+for path in sys.argv[1].split(","):
+    signalled(path, sys.argv[2])
+from kd_runner.cli.kd_run import main
+main(sys.argv[3:])
 """
 
 
@@ -45,7 +47,7 @@ def run_signalled(names: list[str], sig: str, cwd: Path) -> subprocess.Completed
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_while_kd_run_checks_its_jobs_exits_75_with_one_line(sig, tmp_path):
-    proc = run_signalled(["preflight"], sig, tmp_path)  # Ctrl-C in the first seconds
+    proc = run_signalled(["compose.checked_job"], sig, tmp_path)  # Ctrl-C in the first seconds
     assert proc.returncode == 75, proc.stderr
     assert proc.stderr.strip() == f"kd-run: stopped at once by {sig}; run the same command again to resume"
     assert not (tmp_path / "run").exists()
@@ -55,7 +57,7 @@ def test_a_signal_while_kd_run_checks_its_jobs_exits_75_with_one_line(sig, tmp_p
 def test_a_second_signal_while_kd_run_exits_after_the_first_still_exits_75(sig, tmp_path):
     """The first signal is sent as the run starts (it stops at once, interrupted); the second while kd-run
     reports that, after its graceful handler is gone: it once killed the process (-2/-15)."""
-    proc = run_signalled(["run_single", "fail"], sig, tmp_path)
+    proc = run_signalled(["kd_run.run_single", "jobs.fail"], sig, tmp_path)
     assert proc.returncode == 75, proc.stderr
     assert "Traceback" not in proc.stderr and f"stopped at once by {sig}" in proc.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "interrupted"
@@ -113,15 +115,15 @@ import importlib.abc, os, signal, sys
 
 class SignalOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name == "kd_runner.cli":
+        if name == "kd_runner.cli.kd_run":
             os.kill(os.getpid(), signal.SIGINT)
         return None
 
 sys.meta_path.insert(0, SignalOnImport())
-from kd_runner.entry import kd_run
+from kd_runner.cli import kd_run_script
 
 sys.argv = ["kd-run", "experiment=smoke", "hydra.run.dir=run"]
-kd_run()
+kd_run_script()
 """
 
 

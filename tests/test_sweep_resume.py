@@ -8,7 +8,7 @@ import signal
 import pytest
 from helpers import kd_run, start_kd_run, wait_for_file
 
-from kd_runner import cli
+from kd_runner.cli.kd_run import main as kd_run_main
 from kd_runner.store import rundir
 
 SWEEP = ("-m", "experiment=smoke", "student.epochs=4", "alpha=0,0.5,1", "hydra.sweep.dir=sweep", "checkpoint_every_s=0")
@@ -46,16 +46,16 @@ def test_a_sweep_interrupted_by_sigint_finishes_on_a_rerun(tmp_path):
 def test_a_finished_sweep_is_skipped_and_another_sweep_into_its_directory_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     sweep = ["-m", "experiment=smoke", "alpha=0,1", "hydra.sweep.dir=sweep"]
-    cli.main(sweep)  # exit code 0: main returns
+    kd_run_main(sweep)  # exit code 0: main returns
     capsys.readouterr()
     before = {p: p.read_bytes() for p in tmp_path.rglob("result.json")}
 
-    cli.main(sweep)
+    kd_run_main(sweep)
     assert capsys.readouterr().out.count("skipped") == 2
     assert {p: p.read_bytes() for p in tmp_path.rglob("result.json")} == before
 
     with pytest.raises(SystemExit) as exc:
-        cli.main(["-m", "experiment=smoke", "alpha=0.5,1", "hydra.sweep.dir=sweep"])
+        kd_run_main(["-m", "experiment=smoke", "alpha=0.5,1", "hydra.sweep.dir=sweep"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "sweep/0 already holds a run of another config" in err

@@ -16,12 +16,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import kd_run, usage_error_line
+from helpers import kd_run, planned_jobs, usage_error_line
 from PIL import Image
 
-from kd_runner import cli
+from kd_runner.cli import sweep_tools
+from kd_runner.cli.kd_run import main as kd_run_main
 from kd_runner.names import METRIC_NAMES
-from kd_runner.sweep import cli as sweep_cli
 from kd_runner.sweep.aggregate import FINAL_METRICS, GAIN_COLUMNS, write_plan
 
 BIN = Path(sys.executable).parent
@@ -217,8 +217,10 @@ def test_kd_aggregate_combines_sweeps_and_reads_interrupted_ones(alpha_sweep, tm
     sweep, _ = alpha_sweep
     monkeypatch.chdir(tmp_path)
     shutil.copytree(sweep, tmp_path / "cut")
-    (tmp_path / "cut" / "3" / "result.json").unlink()  # as if the sweep was stopped during job 3
-    sweep_cli.aggregate_main([str(sweep), "cut", "--out", "both"])
+    killed = tmp_path / "cut" / "3" / "result.json"  # as if the sweep was killed during job 3
+    record = json.loads(killed.read_text())
+    killed.write_text(json.dumps({key: record[key] for key in ("config", "overrides")} | {"status": "running"}))
+    sweep_tools.aggregate_main([str(sweep), "cut", "--out", "both"])
     runs = pd.read_csv(tmp_path / "both" / "runs.csv")
     assert len(runs) == 8 and list(runs["status"]).count("incomplete") == 1
     summary = pd.read_csv(tmp_path / "both" / "summary.csv")
@@ -249,7 +251,7 @@ def test_kd_report_redraws_the_plots(alpha_sweep, tmp_path):
 def test_sweep_tools_report_bad_input_in_one_line(tool, args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        getattr(sweep_cli, tool)(args)
+        getattr(sweep_tools, tool)(args)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and len(err.splitlines()) == 1
@@ -272,17 +274,15 @@ def test_alpha_preset_runs_as_a_sweep_and_the_command_line_overrides_it(tmp_path
     ],
 )
 def test_presets_expand_to_five_values_times_five_seeds_in_preflight(preset, key, values):
-    cli.register_schema()  # as cli.main does
-    plan = cli.preflight([f"sweep={preset}"], multirun=False)
-    assert plan.multirun is True
-    assert len(plan.configs) == 25
-    assert {(getattr(c, key), c.seed) for c in plan.configs} == {(v, s) for v in values for s in range(5)}
+    planned = planned_jobs(f"sweep={preset}")
+    assert len(planned) == 25
+    assert {(getattr(job.cfg, key), job.cfg.seed) for job in planned} == {(v, s) for v in values for s in range(5)}
 
 
 def test_preflight_checks_every_job_of_a_preset(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        cli.main(["sweep=alpha", "alpha=0,1.5"])
+        kd_run_main(["sweep=alpha", "alpha=0,1.5"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "kd-run: error: alpha=1.5 is not allowed: expected a number in [0, 1] (weight of the hard-label loss)"
@@ -329,5 +329,5 @@ def test_another_sweep_into_an_existing_sweep_directory_is_refused(tmp_path, mon
     err = usage_error_line(["-m", "experiment=smoke", "alpha=0", "seed=0,1", "hydra.sweep.dir=sweep"], capsys)
     assert "hydra.sweep.dir='sweep' holds another sweep (4 jobs, not these 2)" in err
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["sweep.json"]
-    plan = cli.preflight(["experiment=smoke", "alpha=0,1", "seed=0,1", "hydra.sweep.dir=sweep"], multirun=True)
-    assert len(plan.jobs) == 4  # the very same sweep again: accepted (it resumes)
+    planned = planned_jobs("experiment=smoke", "alpha=0,1", "seed=0,1", "hydra.sweep.dir=sweep")
+    assert len(planned) == 4  # the very same sweep again: accepted (it resumes)

@@ -13,7 +13,7 @@ import torch
 from dataset_files import write_image_folder
 from helpers import compose_config
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.errors import UserError
@@ -28,7 +28,7 @@ def cached(tmp_path_factory):
     """A cache holding one smoke teacher, and the record of the run that trained it."""
     path = tmp_path_factory.mktemp("cache")
     cfg = compose_config("experiment=smoke", f"cache_dir={path / 'cache'}")
-    record = pipeline.run(cfg, path / "first")
+    record = run.run(cfg, path / "first")
     assert record["teacher"]["source"] == "trained"
     return cfg, record, path / "cache" / "teachers"
 
@@ -59,7 +59,7 @@ def test_a_damaged_entry_is_reported_in_one_line_removed_and_rebuilt(cached, tmp
     damage(weights, manifest)
     caplog.set_level("INFO")
 
-    record = pipeline.run(cfg, tmp_path / "run")
+    record = run.run(cfg, tmp_path / "run")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and len(warnings[0].splitlines()) == 1
     assert "corrupted or incomplete: removed, fine-tuning again" in warnings[0]
@@ -90,10 +90,10 @@ BAD_CONTENT = {
 def test_an_entry_with_a_matching_checksum_but_bad_content_is_rebuilt(cached, tmp_path, caplog, content):
     cfg, first, teachers = cached
     BAD_CONTENT[content](*entry_files(teachers))
-    record = pipeline.run(cfg, tmp_path / "run")
+    record = run.run(cfg, tmp_path / "run")
     assert "corrupted or incomplete: removed, fine-tuning again" in caplog.text
     assert record["teacher"]["source"] == "trained" and record["metrics"] == first["metrics"]
-    assert pipeline.run(cfg, tmp_path / "again")["teacher"]["source"] == "cache"  # a whole entry again
+    assert run.run(cfg, tmp_path / "again")["teacher"]["source"] == "cache"  # a whole entry again
 
 
 def read_only(monkeypatch, folder):
@@ -112,10 +112,10 @@ def read_only(monkeypatch, folder):
 def test_a_read_only_cache_serves_its_teachers_and_refuses_new_ones_in_one_line(cached, tmp_path, monkeypatch):
     cfg, first, teachers = cached
     read_only(monkeypatch, teachers.parent)
-    assert pipeline.run(cfg, tmp_path / "run")["metrics"] == first["metrics"]
+    assert run.run(cfg, tmp_path / "run")["metrics"] == first["metrics"]
     other = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, seed=1))
     with pytest.raises(UserError, match=r"cache_dir=.*teachers' cannot be written: .* read-only file system"):
-        pipeline.run(other, tmp_path / "other")
+        run.run(other, tmp_path / "other")
 
 
 def test_a_half_written_entry_is_never_read(cached, tmp_path, caplog):
@@ -127,7 +127,7 @@ def test_a_half_written_entry_is_never_read(cached, tmp_path, caplog):
     stale.write_bytes(b"partial")
     caplog.set_level("INFO")
 
-    record = pipeline.run(cfg, tmp_path / "run")
+    record = run.run(cfg, tmp_path / "run")
     assert record["teacher"]["source"] == "trained"
     assert "fine-tuning" in caplog.text
     assert record["metrics"] == first["metrics"]
@@ -140,10 +140,10 @@ def test_new_data_under_the_same_root_is_another_teacher(tmp_path):
     root = write_image_folder(tmp_path / "images", seed=0)
     tiny = ["teacher.epochs=1", "student.epochs=1", "dataset.image_size=16", f"cache_dir={tmp_path / 'cache'}"]
     cfg = compose_config("experiment=smoke", "dataset=imagefolder", f"dataset.root={root}", *tiny)
-    assert pipeline.run(cfg, tmp_path / "a")["teacher"]["source"] == "trained"
+    assert run.run(cfg, tmp_path / "a")["teacher"]["source"] == "trained"
     write_image_folder(root, seed=1)  # same file names, other pixels
-    assert pipeline.run(cfg, tmp_path / "b")["teacher"]["source"] == "trained"
-    assert pipeline.run(cfg, tmp_path / "c")["teacher"]["source"] == "cache"
+    assert run.run(cfg, tmp_path / "b")["teacher"]["source"] == "trained"
+    assert run.run(cfg, tmp_path / "c")["teacher"]["source"] == "cache"
 
 
 def test_the_pretrained_weights_version_is_in_the_teacher_key(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from helpers import compose_config, usage_error_line
 
-from kd_runner import pipeline
+from kd_runner import run
 from kd_runner.data import build_dataset
 from kd_runner.data.device import InMemoryData
 from kd_runner.models import build_stage_model
@@ -29,7 +29,7 @@ def test_checkpoint_with_zero_epochs_is_used_as_is(tmp_path):
     cfg = compose_config(
         "experiment=smoke", "teacher.epochs=0", f"teacher.checkpoint={path}", f"cache_dir={tmp_path / 'cache'}"
     )
-    record = pipeline.run(cfg, tmp_path / "run")
+    record = run.run(cfg, tmp_path / "run")
     assert record["teacher"]["source"] == "checkpoint"
     device_data = InMemoryData(data, Compute(torch.device("cpu")))
     expected = accuracy(engine.predict(model, device_data, device_data.val.images), device_data.val.labels)
@@ -40,8 +40,8 @@ def test_checkpoint_with_zero_epochs_is_used_as_is(tmp_path):
 def test_checkpoint_with_epochs_is_fine_tuned_and_cached_under_its_own_key(tmp_path):
     _, _, path = saved_teacher(tmp_path)
     common = ["experiment=smoke", f"cache_dir={tmp_path / 'cache'}"]
-    from_scratch = pipeline.run(compose_config(*common), tmp_path / "a")
-    from_ckpt = pipeline.run(compose_config(*common, f"teacher.checkpoint={path}"), tmp_path / "b")
+    from_scratch = run.run(compose_config(*common), tmp_path / "a")
+    from_ckpt = run.run(compose_config(*common, f"teacher.checkpoint={path}"), tmp_path / "b")
     assert from_scratch["teacher"]["source"] == from_ckpt["teacher"]["source"] == "trained"
     assert from_scratch["teacher"]["cache_key"] != from_ckpt["teacher"]["cache_key"]
 

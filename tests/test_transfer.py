@@ -230,11 +230,11 @@ def test_an_ensembles_teacher_metrics_do_not_depend_on_the_temperature(tmp_path)
     """The teacher metrics see the members combined at T=1 (alpha=1: the student too is the same at every T)."""
     from helpers import compose_config
 
-    from kd_runner import pipeline
+    from kd_runner import run
 
     common = ["experiment=smoke", "teacher.ensemble=3", "teacher.epochs=1", "teacher.width=4", "alpha=1"]
     runs = [
-        pipeline.run(compose_config(*common, f"temperature={t}", f"cache_dir={tmp_path / 'cache'}"), tmp_path / str(t))
+        run.run(compose_config(*common, f"temperature={t}", f"cache_dir={tmp_path / 'cache'}"), tmp_path / str(t))
         for t in (1, 8)
     ]
     for name in ("teacher_acc", "agreement", "kl_teacher_student", "logit_gap"):

@@ -17,7 +17,7 @@ import logging
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from kd_runner import targets
+from kd_runner import user_code as targets
 from kd_runner.data import Dataset, Split, channel_stats
 from kd_runner.errors import UserError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 
-from kd_runner import targets as user_code
+from kd_runner import user_code
 from kd_runner.errors import ConfigError, UserError, one_line
 from kd_runner.methods import base
 from kd_runner.methods.base import Method

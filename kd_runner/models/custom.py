@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from kd_runner import targets
+from kd_runner import user_code as targets
 from kd_runner.errors import ConfigError, UserError, one_line
 
 

@@ -1,12 +1,12 @@
 """Sweep aggregation: the job directories of one or more sweeps -> runs.csv, summary.csv, curves.csv, summary.md.
 
-A job directory is a subdirectory of a sweep directory holding `.hydra/overrides.yaml`, which Hydra writes
-before the job starts, so failed jobs (result.json with status "failed") and interrupted ones (no
-result.json: "incomplete") are listed too, and so are the jobs of the sweep's plan (sweep.json, written
-by kd-run when the sweep starts) that never started ("not started"). Sweep points are the distinct values
-of every swept key, i.e. every override key other than `seed` whose value differs between jobs; the
-statistics of a point are taken over its completed jobs (its seeds). A job's values and seed come from
-the config its result.json records (no other job can overwrite it), from `.hydra/` only when it has none.
+A job directory is a subdirectory of a sweep directory holding a result.json (or, for a search trial of
+several seeds, seed_<s>/result.json), which a run writes as it starts and rewrites as it ends, so failed
+jobs (status "failed") and killed ones (still "running": "incomplete") are listed too, and so are the
+jobs of the sweep's plan (sweep.json, written by kd-run when the sweep starts) that never started ("not
+started"). Sweep points are the distinct values of every swept key, i.e. every override key other than
+`seed` whose value differs between jobs; the statistics of a point are taken over its completed jobs (its
+seeds). A job's overrides, values and seed come from its own result.json (`overrides`, `config`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from kd_runner.config import RunConfig, result_key
 from kd_runner.errors import UserError
 from kd_runner.names import METRIC_NAMES
 from kd_runner.status import Status
@@ -48,32 +46,23 @@ class Tables:
 def job_dirs(sweep_dir: Path | str) -> list[Path]:
     """The job directories of a sweep, in job order (numbered subdirectories sort numerically)."""
     sweep_dir = Path(sweep_dir)
-    jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()] if sweep_dir.is_dir() else []
+    jobs = [p for p in sweep_dir.iterdir() if _runs(p)] if sweep_dir.is_dir() else []
     return sorted(jobs, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
+
+
+def _runs(job: Path) -> list[Path]:
+    """A job directory's runs: itself, or the seed_<s> runs of a search trial (seeds_per_trial > 1)."""
+    if (job / "result.json").is_file():
+        return [job]
+    seeds = [run for run in job.glob("seed_*") if (run / "result.json").is_file()]
+    return sorted(seeds, key=lambda run: int(run.name.removeprefix("seed_")))
 
 
 def write_plan(sweep_dir: Path | str, jobs: list[list[str]], reuse: dict[int, str]) -> None:
     """Record the overrides of every job a sweep will run, so that an interrupted sweep still shows its
-    swept keys and the jobs that never started, and which jobs reuse an earlier one's results (`reuse_plan`)."""
+    swept keys and the jobs that never started (kd-aggregate), and which jobs reuse an earlier one's
+    results; a later call into the same directory reads the jobs (`read_plan`) to refuse another sweep."""
     write_json(Path(sweep_dir) / PLAN, {"jobs": jobs, "reuse": {str(num): owner for num, owner in reuse.items()}})
-
-
-def reuse_plan(jobs: list[tuple[RunConfig, str | None]]) -> dict[int, str]:
-    """For each job (config, job directory) whose result key (config.result_key) equals an earlier job's,
-    that earlier job's directory (absolute): such a job cannot give other results, so it reuses them."""
-    first, reuse = {}, {}
-    for num, (cfg, job_dir) in enumerate(jobs):
-        job_dir = None if job_dir is None else str(Path(job_dir).resolve())
-        owner = first.setdefault(result_key(cfg), job_dir)
-        if owner is not None and job_dir is not None and owner != job_dir:
-            reuse[num] = owner
-    return reuse
-
-
-def planned_reuse(sweep_dir: Path | str, num: int) -> str | None:
-    """The job directory whose results the sweep's plan has job `num` reuse; None: it runs."""
-    plan = Path(sweep_dir) / PLAN
-    return json.loads(plan.read_text()).get("reuse", {}).get(str(num)) if plan.is_file() else None
 
 
 def read_plan(sweep_dir: Path | str) -> list[list[str]] | None:
@@ -92,7 +81,7 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
             raise UserError(f"{str(sweep_dir)!r}: no such directory")
         started = [run for job in job_dirs(sweep_dir) for run in _read_job(job)]
         if not started:
-            raise UserError(f"{str(sweep_dir)!r} holds no job directories (subdirectories with .hydra/overrides.yaml)")
+            raise UserError(f"{str(sweep_dir)!r} holds no job directories (subdirectories with a result.json)")
         never = _never_started(sweep_dir, [given for given, *_ in started])  # the plan holds the given text
         entries += [tuple(entry) for _, *entry in started]
         entries += [(overrides, _not_started_row(overrides), None) for overrides in never]
@@ -143,7 +132,7 @@ def _load(path: Path, parse, kind: type):
         value = parse(path.read_text())
     except FileNotFoundError:
         raise DamagedJob(f"{path.name} is missing") from None
-    except (OSError, ValueError, yaml.YAMLError) as exc:  # json's decode error is a ValueError
+    except (OSError, ValueError) as exc:  # json's decode error is a ValueError
         raise DamagedJob(f"{path.name} cannot be read ({type(exc).__name__})") from None
     if value is None:
         return kind()
@@ -153,34 +142,22 @@ def _load(path: Path, parse, kind: type):
 
 
 def _read_job(job: Path) -> list[tuple[dict, dict, dict, pd.DataFrame | None]]:
-    """A started job's runs: the job itself, or the seed_<s> runs of a search trial with seeds_per_trial > 1
-    (see `_read_run`); one damaged row when its `.hydra/` files cannot be read."""
-    given = {}
-    try:
-        given = _split(map(str, _load(job / ".hydra" / "overrides.yaml", yaml.safe_load, list)))
-        config = _load(job / ".hydra" / "config.yaml", yaml.safe_load, dict)
-    except DamagedJob as exc:
-        return [(given, given, _damaged_row(job, job.name, f".hydra/{exc}"), None)]
-    seeds = sorted(job.glob("seed_*"), key=lambda run: int(run.name.removeprefix("seed_")))
-    if seeds:
-        return [
-            _read_run(run, f"{job.name}/{run.name}", given, {**config, "seed": int(run.name.removeprefix("seed_"))})
-            for run in seeds
-        ]
-    return [_read_run(job, job.name, given, config)]
+    """A started job's runs: the job itself, or the seed_<s> runs of a search trial (see `_read_run`)."""
+    return [_read_run(run, str(run.relative_to(job.parent))) for run in _runs(job)]
 
 
-def _read_run(job: Path, name: str, given: dict, config: dict) -> tuple[dict, dict, dict, pd.DataFrame | None]:
-    """A run's overrides as given and with the values its run recorded (the config in its result.json, which
-    no later job can overwrite; `config` while it has none), the rest of its runs.csv row and, when it
-    completed, the student rows of its metrics.csv. A run whose files cannot be read is listed as damaged."""
+def _read_run(job: Path, name: str) -> tuple[dict, dict, dict, pd.DataFrame | None]:
+    """A run's overrides as given and with the values its run recorded (the config in its result.json), the
+    rest of its runs.csv row and, when it completed, the student rows of its metrics.csv. A run whose files
+    cannot be read is listed as damaged."""
     try:
-        result = _read_result(job)
-        status = Status.INCOMPLETE if result["status"] == Status.RUNNING else Status(result["status"])
+        result = _load(job / "result.json", json.loads, dict)
+        given = _split(map(str, result.get("overrides", [])))
+        status = _status(result)
         history = _student_history(job) if status == Status.COMPLETED else None
     except DamagedJob as exc:
-        return given, given, _damaged_row(job, name, str(exc)), None
-    config = result.get("config") or config
+        return {}, {}, _damaged_row(job, name, str(exc)), None
+    config = result.get("config", {})
     overrides = {key: _recorded(config, key, value) for key, value in given.items()}
     metrics = result.get("metrics", {})
     teacher = result.get("teacher", {})
@@ -198,14 +175,11 @@ def _read_run(job: Path, name: str, given: dict, config: dict) -> tuple[dict, di
     return given, overrides, row, history
 
 
-def _read_result(job: Path) -> dict:
-    """The run's result.json ({"status": incomplete} when it has none); DamagedJob when it is no record."""
-    if not (job / "result.json").is_file():
-        return {"status": Status.INCOMPLETE}
-    result = _load(job / "result.json", json.loads, dict)
+def _status(result: dict) -> Status:
+    """How a run stands by its result.json ("running" once it can no longer be: incomplete)."""
     if result.get("status") not in {s.value for s in Status}:
         raise DamagedJob(f"result.json holds no valid status ({result.get('status')!r})")
-    return result
+    return Status.INCOMPLETE if result["status"] == Status.RUNNING else Status(result["status"])
 
 
 def _student_history(job: Path) -> pd.DataFrame:

@@ -10,10 +10,9 @@ back with Optuna's own reader into trials.csv, best_params.json and objective.pn
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
-
-import yaml
 
 from kd_runner.config import RunConfig
 from kd_runner.errors import UserError
@@ -76,12 +75,10 @@ def resume(sweep_dir: Path | str, n_trials: int) -> tuple[int, int]:
 
 
 def _started(sweep_dir: Path | str, params: dict) -> bool:
-    """Whether a trial of these values has a directory (a trial refused as it started has none)."""
+    """Whether a trial of these values has a run (a trial refused as it started has none)."""
     wanted = {f"{name}={value}" for name, value in params.items()}  # as the Optuna sweeper writes them
-    return any(
-        wanted <= set(yaml.safe_load(path.read_text()) or [])
-        for path in Path(sweep_dir).glob("*/.hydra/overrides.yaml")
-    )
+    results = [*Path(sweep_dir).glob("*/result.json"), *Path(sweep_dir).glob("*/seed_*/result.json")]
+    return any(wanted <= set(json.loads(path.read_text()).get("overrides", [])) for path in results)
 
 
 def _load(sweep_dir: Path | str):

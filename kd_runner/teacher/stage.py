@@ -30,11 +30,11 @@ from kd_runner.runtime.rng import seed_everything
 from kd_runner.store.cache import CacheEntry, cache_lock
 from kd_runner.store.files import digest, sha256_file
 from kd_runner.store.state_dicts import load_exact, read_state_dict
-from kd_runner.targets import source_digest
 from kd_runner.teacher.logits_cache import data_digest
 from kd_runner.train import engine
 from kd_runner.train.checkpoint import StageCheckpoint
 from kd_runner.train.metrics import accuracy
+from kd_runner.user_code import source_digest
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1

@@ -2,7 +2,7 @@
 
     kd-eval RUN_DIR_OR_CHECKPOINT [KEY=VALUE ...]
 
-The run's config is composed again from its own overrides (.hydra/overrides.yaml) with the given ones
+The run's config is composed again from its own overrides (result.json's `overrides`) with the given ones
 replacing those of the same key (e.g. `dataset=fashion_mnist`, `dataset.root=...`); the evaluation itself
 is kd_runner.evaluate. The metrics are printed and written to RUN_DIR/eval/<weights>-<dataset>.json.
 A mistake is one line on stderr with exit code 2.
@@ -13,15 +13,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from kd_runner import cli
+from kd_runner.cli import compose
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import UserError
-from kd_runner.evaluate import evaluate, run_files
+from kd_runner.evaluate import completed_record, evaluate, run_files
 from kd_runner.store.files import write_json
 
 USAGE = "usage: kd-eval RUN_DIR_OR_CHECKPOINT [KEY=VALUE ...]  (e.g. kd-eval outputs/runs/DAY/TIME dataset=mnist)"
@@ -52,19 +52,17 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_config(run_dir: Path, overrides: list[str]) -> RunConfig:
     """The run's config composed from its own overrides, those of the same key replaced by `overrides`."""
-    saved_path = run_dir / ".hydra" / "overrides.yaml"
-    if not saved_path.is_file():
-        raise UserError(f"{run_dir} has no .hydra/overrides.yaml: not a kd-run run directory")
+    record = completed_record(run_dir)
+    if not isinstance(record.get("overrides"), list):
+        raise UserError(f"{run_dir}/result.json records no overrides (an older kd-run's): run it again to evaluate it")
     given = {key_of(o) for o in overrides}
-    saved = [o for o in OmegaConf.load(saved_path) if key_of(o) not in given]
-    cli.register_schema()
+    saved = [o for o in record["overrides"] if key_of(o) not in given]
+    compose.register()
     try:
-        with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):
-            raw = compose("config", overrides=[*saved, *overrides])
+        with initialize_config_module(config_module=compose.CONFIG_MODULE, version_base="1.3"):
+            raw = hydra_compose("config", overrides=[*saved, *overrides])
     except HydraException as exc:
-        raise UserError(cli.hydra_message(exc)) from None
-    finally:
-        GlobalHydra.instance().clear()
+        raise UserError(compose.hydra_message(exc)) from None
     return load_config(OmegaConf.to_container(raw, resolve=True))
 
 

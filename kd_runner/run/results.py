@@ -1,4 +1,8 @@
-"""What a run leaves behind: metrics.csv (one row per stage and epoch), result.json and a summary."""
+"""What a run leaves behind: metrics.csv (one row per stage and epoch), result.json and a summary.
+
+Every record starts from the run's `identity` (what ran, where, with which software and overrides), so
+the one builder of each kind of result.json is here.
+"""
 
 from __future__ import annotations
 
@@ -74,7 +78,7 @@ def _model_info(name: str, model: torch.nn.Module) -> dict:
     return {"name": name, "params": count_parameters(model), "size_mb": round(model_size_mb(model), 4)}
 
 
-def build_record(*, cfg, history, teacher, student_model, device, timings, outputs) -> dict:
+def build_record(*, identity, cfg, history, teacher, student_model, timings, outputs) -> dict:
     """The completed run's result.json: final-epoch metrics (plus best_student_acc, never instead) and the
     best epoch (its student is student_best.pt; chosen on the validation split, so its accuracy is biased
     upward), the models, the teacher and where its logits came from, timings, and `outputs`' descriptions
@@ -98,7 +102,7 @@ def build_record(*, cfg, history, teacher, student_model, device, timings, outpu
         },
         "teacher": {"source": teacher.source, "cache_key": teacher.key, "logits": outputs.logits_source},
         "timings_s": {k.removesuffix("_s"): round(v, 3) for k, v in timings.items()},
-        **_identity(cfg, device),
+        **identity,
         "compute": outputs.compute,
         "transfer": outputs.transfer,
         "per_class_accuracy": outputs.per_class_accuracy,
@@ -106,20 +110,20 @@ def build_record(*, cfg, history, teacher, student_model, device, timings, outpu
     }
 
 
-def reused_record(cfg, device, owner: dict, owner_dir: Path) -> dict:
+def reused_record(identity: dict, owner: dict, owner_dir: Path) -> dict:
     """result.json of a job that reuses the completed run in `owner_dir` (of an equal result_key): the owner's
     results, this job's own identity, and `reused_from` saying whose results they are."""
-    return {**owner, **_identity(cfg, device), "reused_from": str(owner_dir)}
+    return {**owner, **identity, "reused_from": str(owner_dir)}
 
 
-def running_record(cfg, device) -> dict:
+def running_record(identity: dict) -> dict:
     """result.json while the run is in progress."""
-    return {"status": Status.RUNNING, **_identity(cfg, device)}
+    return {"status": Status.RUNNING, **identity}
 
 
-def failure_record(cfg, device, exc: BaseException, signal: str | None = None) -> dict:
-    """result.json of a run that ended with `exc` instead of completing: its status, where it stopped
-    (the fields the error carries), why, and the exit code kd-run gives it (1 for a bug)."""
+def failure(exc: BaseException, signal: str | None = None) -> dict:
+    """How a run that ended with `exc` instead of completing stands: its status, where it stopped (the
+    fields the error carries), why, and the exit code kd-run gives it (1 for a bug)."""
     ours = isinstance(exc, (UserError, RunInterrupted, Diverged))
     status = exc.status if ours else Status.FAILED
     details = {**exc.details, "signal": signal} if isinstance(exc, RunInterrupted) else getattr(exc, "details", {})
@@ -128,12 +132,17 @@ def failure_record(cfg, device, exc: BaseException, signal: str | None = None) -
         **details,
         "message": str(exc) if ours else one_line(exc),
         "exit_code": exc.exit_code if ours else 1,
-        **_identity(cfg, device),
     }
 
 
-def _identity(cfg, device) -> dict:
-    """What ran, where and with which software: part of every record."""
+def failure_record(identity: dict, exc: BaseException, signal: str | None = None) -> dict:
+    """result.json of a run that ended with `exc` (see `failure`)."""
+    return {**failure(exc, signal), **identity}
+
+
+def identity(cfg, device, overrides: list[str]) -> dict:
+    """What ran, where and with which software: part of every record. `overrides`: the job's own
+    command-line overrides (a sweep's tables read its swept keys from them)."""
     return {
         "device": str(device),
         "config_digest": config_digest(cfg),
@@ -141,6 +150,7 @@ def _identity(cfg, device) -> dict:
         "config": asdict(cfg),
         "versions": versions(),
         "command": sys.argv,
+        "overrides": list(overrides),
     }
 
 

@@ -1,0 +1,243 @@
+"""One run, top to bottom: claim the directory -> data -> teacher(s) -> soft targets -> student -> record.
+
+`run(cfg, run_dir)` claims the directory and records how the run ends; `Run` carries what its steps
+share, and `_experiment` takes the steps in order. Running again into the same directory skips a finished
+run and resumes an unfinished one (kd_runner.store.rundir); result.json always says how the run stands
+(kd_runner.status).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kd_runner import trackers
+from kd_runner.config import RunConfig, config_digest, result_key
+from kd_runner.data import build_dataset
+from kd_runner.data.device import InMemoryData, SplitData, sharded
+from kd_runner.data.loader import StreamedData
+from kd_runner.data.transfer import describe_transfer, transfer_data
+from kd_runner.errors import Diverged, RunInterrupted
+from kd_runner.run import results
+from kd_runner.run.student import check_student_side, train_student, write_outputs
+from kd_runner.runtime import distributed, interrupt
+from kd_runner.runtime.compute import Compute, resolve_device
+from kd_runner.status import Status
+from kd_runner.store import rundir
+from kd_runner.store.files import write_csv, write_json
+from kd_runner.teacher.ensemble import prepare_teachers
+from kd_runner.teacher.soft_targets import SoftTargets
+from kd_runner.train import engine
+from kd_runner.train.checkpoint import StageCheckpoint
+from kd_runner.train.metrics import per_class_accuracy
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    cfg: RunConfig,
+    run_dir: Path | str | None,
+    stop: Callable[[], object] = interrupt.requested,
+    reuse_from: Path | str | None = None,
+    overrides: list[str] = (),
+) -> dict | None:
+    """Run one experiment into `run_dir`; returns the record also written to result.json.
+
+    A finished run of this config already in `run_dir` is returned as it is; an unfinished one resumes
+    from its checkpoints. When `reuse_from` holds a completed run of an equal result key (a sweep's
+    earlier job that this one cannot differ from), its results are recorded instead of training again.
+    When `stop()` turns true (SIGTERM/SIGINT), the run saves a checkpoint at the next safe point, records
+    itself as interrupted and raises RunInterrupted. A diverged run is recorded and returned with status
+    "diverged"; any other error is recorded (status, message, exit code) and raised. `overrides`: the
+    job's command-line overrides, recorded in result.json.
+
+    Under torchrun every process calls this: rank 0 with the run directory, records and writes; the
+    others (run_dir=None) compute their part of the run, write nothing and return None.
+    """
+    shard, device = distributed.setup(resolve_device(cfg.device))
+    digest = config_digest(cfg)
+    identity = results.identity(cfg, device, overrides)
+    if not shard.is_main:
+        return _follow(Run(cfg, None, shard, device, stop, identity), digest)
+    with rundir.claim(run_dir) as run_dir:
+        finished = rundir.finished_record(run_dir, digest)
+        reused = None if finished else _reuse(cfg, run_dir, reuse_from, identity)
+        shard.broadcast((digest, finished is not None or reused is not None))
+        if reused is not None:
+            return reused
+        if finished is not None:
+            log.info(
+                "skipped: %s already holds this config's %s run (config digest %s)", run_dir, finished["status"], digest
+            )
+            return finished
+        return _recorded(Run(cfg, run_dir, shard, device, stop, identity))
+
+
+def _recorded(run: Run) -> dict:
+    """The experiment with result.json saying how it stands, and the trackers given its final record."""
+    result_path = run.run_dir / rundir.RESULT
+    record = results.running_record(run.identity)
+    write_json(result_path, record)
+    run.tracked = trackers.start(run.cfg, run.run_dir)
+    try:
+        if run.stop():  # stopped before it started: recorded like any interruption (a re-run starts it)
+            raise RunInterrupted(None)
+        record = _experiment(run)
+        return record
+    except Exception as exc:  # recorded, so a sweep's tables show it; only a divergence is final
+        record = results.failure_record(run.identity, exc, signal=run.stop())
+        write_json(result_path, record)
+        if not isinstance(exc, Diverged):
+            raise
+        rundir.student_checkpoint(run.run_dir).unlink(missing_ok=True)  # a re-run would diverge again
+        return record
+    finally:  # however the run ended
+        run.tracked.finish(record)
+
+
+def _reuse(cfg: RunConfig, run_dir: Path, owner_dir: Path | str | None, identity: dict) -> dict | None:
+    """Record `owner_dir`'s completed run as this job's (result.json with `reused_from`, and its metrics.csv);
+    None when there is nothing to reuse (no owner, or its run is not completed: then this job trains)."""
+    owner = None if owner_dir is None else rundir.previous_record(owner_dir)
+    if owner is None or owner.get("status") != Status.COMPLETED or owner.get("result_key") != result_key(cfg):
+        return None
+    write_csv(run_dir / "metrics.csv", pd.read_csv(Path(owner_dir) / "metrics.csv"))
+    record = results.reused_record(identity, owner, Path(owner_dir))
+    write_json(run_dir / rundir.RESULT, record)
+    log.info("reused: %s holds a completed run of the same result key %s", owner_dir, record["result_key"])
+    return record
+
+
+def _follow(run: Run, digest: str) -> None:
+    """A process other than rank 0: the same job as rank 0, unless rank 0 found it finished."""
+    ranks_job, finished = run.shard.broadcast(None)
+    if ranks_job != digest:  # rank 0 failed a job before telling: the processes would pair other jobs
+        raise RuntimeError(f"rank 0 is on the job of config digest {ranks_job}, this process on {digest}")
+    if not finished:
+        with contextlib.suppress(Diverged):  # rank 0 records it
+            _experiment(run)
+
+
+@dataclass
+class Run:
+    """What the steps of one run share. `run_dir` None: a process other than rank 0 (writes nothing).
+    `data` (the dataset, `data.source`, placed for training) and `student_data` (the student's training
+    set: the same, or a transfer set) are set by `_place_data`; `tracked` by `_recorded`."""
+
+    cfg: RunConfig
+    run_dir: Path | None
+    shard: distributed.Shard
+    device: torch.device
+    stop: Callable[[], object]
+    identity: dict
+    compute: Compute | None = None
+    data: SplitData | None = None
+    student_data: SplitData | None = None
+    tracked: trackers.Trackers | None = None
+
+
+@dataclass
+class RunOutputs:
+    """What the run records besides its metrics (see results.build_record)."""
+
+    logits_source: str
+    compute: dict
+    transfer: dict
+    per_class_accuracy: dict
+    data: dict
+
+
+def _experiment(run: Run) -> dict:
+    """The steps in order: data, the student side's checks, teacher, soft targets, student, record."""
+    cfg, shard = run.cfg, run.shard
+    timings, start = {}, time.perf_counter()
+    run.compute = Compute.resolve(run.device, cfg.precision, cfg.memory_format, cfg.compile, cfg.threads)
+    run.compute.configure_backends(cfg.deterministic)
+    _place_data(run)
+    dataset = run.data.source
+    timings["data_s"] = time.perf_counter() - start
+    check_student_side(cfg, dataset, run.data, run.student_data, shard)  # fails now, not after the teacher's
+    # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
+    recorder = results.EpochRecorder(run.run_dir, results.running_record(run.identity), run.tracked)
+    teacher_epochs = partial(recorder.record, "teacher")
+    teacher = shard.main_first(lambda: prepare_teachers(cfg, dataset, run.data, cfg.progress, run.stop, teacher_epochs))
+    recorder.record("teacher", teacher.history)
+    timings["teacher_s"] = teacher.seconds
+
+    t0 = time.perf_counter()
+    targets = shard.main_first(
+        lambda: SoftTargets(teacher.model, teacher.key, run.student_data, cfg.cache_dir, teacher.metrics_model)
+    )
+    checkpoint = None  # a run across processes restarts its student stage (its teacher and logits are cached)
+    if run.run_dir is not None and shard.world == 1:
+        checkpoint = StageCheckpoint(rundir.student_checkpoint(run.run_dir), config_digest(cfg), "student")
+    student_data = sharded(run.student_data, shard)
+    history, student, state = train_student(
+        cfg, dataset, student_data, targets, checkpoint, shard.agreed(run.stop), recorder
+    )
+    timings["student_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - start
+
+    run_settings = {"threads": run.compute.threads, "loader": _loader(cfg, dataset), "processes": shard.world}
+    outputs = RunOutputs(
+        logits_source=targets.source,
+        compute={**run.compute.describe(), **run_settings, "deterministic": cfg.deterministic},
+        transfer=describe_transfer(cfg, student_data, history[-1].get("omitted_bias")),
+        per_class_accuracy=_per_class_accuracy(student, targets, student_data, dataset.num_classes),
+        data=dataset.describe(),
+    )
+    record = results.build_record(
+        identity=run.identity,
+        cfg=cfg,
+        history=history,
+        teacher=teacher,
+        student_model=student,
+        timings=timings,
+        outputs=outputs,
+    )
+    if run.run_dir is not None:
+        write_outputs(run.run_dir, record, student, state, teacher.history, history, checkpoint)
+    return record
+
+
+def _loader(cfg: RunConfig, data) -> str:
+    """How batches reach the model: the whole splits in memory, or streamed (asked for, or too big)."""
+    return "dataloader" if cfg.loader == "dataloader" or data.streamed else "memory"
+
+
+def _place_data(run: Run) -> None:
+    """The dataset, its splits placed for training (in memory or streamed), and the student's splits."""
+    cfg, compute, shard = run.cfg, run.compute, run.shard
+    data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
+    loader = _loader(cfg, data)
+    run.data = StreamedData(data, compute, cfg.num_workers) if loader == "dataloader" else InMemoryData(data, compute)
+    log.info(
+        "data: %s, %d train / %d val, %d classes, device %s",
+        data.name,
+        len(data.train),
+        len(data.val),
+        data.num_classes,
+        compute.device,
+    )
+    settings = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in compute.describe().items())
+    log.info("compute: %s, loader %s, %d process(es)", settings, loader, shard.world)
+    run.student_data = shard.main_first(lambda: transfer_data(cfg, data, run.data))
+    if run.student_data is not run.data:
+        log.info("transfer set: %s", describe_transfer(cfg, run.student_data))
+
+
+def _per_class_accuracy(student, targets: SoftTargets, d: SplitData, num_classes: int) -> dict:
+    """Final per-class validation accuracy of the student and the teacher (None for a class without samples)."""
+    logits = engine.predict(student, d, d.val.images)
+    return {
+        "student": per_class_accuracy(logits, d.val.labels, num_classes),
+        "teacher": per_class_accuracy(targets.val, d.val.labels, num_classes),
+    }

@@ -1,0 +1,127 @@
+"""The student's side of a run: the checks that need the data, its training, and what it leaves.
+
+Kept apart from run.py because the distillation methods shape all of it (their layers, their objective,
+their trained parameters such as FitNets' regressors beside student.pt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from kd_runner.config import RunConfig
+from kd_runner.data.device import SplitData
+from kd_runner.data.transfer import raise_omitted_bias
+from kd_runner.methods import PART_COLUMNS, objective
+from kd_runner.methods import make as make_method
+from kd_runner.models import build_stage_model
+from kd_runner.run import results
+from kd_runner.runtime.rng import seed_everything
+from kd_runner.store import rundir
+from kd_runner.store.files import save_torch, write_json
+from kd_runner.teacher.soft_targets import SoftTargets
+from kd_runner.train import engine
+from kd_runner.train.metrics import compute_metrics
+
+
+def check_student_side(cfg: RunConfig, data, split_data: SplitData, student_data: SplitData, shard) -> None:
+    """Mistakes that would only show in the student stage: too few samples for a step, weights that do not
+    fit, a feature layer that is not there."""
+    engine.check_steps(len(split_data.train), cfg.teacher, shard, "teacher")
+    engine.check_steps(len(student_data.train), cfg.student, shard, "student")
+    if cfg.student.weights_path or cfg.student.pretrained:
+        build_stage_model(cfg.student, data, "student")
+    method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
+    if method.needs != "logits":
+        _check_layers(cfg, method, data, split_data)
+    if cfg.alpha < 1 and method.checks_a_batch:  # so does a user objective that gives no loss
+        student = build_stage_model(
+            dataclasses.replace(cfg.student, pretrained=False, weights_path=None), data, "student"
+        )
+        objective.check_on_batch(method, student.to(student_data.device), student_data)
+
+
+def _check_layers(cfg: RunConfig, method, data, split_data: SplitData) -> None:
+    """Resolve the feature method's layers on freshly built models of both architectures (one line if wrong)."""
+    stages = {
+        name: dataclasses.replace(getattr(cfg, name), pretrained=False, weights_path=None)
+        for name in ("student", "teacher")
+    }  # the architectures only
+    models = [build_stage_model(stage, data, name).to(split_data.device) for name, stage in stages.items()]
+    layers = cfg.distill.student_layers, cfg.distill.teacher_layers
+    for tap in objective.feature_taps(method, *layers, *models, objective.sample_batch(split_data)):
+        tap.remove()
+
+
+def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, checkpoint, stop, recorder):
+    """Distill the student with the configured method (kd_runner.methods); the teacher itself never
+    enters the student's graph. The method's state trains and is checkpointed with the student.
+
+    After every epoch `recorder` writes its metrics and, on a new best validation student_acc, the
+    student is saved as student_best.pt (before the epoch's checkpoint, so a resume never misses one)."""
+    seed_everything(cfg.seed)
+    student = d.compute.prepare(build_stage_model(cfg.student, data, "student"))
+    method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
+    model, loss = objective.build(method, cfg.alpha, student, targets, d, cfg.student.batch_size)
+    evaluate = _student_evaluation(model, student, loss, targets, d)
+
+    def on_epoch(rows: list[dict]) -> None:
+        recorder.record("student", rows)
+        if recorder.run_dir is not None and results.best_row(rows) is rows[-1]:
+            save_torch(_cpu_state(student), recorder.run_dir / results.BEST_STUDENT)
+
+    history = engine.fit(
+        d.shard.wrap(model),
+        d,
+        stage="student",
+        recipe=cfg.student,
+        seed=cfg.seed,
+        loss_fn=loss,
+        evaluate=evaluate,
+        on_epoch_start=method.start_epoch,
+        checkpoint_every_s=cfg.checkpoint_every_s,
+        progress=cfg.progress,
+        checkpoint=checkpoint,
+        stop=stop,
+        on_epoch=on_epoch,
+        temperature=cfg.temperature if cfg.alpha < 1 else None,
+    )
+    if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
+        history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
+        on_epoch(history)
+    if cfg.transfer.omitted_bias is not None:  # the final metrics are those of the corrected student
+        corrected = {k: v for k, v in evaluate().items() if k not in PART_COLUMNS}  # the parts stay the epoch's
+        history[-1].update(omitted_bias=raise_omitted_bias(cfg, student, targets.teacher, d), **corrected)
+    loss.close()
+    return history, student, model.state
+
+
+def _student_evaluation(model, student, loss, targets: SoftTargets, d: SplitData):
+    """The student's validation after an epoch: the metrics, the objective at this epoch's weights (a
+    warm-up's), and the epoch's mean of each part of the training loss; no training state changes."""
+
+    def evaluate() -> dict:
+        parts = model.state.take_parts(d.shard)  # before rank 0's buffers (the tally among them) replace the others'
+        d.shard.sync_buffers(model)
+        logits = engine.predict(student, d, d.val.images)
+        value = loss.validation(model, d, logits, d.val.labels)  # at this epoch's warm-up
+        return {**compute_metrics(logits, targets.val, d.val.labels, value), **parts}
+
+    return evaluate
+
+
+def write_outputs(run_dir: Path, record: dict, student, state, teacher_rows, student_rows, checkpoint) -> None:
+    save_torch(_cpu_state(student), run_dir / "student.pt")
+    if state.trainable is not None:  # the method's trained parameters (FitNets' regressors), beside the student
+        save_torch(_cpu_state(state.trainable), run_dir / "distill.pt")
+    rows = [{"stage": "teacher", **r} for r in teacher_rows] + [{"stage": "student", **r} for r in student_rows]
+    results.write_metrics_csv(run_dir / "metrics.csv", rows)
+    write_json(run_dir / rundir.RESULT, record)
+    if checkpoint is not None:
+        checkpoint.remove()  # the completed record is final: the run will not resume again
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
