@@ -8,15 +8,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import kd_objective
+from helpers import compose_config, kd_objective
 from torch import nn
 
 from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TransferConfig
 from kd_runner.data import Dataset, Split
 from kd_runner.data.augment import Augmentation
 from kd_runner.data.device import InMemoryData
-from kd_runner.data.transfer import raise_omitted_bias, transfer_data
+from kd_runner.data.transfer import transfer_data
 from kd_runner.errors import UserError
+from kd_runner.run.student import raise_omitted_bias
 from kd_runner.runtime.compute import Compute
 from kd_runner.teacher.ensemble import TeacherEnsemble, combine_logits
 from kd_runner.teacher.soft_targets import SoftTargets
@@ -228,7 +229,6 @@ def test_ensemble_members_are_separate_cached_teachers(tmp_path):
 
 def test_an_ensembles_teacher_metrics_do_not_depend_on_the_temperature(tmp_path):
     """The teacher metrics see the members combined at T=1 (alpha=1: the student too is the same at every T)."""
-    from helpers import compose_config
 
     from kd_runner import run
 
@@ -252,3 +252,24 @@ def test_soft_targets_give_the_metrics_the_ensemble_at_t1(tmp_path):
         members = [engine.predict(m, d, d.val.images) for m in (a, b)]
     assert torch.allclose(targets.val, combine_logits(members, 1.0, "kl"), atol=1e-5)
     assert torch.allclose(targets.val_targets, combine_logits(members, 4.0, "kl"), atol=1e-5)
+
+
+def test_the_recorded_metrics_are_those_of_the_saved_bias_corrected_student(tmp_path):
+    """With transfer.omitted_bias the final metrics (result.json, the sweep tables) and student.pt both describe
+    the student after the correction: the saved student reproduces the recorded accuracy."""
+    import kd_runner
+    from kd_runner import run
+    from kd_runner.data import build_dataset
+    from kd_runner.train.metrics import accuracy, per_class_accuracy
+
+    args = ("experiment=smoke", "transfer=digits", "transfer.exclude_classes=[3]", "transfer.omitted_bias=auto")
+    cfg = compose_config(*args, "alpha=0", f"cache_dir={tmp_path / 'cache'}")
+    record = run.run(cfg, tmp_path / "run")
+    assert record["transfer"]["omitted_bias_added"][3] > 0
+    data = build_dataset(cfg.dataset)
+    with torch.no_grad():
+        logits = kd_runner.load_student(tmp_path / "run")(data.val.images)
+    assert record["metrics"]["student_acc"] == pytest.approx(accuracy(logits, data.val.labels), abs=1e-6)
+    assert record["per_class_accuracy"]["student"] == pytest.approx(
+        per_class_accuracy(logits, data.val.labels, data.num_classes), abs=1e-6
+    )

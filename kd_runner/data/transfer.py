@@ -6,8 +6,7 @@ the student distilled on the target and evaluated on the target's validation spl
 `transfer.exclude_classes` leaves classes out of the transfer set (Hinton's omitted-digit experiment); the
 validation split keeps them, so per-class accuracy shows what the student learnt about them from the
 soft targets alone. `transfer.labeled=false` declares the transfer labels unused (the config then requires
-alpha=0). `transfer.omitted_bias` applies Hinton's correction after distillation: the student, taught
-the excluded classes by soft targets only, predicts them too rarely, so their output biases are raised.
+alpha=0). `transfer.omitted_bias` applies Hinton's correction after distillation (kd_runner.run.student).
 The transfer set is normalised with the teacher's dataset statistics: the teacher's outputs are
 only meaningful on inputs prepared the way it was trained.
 """
@@ -15,17 +14,13 @@ only meaningful on inputs prepared the way it was trained.
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
-from torch import nn
 
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset, Split, build_dataset
 from kd_runner.data.device import SplitData
 from kd_runner.errors import UserError
-from kd_runner.models import classifier_head
-from kd_runner.train import engine
 
 
 def _shape(d: Dataset) -> str:
@@ -96,27 +91,3 @@ def describe_transfer(cfg: RunConfig, student_data: SplitData, omitted_bias: dic
         "omitted_bias": t.omitted_bias,
         "omitted_bias_added": omitted_bias,
     }
-
-
-def raise_omitted_bias(cfg: RunConfig, student: nn.Module, teacher: nn.Module, d: SplitData) -> dict[int, float]:
-    """Raise the student's output bias of each class left out of the transfer set; returns class -> amount.
-
-    A number is added as given (Hinton et al. raised the 3s' bias by 3.5). `auto` corrects the prior the
-    student was trained under: a left-out class c made up only `share_c = (1 - alpha) * mean_x softmax(t(x)/T)_c`
-    of its training targets (the soft targets' part; no hard label is c) instead of an equal share 1/K of
-    the data, and the student matched those targets at temperature T, so its logit of c is raised by
-    `T * log((1/K) / share_c)`. It reads the teacher's outputs on the transfer inputs only, no label.
-    """
-    t = cfg.transfer
-    if t.omitted_bias == "auto":
-        soft = (engine.predict(teacher, d, d.train.images) / cfg.temperature).softmax(1)
-        share = (1 - cfg.alpha) * soft.mean(0)
-        prior = 1 / soft.shape[1]
-        amounts = {c: cfg.temperature * math.log(prior / float(share[c])) for c in t.exclude_classes}
-    else:
-        amounts = dict.fromkeys(t.exclude_classes, float(t.omitted_bias))
-    output_layer = [m for m in classifier_head(student).modules() if isinstance(m, nn.Linear)][-1]
-    with torch.no_grad():
-        for c, amount in amounts.items():
-            output_layer.bias[c] += amount
-    return amounts

@@ -7,16 +7,17 @@ their trained parameters such as FitNets' regressors beside student.pt).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from kd_runner.config import RunConfig
 from kd_runner.data.device import SplitData
-from kd_runner.data.transfer import raise_omitted_bias
 from kd_runner.methods import PART_COLUMNS, objective
 from kd_runner.methods import make as make_method
-from kd_runner.models import build_stage_model
+from kd_runner.models import build_stage_model, classifier_head
 from kd_runner.run import results
 from kd_runner.runtime.rng import seed_everything
 from kd_runner.store import rundir
@@ -92,8 +93,8 @@ def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, chec
         history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
         on_epoch(history)
     if cfg.transfer.omitted_bias is not None:  # the final metrics are those of the corrected student
-        corrected = {k: v for k, v in evaluate().items() if k not in PART_COLUMNS}  # the parts stay the epoch's
-        history[-1].update(omitted_bias=raise_omitted_bias(cfg, student, targets.teacher, d), **corrected)
+        history[-1]["omitted_bias"] = raise_omitted_bias(cfg, student, targets.teacher, d)
+        history[-1].update({k: v for k, v in evaluate().items() if k not in PART_COLUMNS})  # parts: the epoch's
     loss.close()
     return history, student, model.state
 
@@ -125,3 +126,28 @@ def write_outputs(run_dir: Path, record: dict, student, state, teacher_rows, stu
 
 def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def raise_omitted_bias(cfg: RunConfig, student: nn.Module, teacher: nn.Module, d: SplitData) -> dict[int, float]:
+    """Raise the student's output bias of each class left out of the transfer set (Hinton's correction: the
+    student, taught those classes by soft targets only, predicts them too rarely); returns class -> amount.
+
+    A number is added as given (Hinton et al. raised the 3s' bias by 3.5). `auto` corrects the prior the
+    student was trained under: a left-out class c made up only `share_c = (1 - alpha) * mean_x softmax(t(x)/T)_c`
+    of its training targets (the soft targets' part; no hard label is c) instead of an equal share 1/K of
+    the data, and the student matched those targets at temperature T, so its logit of c is raised by
+    `T * log((1/K) / share_c)`. It reads the teacher's outputs on the transfer inputs only, no label.
+    """
+    t = cfg.transfer
+    if t.omitted_bias == "auto":
+        soft = (engine.predict(teacher, d, d.train.images) / cfg.temperature).softmax(1)
+        share = (1 - cfg.alpha) * soft.mean(0)
+        prior = 1 / soft.shape[1]
+        amounts = {c: cfg.temperature * math.log(prior / float(share[c])) for c in t.exclude_classes}
+    else:
+        amounts = dict.fromkeys(t.exclude_classes, float(t.omitted_bias))
+    output_layer = [m for m in classifier_head(student).modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        for c, amount in amounts.items():
+            output_layer.bias[c] += amount
+    return amounts
