@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd_runner import bench
+from kd_runner.cli import bench
 from kd_runner.config import StageConfig
 from kd_runner.data import Split, build_dataset
 from kd_runner.data.device import InMemoryData
