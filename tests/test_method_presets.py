@@ -29,7 +29,7 @@ PUBLISHED = {
     "dkd": (0.5, {"weight_tckd": 1.0, "weight_nckd": 8.0, "warmup": 20}),
     "dist": (0.5, {"beta": 1.0, "gamma": 1.0}),
     "fitnet": (0.5, {"weight_hint": 100.0}),
-    "at": (0.5, {"beta": 2000.0}),  # RepDistiller: 1000 * sum of at_loss; ours: beta / 2 * sum
+    "at": (0.5, {"beta": 1000.0}),  # RepDistiller: 1000 * sum of at_loss; ours: beta * sum
     "rkd": (0.5, {"weight_distance": 25.0, "weight_angle": 50.0}),
     "vid": (0.5, {"weight_vid": 1.0, "init_pred_var": 5.0, "eps": 1e-5}),
     "crd": (0.5, {"weight_crd": 0.8, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5}),
