@@ -20,7 +20,7 @@ from pkgutil import resolve_name
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from kd_runner import cli
+from kd_runner.cli import compose
 from kd_runner.config import RunConfig, key_docs
 from kd_runner.methods import METHODS
 from kd_runner.names import DATASETS, NETWORKS
@@ -150,8 +150,8 @@ def description(group: str, option: str) -> str:
 
 def groups() -> dict[str, list[str]]:
     """Config group -> its options as `kd-run --help` lists them (files and registered nodes), hydra/ left out."""
-    cli.register_schema()
-    with initialize_config_module(config_module=cli.CONFIG_MODULE, version_base="1.3"):
+    compose.register()
+    with initialize_config_module(config_module=compose.CONFIG_MODULE, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         names = sorted(g for g in loader.list_groups("") if g != "hydra")
         names.sort(key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))

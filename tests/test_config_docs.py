@@ -12,7 +12,7 @@ import pytest
 from helpers import group_options
 from hydra import compose, initialize_config_module
 
-from kd_runner import cli
+from kd_runner.cli.compose import register
 from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TeacherConfig, TransferConfig, key_docs
 from kd_runner.methods import METHODS
 
@@ -37,7 +37,7 @@ def load_generator():
 
 def composed_help_template() -> str:
     """The help template Hydra uses for `kd-run --help`, as composed from conf/."""
-    cli.register_schema()
+    register()
     with initialize_config_module(config_module="kd_runner.conf", version_base="1.3"):
         return compose("config", return_hydra_config=True).hydra.help.template
 

@@ -11,10 +11,18 @@ from test_resume import stop_after
 from kd_runner import run
 from kd_runner.errors import RunInterrupted
 from kd_runner.methods import METHODS, Method
+from kd_runner.store import rundir
 
 ARGS = ("experiment=smoke", "student=cnn", "student.width=8", "student.depth=2", "alpha=0.3")
 # kdsvd relates consecutive layers of equal widths: two layers of a student as wide as the teacher
-LAYERS = {"kdsvd": ("student.width=16", *(f"distill.{m}_layers=[features.2,features]" for m in ("student", "teacher")))}
+TWO_LAYERS = ("student.width=16", *(f"distill.{m}_layers=[features.2,features]" for m in ("student", "teacher")))
+LAYERS = {"kdsvd": TWO_LAYERS, "fsp": TWO_LAYERS}  # fsp: FSP matrices of consecutive layers, equal widths
+INIT = ("distill.init_epochs=1",)  # the init stage of ab, ft, fsp: one epoch (23 batches)
+
+
+def method_args(method: str, cache) -> list[str]:
+    init = INIT if METHODS[method].init_needs else ()
+    return [*ARGS, f"distill={method}", f"cache_dir={cache}", *LAYERS.get(method, ()), *init]
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +32,20 @@ def cache(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "method",
-    ["dkd", "dist", "fitnet", "at", "rkd", "vid", "crd", "ofd", "reviewkd", "sp", "pkt", "nst", "cc", "kdsvd"],
+    ["dkd", "dist", "fitnet", "at", "rkd", "vid", "crd", "ofd", "reviewkd", "sp", "pkt", "nst", "cc", "kdsvd"]
+    + ["ab", "ft", "fsp"],
 )
 def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch(method, cache, tmp_path):
-    cfg = compose_config(*ARGS, f"distill={method}", f"cache_dir={cache}", *LAYERS.get(method, ()))
+    cfg = compose_config(*method_args(method, cache))
     ref = run.run(cfg, tmp_path / "ref")
     _, rows = read_run(tmp_path / "ref")
+    init = rows[rows.stage == "init"]
+    assert len(init) == (1 if METHODS[method].init_needs else 0)  # between the teacher's rows and the student's
+    if len(init):
+        assert list(rows.stage.drop_duplicates()) == ["teacher", "init", "student"]
+        init_parts = init[list(METHODS[method].init_parts)]
+        assert (init_parts > 0).all().all()
+        pd.testing.assert_series_equal(init.train_loss, init_parts.sum(axis=1), check_names=False, rtol=1e-6)
     student = rows[rows.stage == "student"]
     parts = student[list(METHODS[method].parts)]
     assert parts.notna().all().all() and (parts > 0).all().all()
@@ -39,7 +55,7 @@ def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch
     assert (tmp_path / "ref" / "distill.pt").exists() == trains
 
     with pytest.raises(RunInterrupted) as exc:  # teacher cached: 1 check at the start, then 23 batches an epoch
-        run.run(cfg, tmp_path / "run", stop=stop_after(30))
+        run.run(cfg, tmp_path / "run", stop=stop_after(30 + 23 * len(init)))
     assert (exc.value.stage, exc.value.epoch) == ("student", 2)
     resumed = run.run(cfg, tmp_path / "run")
     assert resumed["metrics"] == ref["metrics"]
@@ -47,6 +63,21 @@ def test_a_method_runs_logs_its_parts_and_resumes_exactly_after_a_stop_mid_epoch
     if trains:
         saved = [torch.load(p / "distill.pt", weights_only=True) for p in (tmp_path / "ref", tmp_path / "run")]
         assert saved[0].keys() == saved[1].keys() and all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+
+
+@pytest.mark.parametrize("method", ["ab", "ft"])
+def test_a_stop_inside_the_init_stage_resumes_exactly(method, cache, tmp_path):
+    cfg = compose_config(*method_args(method, cache), "distill.init_epochs=2")
+    ref = run.run(cfg, tmp_path / "ref")
+    with pytest.raises(RunInterrupted) as exc:  # 1 check at the start, 23 batches in init epoch 1, 7 in epoch 2
+        run.run(cfg, tmp_path / "run", stop=stop_after(31))
+    assert (exc.value.stage, exc.value.epoch) == ("init", 2)
+    assert rundir.init_checkpoint(tmp_path / "run").exists()
+    assert list(read_run(tmp_path / "run")[1].stage.drop_duplicates()) == ["teacher", "init"]  # epoch 1 recorded
+    resumed = run.run(cfg, tmp_path / "run")
+    assert resumed["metrics"] == ref["metrics"]
+    pd.testing.assert_frame_equal(read_run(tmp_path / "run")[1], read_run(tmp_path / "ref")[1], check_exact=True)
+    assert not rundir.init_checkpoint(tmp_path / "run").exists()  # a completed run drops it
 
 
 def test_the_default_kd_run_logs_ce_and_kd_parts(cache, tmp_path):

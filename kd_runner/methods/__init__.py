@@ -7,7 +7,27 @@ Adding a method: one file here with its `Params` and its `Method` subclass, its 
 
 from __future__ import annotations
 
-from kd_runner.methods import at, cc, crd, custom, dist, dkd, fitnet, kd, kdsvd, nst, ofd, pkt, reviewkd, rkd, sp, vid
+from kd_runner.methods import (
+    ab,
+    at,
+    cc,
+    crd,
+    custom,
+    dist,
+    dkd,
+    fitnet,
+    fsp,
+    ft,
+    kd,
+    kdsvd,
+    nst,
+    ofd,
+    pkt,
+    reviewkd,
+    rkd,
+    sp,
+    vid,
+)
 from kd_runner.methods.base import Method, Params, combine
 
 METHODS: dict[str, type[Method]] = {
@@ -26,9 +46,14 @@ METHODS: dict[str, type[Method]] = {
     "nst": nst.NST,
     "cc": cc.CC,
     "kdsvd": kdsvd.KDSVD,
+    "ab": ab.AB,
+    "ft": ft.FT,
+    "fsp": fsp.FSP,
     "custom": custom.Custom,
 }
-PART_COLUMNS = ("loss_ce", *(part for method in METHODS.values() for part in method.parts))
+PART_COLUMNS = tuple(
+    dict.fromkeys(("loss_ce", *(part for m in METHODS.values() for part in (*m.parts, *m.init_parts))))
+)  # the student stage's and the init stage's parts, each once
 
 __all__ = ["METHODS", "PART_COLUMNS", "Method", "Params", "combine", "params_type"]
 

@@ -43,9 +43,7 @@ class Params:
 class LogitParams(Params):
     """A logit method that may z-score both models' logits first (logit standardisation)."""
 
-    standardize: bool = field(
-        default=False, metadata={"doc": "z-score both models' logits before the softmax"}
-    )
+    standardize: bool = field(default=False, metadata={"doc": "z-score both models' logits before the softmax"})
 
     def check(self, run) -> None:
         super().check(run)
@@ -76,6 +74,22 @@ class FeatureParams(Params):
             )
 
 
+@dataclass
+class InitParams(FeatureParams):
+    """A method that first trains part of the student (or modules of its own) in an initialisation stage, on
+    features of both models, before the student stage (RepDistiller's `init`, helper/pretrain.py)."""
+
+    init_epochs: int = field(
+        default=30, metadata={"doc": "epochs of the init stage before distillation (0: none; RepDistiller's 30)"}
+    )
+    init_lr: float = field(default=0.0, metadata={"doc": "the init stage's constant learning rate (0: student.lr)"})
+
+    def check(self, run) -> None:
+        super().check(run)
+        if self.init_epochs < 0:
+            raise ConfigError("distill.init_epochs", self.init_epochs, "a whole number >= 0 (0: no init stage)")
+
+
 class Method:
     """A method's soft terms. `needs`: what it reads from both models, "logits", "maps" (N x C x H x W
     activations), "stages" (maps, by default one per stage of each model) or "embedding" (one flattened
@@ -86,6 +100,9 @@ class Method:
     parts: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[str] = "logits"
     checks_a_batch: ClassVar[bool] = False  # `check_on` the student's logits of one batch before training
+    init_needs: ClassVar[str | None] = None  # what the init stage reads ("maps", "stages"); None: no init stage
+    init_parts: ClassVar[tuple[str, ...]] = ()  # the init stage's terms (metrics.csv columns of its rows)
+    init_trains_student: ClassVar[bool] = True  # False: only the method's init modules train in it (FT)
 
     def __init__(self, params: Params, temperature: float, soft_loss: str):
         self.params, self.temperature, self.soft_loss = params, temperature, soft_loss
@@ -105,6 +122,19 @@ class Method:
         """Parameters the method trains with the student, shaped by one batch of both models' features
         (FitNets' regressors); None for most methods."""
         return None
+
+    @property
+    def has_init(self) -> bool:
+        """Whether the run trains an init stage before the student stage."""
+        return self.init_needs is not None and self.params.init_epochs > 0
+
+    def init_trainable(self, student: list[Tensor], teacher: list[Tensor]) -> nn.Module | None:
+        """The init stage's own parameters (AB's connectors, FT's paraphraser), shaped by one batch's features."""
+        return None
+
+    def init_terms(self, student: list[Tensor], teacher: list[Tensor]) -> dict[str, Tensor]:
+        """The init stage's parts on one batch of both models' features (`init_needs`); their sum is its loss."""
+        raise NotImplementedError
 
     def check_on(self, logits: Tensor, sample: Tensor) -> None:
         """Refuse (one line) a method that cannot train on the student's `logits` for the batch `sample`."""

@@ -128,6 +128,40 @@ def build(method: Method, alpha: float, student: nn.Module, targets, data, batch
     return Distilled(student, state), Objective(method, alpha, state, targets, taps, batch_size)
 
 
+class InitTerms(Method):
+    """A method's init stage seen as a method of its own (its needs, parts, trainable modules and terms), so
+    that the same Objective trains, tallies and validates it at alpha=0 (no hard-label term)."""
+
+    def __init__(self, method: Method):
+        super().__init__(method.params, method.temperature, method.soft_loss)
+        self.method, self.needs, self.parts = method, method.init_needs, method.init_parts
+
+    def check_feature(self, key: str, name: str, feature: Tensor) -> None:
+        self.method.check_feature(key, name, feature)
+
+    def trainable(self, student, teacher):
+        return self.method.init_trainable(student, teacher)
+
+    def terms(self, student, teacher, labels, inputs):
+        return self.method.init_terms(student, teacher)
+
+
+class InitStage(Distilled):
+    """The init stage's module: the student stays in eval mode (its BatchNorm statistics fixed) while the
+    method's modules train, as RepDistiller's init does (model_s.eval(), init_modules.train())."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.student.eval()
+        return self
+
+
+def build_init(method: Method, student: nn.Module, targets, data, batch_size: int):
+    """The init stage's trainable module and its objective (the sum of the method's init terms)."""
+    model, loss = build(InitTerms(method), 0.0, student, targets, data, batch_size)
+    return InitStage(model.student, model.state), loss
+
+
 def sample_batch(data) -> Tensor:
     """Two normalised validation images: enough to run a model once and see its layers' shapes."""
     return data.normalize(next(iter(data.eval_batches(data.val.images[:2], 2))))

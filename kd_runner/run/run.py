@@ -97,7 +97,8 @@ def _recorded(run: Run) -> dict:
         write_json(result_path, record)
         if not isinstance(exc, Diverged):
             raise
-        rundir.student_checkpoint(run.run_dir).unlink(missing_ok=True)  # a re-run would diverge again
+        for path in (rundir.init_checkpoint(run.run_dir), rundir.student_checkpoint(run.run_dir)):
+            path.unlink(missing_ok=True)  # a re-run would diverge again
         return record
     finally:  # however the run ended
         run.tracked.finish(record)
@@ -176,12 +177,10 @@ def _experiment(run: Run) -> dict:
     targets = shard.main_first(
         lambda: SoftTargets(teacher.model, teacher.key, run.student_data, cfg.cache_dir, teacher.metrics_model)
     )
-    checkpoint = None  # a run across processes restarts its student stage (its teacher and logits are cached)
-    if run.run_dir is not None and shard.world == 1:
-        checkpoint = StageCheckpoint(rundir.student_checkpoint(run.run_dir), config_digest(cfg), "student")
+    checkpoints = _student_checkpoints(run)
     student_data = sharded(run.student_data, shard)
     history, student, state = train_student(
-        cfg, dataset, student_data, targets, checkpoint, shard.agreed(run.stop), recorder
+        cfg, dataset, student_data, targets, checkpoints, shard.agreed(run.stop), recorder
     )
     timings["student_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
@@ -204,8 +203,18 @@ def _experiment(run: Run) -> dict:
         outputs=outputs,
     )
     if run.run_dir is not None:
-        write_outputs(run.run_dir, record, student, state, teacher.history, history, checkpoint)
+        write_outputs(run.run_dir, record, student, state, recorder.rows, checkpoints)
     return record
+
+
+def _student_checkpoints(run: Run) -> dict[str, StageCheckpoint]:
+    """The checkpoints of the init and student stages; none for a run across processes (it restarts them:
+    its teacher and logits are cached)."""
+    if run.run_dir is None or run.shard.world != 1:
+        return {}
+    digest = config_digest(run.cfg)
+    paths = {"init": rundir.init_checkpoint(run.run_dir), "student": rundir.student_checkpoint(run.run_dir)}
+    return {stage: StageCheckpoint(path, digest, stage) for stage, path in paths.items()}
 
 
 def _loader(cfg: RunConfig, data) -> str:

@@ -37,6 +37,8 @@ def check_student_side(cfg: RunConfig, data, split_data: SplitData, student_data
     method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
     if method.needs != "logits":
         _check_layers(cfg, method, data, split_data)
+    if method.has_init:
+        _check_layers(cfg, objective.InitTerms(method), data, split_data)
     if cfg.alpha < 1 and method.checks_a_batch:  # so does a user objective that gives no loss
         student = build_stage_model(
             dataclasses.replace(cfg.student, pretrained=False, weights_path=None), data, "student"
@@ -52,19 +54,26 @@ def _check_layers(cfg: RunConfig, method, data, split_data: SplitData) -> None:
     }  # the architectures only
     models = [build_stage_model(stage, data, name).to(split_data.device) for name, stage in stages.items()]
     layers = cfg.distill.student_layers, cfg.distill.teacher_layers
-    for tap in objective.feature_taps(method, *layers, *models, objective.sample_batch(split_data)):
+    taps = objective.feature_taps(method, *layers, *models, objective.sample_batch(split_data))
+    for tap in taps:
         tap.remove()
+    if isinstance(method, objective.InitTerms):  # its modules must fit the layers' shapes (FSP: equal widths)
+        method.trainable(taps[0].features(), taps[1].features())
 
 
-def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, checkpoint, stop, recorder):
-    """Distill the student with the configured method (kd_runner.methods); the teacher itself never
-    enters the student's graph. The method's state trains and is checkpointed with the student.
+def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, checkpoints: dict, stop, recorder):
+    """Distill the student with the configured method (kd_runner.methods), after the method's init stage if it
+    has one; the teacher itself never enters the student's graph. The method's state trains and is
+    checkpointed with the student; `checkpoints`: each stage's (init, student), none across processes.
 
     After every epoch `recorder` writes its metrics and, on a new best validation student_acc, the
     student is saved as student_best.pt (before the epoch's checkpoint, so a resume never misses one)."""
     seed_everything(cfg.seed)
     student = d.compute.prepare(build_stage_model(cfg.student, data, "student"))
     method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
+    if method.has_init:
+        train_init(cfg, method, student, d, targets, checkpoints.get("init"), stop, recorder)
+    checkpoint = checkpoints.get("student")
     model, loss = objective.build(method, cfg.alpha, student, targets, d, cfg.student.batch_size)
     evaluate = _student_evaluation(model, student, loss, targets, d)
 
@@ -99,6 +108,37 @@ def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, chec
     return history, student, model.state
 
 
+def train_init(cfg: RunConfig, method, student, d: SplitData, targets: SoftTargets, checkpoint, stop, recorder):
+    """The method's init stage (RepDistiller's `init`): its init terms train its own modules and, unless it says
+    otherwise, the student's layers below the hooked ones, at a constant learning rate for `init_epochs`; its
+    rows are recorded with stage "init". A finished stage restored from `checkpoint` trains nothing again."""
+    model, loss = objective.build_init(method, student, targets, d, cfg.student.batch_size)
+    trains = [p.requires_grad for p in student.parameters()]
+    if not method.init_trains_student:
+        student.requires_grad_(False)
+    p = cfg.distill
+    recipe = dataclasses.replace(cfg.student, epochs=p.init_epochs, lr=p.init_lr or cfg.student.lr, scheduler="none")
+    try:
+        history = engine.fit(
+            d.shard.wrap(model),
+            d,
+            stage="init",
+            recipe=recipe,
+            seed=cfg.seed,
+            loss_fn=loss,
+            evaluate=_student_evaluation(model, student, loss, targets, d),
+            progress=cfg.progress,
+            checkpoint=checkpoint,
+            stop=stop,
+            on_epoch=lambda rows: recorder.record("init", rows),
+        )  # saved after every epoch: a resume finds the stage's end and goes on to the student stage
+    finally:
+        loss.close()
+        for param, flag in zip(student.parameters(), trains):
+            param.requires_grad_(flag)
+    recorder.record("init", history)  # a resumed, finished stage trains no epoch: its rows come from its checkpoint
+
+
 def _student_evaluation(model, student, loss, targets: SoftTargets, d: SplitData):
     """The student's validation after an epoch: the metrics, the objective at this epoch's weights (a
     warm-up's), and the epoch's mean of each part of the training loss; no training state changes."""
@@ -113,14 +153,15 @@ def _student_evaluation(model, student, loss, targets: SoftTargets, d: SplitData
     return evaluate
 
 
-def write_outputs(run_dir: Path, record: dict, student, state, teacher_rows, student_rows, checkpoint) -> None:
+def write_outputs(run_dir: Path, record: dict, student, state, stage_rows: dict, checkpoints: dict) -> None:
+    """The run's files; `stage_rows`: each stage's rows in the order they ran (teacher, init, student)."""
     save_torch(_cpu_state(student), run_dir / "student.pt")
     if state.trainable is not None:  # the method's trained parameters (FitNets' regressors), beside the student
         save_torch(_cpu_state(state.trainable), run_dir / "distill.pt")
-    rows = [{"stage": "teacher", **r} for r in teacher_rows] + [{"stage": "student", **r} for r in student_rows]
+    rows = [{"stage": stage, **r} for stage, stage_rows in stage_rows.items() for r in stage_rows]
     results.write_metrics_csv(run_dir / "metrics.csv", rows)
     write_json(run_dir / rundir.RESULT, record)
-    if checkpoint is not None:
+    for checkpoint in checkpoints.values():
         checkpoint.remove()  # the completed record is final: the run will not resume again
 
 

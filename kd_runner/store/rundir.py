@@ -62,6 +62,11 @@ def student_checkpoint(run_dir: Path | str) -> Path:
     return Path(run_dir) / "student-checkpoint.pt"
 
 
+def init_checkpoint(run_dir: Path | str) -> Path:
+    """Where a method's init stage keeps its checkpoint while the run is unfinished."""
+    return Path(run_dir) / "init-checkpoint.pt"
+
+
 @contextmanager
 def claim(run_dir: Path | str) -> Iterator[Path]:
     """Hold `run_dir` for one run: a second process running into it is refused with a UserError.
