@@ -331,16 +331,18 @@ def config_digest(cfg) -> str:
     return digest(_settings(cfg))
 
 
-IGNORED_AT_ALPHA_1 = ("temperature", "soft_loss")  # alpha=1 trains on the labels alone
+IGNORED_AT_ALPHA_1 = ("temperature", "soft_loss", "distill")  # alpha=1 trains on the labels alone
 
 
 def result_key(cfg: RunConfig) -> str:
     """A digest of what can change a run's results: the whole config, with the keys this run ignores
-    normalised (at alpha=1, the temperature and the soft loss). Jobs of equal keys give the same results,
-    so a sweep runs the first and the others reuse it; data, recipes and seeds stay part of the key."""
+    normalised (at alpha=1, the temperature, the soft loss and the method, unless the method trains the
+    student in an init stage first). Jobs of equal keys give the same results, so a sweep runs the first
+    and the others reuse it; data, recipes and seeds stay part of the key."""
     values = _settings(cfg)
     if cfg.alpha == 1:
-        values.update(dict.fromkeys(IGNORED_AT_ALPHA_1))
+        ignored = IGNORED_AT_ALPHA_1 if not getattr(cfg.distill, "init_epochs", 0) else IGNORED_AT_ALPHA_1[:2]
+        values.update(dict.fromkeys(ignored))
     return digest(values)
 
 

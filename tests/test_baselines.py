@@ -66,3 +66,18 @@ def test_the_statistics_of_a_real_sweep_match_scipy_on_its_result_files(grid):
                 want["gain_ci"], nan_ok=True
             )
             assert row["student_acc_gain_p"] == pytest.approx(want["p"], nan_ok=True)
+
+
+def test_at_alpha_1_the_method_is_ignored_unless_it_trains_the_student_first(tmp_path):
+    """alpha=1 computes no term and builds no module of the method, so fitnet's and dist's alpha=1 runs are
+    the same computation (one key, identical metrics); a method with an init stage trains the student first."""
+    from kd_runner import run
+
+    common = (SMOKE, "student=cnn", "student.width=8", "alpha=1", f"cache_dir={tmp_path / 'cache'}")
+    cfgs = {m: compose_config(*common, f"distill={m}") for m in ("dist", "fitnet")}
+    assert result_key(cfgs["dist"]) == result_key(cfgs["fitnet"])
+    records = {m: run.run(cfg, tmp_path / m) for m, cfg in cfgs.items()}
+    assert records["dist"]["metrics"] == records["fitnet"]["metrics"]
+    assert not (tmp_path / "fitnet" / "distill.pt").exists()  # no regressors were made at alpha=1
+    with_init = compose_config(*common, "distill=ab", "distill.init_epochs=1")
+    assert result_key(with_init) != result_key(cfgs["dist"])

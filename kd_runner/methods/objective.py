@@ -116,8 +116,9 @@ class Objective:
 
 def build(method: Method, alpha: float, student: nn.Module, targets, data, batch_size: int):
     """The trainable module (student + method state, on the student's device) and the objective (its
-    feature terms on validation over batches of the student's `batch_size`)."""
-    if method.needs == "logits":
+    feature terms on validation over batches of the student's `batch_size`). At alpha=1 no term is computed:
+    no hooks and no modules of the method, so the student trains exactly as it would under any method."""
+    if method.needs == "logits" or alpha == 1:
         state = MethodState(method)
         return Distilled(student, state.to(data.device)), Objective(method, alpha, state, targets, None, batch_size)
     p = method.params
