@@ -76,7 +76,7 @@ def test_a_run_on_a_full_disk_stops_with_one_line(target, tmp_path, monkeypatch,
     monkeypatch.setattr(torch, "save", save)
     monkeypatch.setattr(Path, "write_text", write_text)
     with pytest.raises(SystemExit) as exit_info:
-        kd_run_main(["experiment=smoke", "hydra.run.dir=run", "cache_dir=cache"])
+        kd_run_main(["experiment=smoke", "hydra.run.dir=run", "cache_dir=cache", "checkpoint_every_s=0"])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("kd-run: error: the disk is full: cannot write ") and target in err

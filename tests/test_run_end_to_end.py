@@ -93,15 +93,37 @@ def test_compose_api_run_is_deterministic(tmp_path):
     assert records[0]["config"]["alpha"] == 0.3 and records[0]["config"]["soft_loss"] == "soft_ce"
 
 
-@pytest.mark.parametrize("group,option", [("teacher", "resnet50"), ("student", "resnet18"), ("dataset", "synthetic")])
-def test_config_groups_compose(group, option):
-    """GROUP=OPTION gives that group the schema's defaults under its option file's keys; the rest is the default."""
+@pytest.mark.parametrize(
+    "group,option,recipe",
+    [
+        ("teacher", "mlp", None),
+        ("student", "cnn", None),
+        ("dataset", "fake", None),
+        ("teacher", "resnet50", "digits_deep_teacher"),
+    ],
+)
+def test_config_groups_compose(group, option, recipe):
+    """GROUP=OPTION gives that group the schema's defaults under its option file's keys (and those of the recipe
+    its defaults line names); the rest of the config is the default."""
     cfg, default = compose_config(f"{group}={option}"), compose_config()
     written = yaml.safe_load((CONF / group / f"{option}.yaml").read_text())
-    assert written["name"] == option and len(written) >= 1
+    written.pop("defaults", None)
+    if recipe is not None:
+        written = {**yaml.safe_load((CONF / "recipe" / f"{recipe}.yaml").read_text()), **written}
+    assert written["name"] == option
     composed = getattr(cfg, group)
     assert composed == dataclasses.replace(type(composed)(), **written)
     assert composed != getattr(default, group)
+    assert cfg == dataclasses.replace(default, **{group: composed})
+
+
+@pytest.mark.parametrize("group,option", [("teacher", "resnet20"), ("dataset", "synthetic")])
+def test_registered_group_options_compose_to_the_schema_under_their_name(group, option):
+    """An option without a file (registered from names.NETWORKS / names.DATASETS) is the schema's defaults
+    with its name."""
+    cfg, default = compose_config(f"{group}={option}"), compose_config()
+    composed = getattr(cfg, group)
+    assert composed == dataclasses.replace(type(composed)(), name=option)
     assert cfg == dataclasses.replace(default, **{group: composed})
 
 
