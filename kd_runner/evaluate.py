@@ -17,8 +17,8 @@ from torch import nn
 from kd_runner import methods
 from kd_runner.config import RunConfig, load_config
 from kd_runner.data import build_dataset
-from kd_runner.data.device import InMemoryData
 from kd_runner.data.normalize import normalized
+from kd_runner.data.splits import InMemoryData
 from kd_runner.errors import UserError
 from kd_runner.methods import objective
 from kd_runner.models import build_stage_model

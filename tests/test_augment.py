@@ -18,7 +18,7 @@ from kd_runner.data.augment import (
     random_flip,
     resized_crop_boxes,
 )
-from kd_runner.data.device import InMemoryData
+from kd_runner.data.splits import InMemoryData
 from kd_runner.runtime.compute import Compute
 from kd_runner.train import engine
 

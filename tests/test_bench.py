@@ -13,7 +13,7 @@ import torch
 from kd_runner.cli import bench
 from kd_runner.config import StageConfig
 from kd_runner.data import Split, build_dataset
-from kd_runner.data.device import InMemoryData
+from kd_runner.data.splits import InMemoryData
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute
 from kd_runner.runtime.rng import seed_everything

@@ -14,7 +14,7 @@ from helpers import compose_config, kd_run, usage_error_line
 
 from kd_runner import run
 from kd_runner.data import build_dataset
-from kd_runner.data.device import InMemoryData
+from kd_runner.data.splits import InMemoryData
 from kd_runner.models import build_stage_model, classifier_head
 from kd_runner.runtime.compute import Compute
 from kd_runner.teacher.stage import teacher_key

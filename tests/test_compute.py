@@ -10,7 +10,7 @@ from helpers import compose_config, usage_error_line
 
 from kd_runner import run
 from kd_runner.data import build_dataset
-from kd_runner.data.device import InMemoryData
+from kd_runner.data.splits import InMemoryData
 from kd_runner.errors import ConfigError
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute

@@ -13,8 +13,8 @@ from helpers import compose_config
 from kd_runner import run
 from kd_runner.data import Split, build_dataset
 from kd_runner.data.augment import Augmentation
-from kd_runner.data.device import InMemoryData, index_batches, steps_per_epoch
 from kd_runner.data.loader import StreamedData
+from kd_runner.data.splits import InMemoryData, index_batches, steps_per_epoch
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute
 from kd_runner.runtime.rng import seed_everything
@@ -89,7 +89,7 @@ def test_images_read_from_disk_train_like_images_in_memory(tmp_path, augmentatio
             recipe=cfg.student,
             seed=seed,
             loss_fn=engine.cross_entropy_loss,
-            evaluate=lambda: {},
+            validate=lambda: {},
             progress=False,
         )
         return model, [row["train_loss"] for row in history], engine.predict(model, d, d.val.images, batch_size=7)

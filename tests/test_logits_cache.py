@@ -12,7 +12,7 @@ from helpers import compose_config, kd_run, read_run
 
 from kd_runner import run
 from kd_runner.data import Split, build_dataset
-from kd_runner.data.device import InMemoryData
+from kd_runner.data.splits import InMemoryData
 from kd_runner.models import build_stage_model
 from kd_runner.runtime.compute import Compute
 from kd_runner.store.cache import CacheEntry

@@ -14,7 +14,7 @@ from torch import nn
 from kd_runner.config import DatasetConfig, RunConfig, StageConfig, TransferConfig
 from kd_runner.data import Dataset, Split
 from kd_runner.data.augment import Augmentation
-from kd_runner.data.device import InMemoryData
+from kd_runner.data.splits import InMemoryData
 from kd_runner.data.transfer import transfer_data
 from kd_runner.errors import UserError
 from kd_runner.run.student import raise_omitted_bias
@@ -114,7 +114,7 @@ def test_excluded_classes_never_reach_the_student_batches():
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 5))
     stage = StageConfig(epochs=3, batch_size=8)
     engine.fit(
-        model, student_data, stage="student", recipe=stage, seed=0, loss_fn=loss_fn, evaluate=lambda: {}, progress=False
+        model, student_data, stage="student", recipe=stage, seed=0, loss_fn=loss_fn, validate=lambda: {}, progress=False
     )
     labels = torch.cat(seen)
     assert len(labels) == 3 * 36 and not bool(torch.isin(labels, torch.tensor([1, 3])).any())

@@ -54,7 +54,7 @@ from torchvision import transforms
 from kd_runner.config import DatasetConfig, StageConfig
 from kd_runner.data import Dataset, Split, build_dataset
 from kd_runner.data.augment import Augmentation
-from kd_runner.data.device import InMemoryData
+from kd_runner.data.splits import InMemoryData
 from kd_runner.errors import UserError
 from kd_runner.methods import combine
 from kd_runner.methods.logits import soft_loss
@@ -226,7 +226,7 @@ def run_kd_runner(
         return combine(ALPHA, {"loss_ce": F.cross_entropy(student_logits.float(), labels), "loss_kd": soft})
 
     stage = StageConfig(name=w.student.name, epochs=epochs, batch_size=w.batch_size)
-    engine.fit(student, d, stage="bench", recipe=stage, seed=0, loss_fn=objective, evaluate=dict, progress=False)
+    engine.fit(student, d, stage="bench", recipe=stage, seed=0, loss_fn=objective, validate=dict, progress=False)
     sync(compute.device)
     return sum(seen), time.perf_counter() - start
 

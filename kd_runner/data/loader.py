@@ -1,6 +1,6 @@
 """The DataLoader path (`loader=dataloader`): batches streamed by worker processes, for data too big for the device.
 
-The in-memory path (`kd_runner.data.device.InMemoryData`) keeps whole splits on the device and batches by index. This
+The in-memory path (`kd_runner.data.splits.InMemoryData`) keeps whole splits on the device and batches by index. This
 path leaves the images where they are and lets torch DataLoaders fetch each batch: `num_workers` worker
 processes (kept alive across epochs), pinned host memory and non-blocking copies to a GPU. A split's
 `images` is any map-style dataset (`images[i]` is image i as a C x H x W tensor, uint8 or float in [0, 1]),
@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from kd_runner.data import Dataset
-from kd_runner.data.device import Normalize
+from kd_runner.data.splits import Normalize
 from kd_runner.runtime.compute import Compute
 from kd_runner.runtime.distributed import Shard
 
@@ -48,7 +48,7 @@ class ListedBatches(Sampler):
 
 class StreamedData:
     """A dataset seen through DataLoaders: images stay where they are (a tensor, or files read on demand),
-    labels live on the device. Implements kd_runner.data.device.SplitData."""
+    labels live on the device. Implements kd_runner.data.splits.SplitData."""
 
     def __init__(self, data: Dataset, compute: Compute, num_workers: int):
         self.device, self.compute, self.source, self.shard = compute.device, compute, data, Shard()

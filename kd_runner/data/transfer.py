@@ -19,7 +19,7 @@ import torch
 
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset, Split, build_dataset
-from kd_runner.data.device import SplitData
+from kd_runner.data.splits import SplitData
 from kd_runner.errors import UserError
 
 

@@ -22,8 +22,8 @@ import torch
 from kd_runner import trackers
 from kd_runner.config import RunConfig, config_digest, result_key
 from kd_runner.data import build_dataset
-from kd_runner.data.device import InMemoryData, SplitData, sharded
 from kd_runner.data.loader import StreamedData
+from kd_runner.data.splits import InMemoryData, SplitData, sharded
 from kd_runner.data.transfer import describe_transfer, transfer_data
 from kd_runner.errors import Diverged, RunInterrupted
 from kd_runner.run import results

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kd_runner.config import RunConfig
-from kd_runner.data.device import SplitData
+from kd_runner.data.splits import SplitData
 from kd_runner.methods import PART_COLUMNS, objective
 from kd_runner.methods import make as make_method
 from kd_runner.models import build_stage_model, classifier_head
@@ -75,7 +75,7 @@ def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, chec
         train_init(cfg, method, student, d, targets, checkpoints.get("init"), stop, recorder)
     checkpoint = checkpoints.get("student")
     model, loss = objective.build(method, cfg.alpha, student, targets, d, cfg.student.batch_size)
-    evaluate = _student_evaluation(model, student, loss, targets, d)
+    validate = _student_validation(model, student, loss, targets, d)
 
     def on_epoch(rows: list[dict]) -> None:
         recorder.record("student", rows)
@@ -89,7 +89,7 @@ def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, chec
         recipe=cfg.student,
         seed=cfg.seed,
         loss_fn=loss,
-        evaluate=evaluate,
+        validate=validate,
         on_epoch_start=method.start_epoch,
         checkpoint_every_s=cfg.checkpoint_every_s,
         progress=cfg.progress,
@@ -99,11 +99,11 @@ def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, chec
         temperature=cfg.temperature if cfg.alpha < 1 else None,
     )
     if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
-        history = [{"epoch": 0, "lr": None, "train_loss": None, **evaluate()}]
+        history = [{"epoch": 0, "lr": None, "train_loss": None, **validate()}]
         on_epoch(history)
     if cfg.transfer.omitted_bias is not None:  # the final metrics are those of the corrected student
         history[-1]["omitted_bias"] = raise_omitted_bias(cfg, student, targets.teacher, d)
-        history[-1].update({k: v for k, v in evaluate().items() if k not in PART_COLUMNS})  # parts: the epoch's
+        history[-1].update({k: v for k, v in validate().items() if k not in PART_COLUMNS})  # parts: the epoch's
     loss.close()
     return history, student, model.state
 
@@ -126,7 +126,7 @@ def train_init(cfg: RunConfig, method, student, d: SplitData, targets: SoftTarge
             recipe=recipe,
             seed=cfg.seed,
             loss_fn=loss,
-            evaluate=_student_evaluation(model, student, loss, targets, d),
+            validate=_student_validation(model, student, loss, targets, d),
             progress=cfg.progress,
             checkpoint=checkpoint,
             stop=stop,
@@ -139,18 +139,18 @@ def train_init(cfg: RunConfig, method, student, d: SplitData, targets: SoftTarge
     recorder.record("init", history)  # a resumed, finished stage trains no epoch: its rows come from its checkpoint
 
 
-def _student_evaluation(model, student, loss, targets: SoftTargets, d: SplitData):
+def _student_validation(model, student, loss, targets: SoftTargets, d: SplitData):
     """The student's validation after an epoch: the metrics, the objective at this epoch's weights (a
     warm-up's), and the epoch's mean of each part of the training loss; no training state changes."""
 
-    def evaluate() -> dict:
+    def validate() -> dict:
         parts = model.state.take_parts(d.shard)  # before rank 0's buffers (the tally among them) replace the others'
         d.shard.sync_buffers(model)
         logits = engine.predict(student, d, d.val.images)
         value = loss.validation(model, d, logits, d.val.labels)  # at this epoch's warm-up
         return {**compute_metrics(logits, targets.val, d.val.labels, value), **parts}
 
-    return evaluate
+    return validate
 
 
 def write_outputs(run_dir: Path, record: dict, student, state, stage_rows: dict, checkpoints: dict) -> None:

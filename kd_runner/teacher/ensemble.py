@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
-from kd_runner.data.device import SplitData
+from kd_runner.data.splits import SplitData
 from kd_runner.teacher.stage import Teacher, prepare_teacher
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from kd_runner.data import Dataset
-from kd_runner.data.device import SplitData
+from kd_runner.data.splits import SplitData
 from kd_runner.store.cache import CacheEntry, cache_lock
 from kd_runner.store.files import digest, tensors_digest
 from kd_runner.train import engine

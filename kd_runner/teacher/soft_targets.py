@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kd_runner.data.device import SplitData
+from kd_runner.data.splits import SplitData
 from kd_runner.teacher import logits_cache
 from kd_runner.train import engine
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from kd_runner.config import RunConfig
 from kd_runner.data import Dataset
-from kd_runner.data.device import SplitData
+from kd_runner.data.splits import SplitData
 from kd_runner.models import build_stage_model
 from kd_runner.models.torchvision_nets import pretrained_weights
 from kd_runner.runtime.rng import seed_everything
@@ -122,7 +122,7 @@ def cache_entry(cfg: RunConfig, key: str, redo: str) -> CacheEntry:
 
 
 def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, stop, on_epoch) -> list[dict]:
-    def evaluate() -> dict:
+    def validate() -> dict:
         logits = engine.predict(model, d, d.val.images)
         return {
             "teacher_acc": accuracy(logits, d.val.labels),
@@ -136,7 +136,7 @@ def _fine_tune(model, cfg: RunConfig, d: SplitData, progress: bool, checkpoint, 
         recipe=cfg.teacher,
         seed=cfg.teacher.seed,
         loss_fn=engine.cross_entropy_loss,
-        evaluate=evaluate,
+        validate=validate,
         progress=progress,
         checkpoint=checkpoint,
         stop=stop,

@@ -3,7 +3,7 @@
 One loop serves both stages: the caller passes the loss as a function of (logits, batch indices,
 labels, inputs), so the teacher stage uses plain cross-entropy and the student stage the distillation
 objective. `inputs` is the normalised (and, with augmentation, augmented) batch the model saw, so a
-teacher can be run on exactly that batch. Batches are index tensors into the data (kd_runner.data.device).
+teacher can be run on exactly that batch. Batches are index tensors into the data (kd_runner.data.splits).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_runner.config import StageConfig
-from kd_runner.data.device import SplitData, index_batches, steps_per_epoch
+from kd_runner.data.splits import SplitData, index_batches, steps_per_epoch
 from kd_runner.errors import Diverged, RunInterrupted, UserError
 from kd_runner.train.checkpoint import EpochPosition, StageCheckpoint
 from kd_runner.train.optim import make_optimizer, make_scheduler
@@ -137,7 +137,7 @@ def fit(
     recipe: StageConfig,
     seed: int,
     loss_fn: LossFn,
-    evaluate: Callable[[], dict],
+    validate: Callable[[], dict],
     progress: bool,
     checkpoint: StageCheckpoint | None = None,
     stop: Callable[[], object] | None = None,
@@ -146,7 +146,7 @@ def fit(
     on_epoch_start: Callable[[int], object] | None = None,
     checkpoint_every_s: float = 0.0,
 ) -> list[dict]:
-    """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs, `evaluate()` after each; one
+    """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs, `validate()` after each; one
     row per epoch (epoch, lr, mean training loss, metrics). With a `checkpoint`, continue from it and save
     after an epoch when `checkpoint_every_s` have passed since the last save (0: every epoch); when `stop()`
     turns true, save at the next batch boundary and raise RunInterrupted.
@@ -178,7 +178,7 @@ def fit(
         if train_loss is None:
             run.save(model, checkpoint)
             raise RunInterrupted(stage, run.position.epoch, run.position.batches)
-        row = {"epoch": run.position.epoch, "lr": run.position.lr, "train_loss": train_loss, **evaluate()}
+        row = {"epoch": run.position.epoch, "lr": run.position.lr, "train_loss": train_loss, **validate()}
         check_finite(row, stage, recipe, data.compute.precision, temperature)
         run.rows.append(row)
         epoch_log.done(row)
