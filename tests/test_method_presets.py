@@ -23,7 +23,8 @@ POOLED = ["avgpool"]
 
 # Written from the references, not from the methods' Params: RepDistiller's scripts/run_cifar_distill.sh
 # (-r -a -b) and train_student.py (--feat_dim, NCE settings), mdistiller's configs/cifar100/*.yaml and CFG,
-# and the DIST paper. alpha: 0.1 for KD (-r 0.1 -a 0.9), else 0.5 for the references' CE + weight * term.
+# and the DIST paper. alpha: 0.1 for KD (-r 0.1 -a 0.9), 1 where the term trains only in the init stage,
+# else 0.5 for the references' CE + weight * term.
 PUBLISHED = {
     "kd": (0.1, {}),
     "dkd": (0.5, {"weight_tckd": 1.0, "weight_nckd": 8.0, "warmup": 20}),
@@ -40,6 +41,9 @@ PUBLISHED = {
     "nst": (0.5, {"weight": 50.0}),
     "cc": (0.5, {"weight": 0.02, "embed_dim": 128}),
     "kdsvd": (0.5, {"weight": 1.0, "k": 1}),
+    "ab": (1.0, {"init_epochs": 30}),  # -r 1 -a 0 -b 1: the term trains in the init stage only, then CE
+    "fsp": (1.0, {"init_epochs": 30}),  # -r 1 -a 0 -b 50: likewise
+    "ft": (0.5, {"weight_ft": 200.0, "init_epochs": 30}),
 }
 # The layers each reference reads, as they resolve on both networks (named in the preset or our defaults).
 LAYERS = {
@@ -55,6 +59,7 @@ LAYERS = {
     "crd": POOLED,
     "pkt": POOLED,
     "cc": POOLED,
+    "ft": ["layer3"],  # the last map (RepDistiller's feat[-2])
 }
 WITH_PRESET = sorted(set(methods.METHODS) - NO_PRESET)
 ON_32X32 = ("dataset=fake", "dataset.image_size=32", "dataset.channels=3", "dataset.num_classes=100")
@@ -76,7 +81,7 @@ def test_the_preset_is_the_published_setting_on_the_benchmark_recipe(name):
     assert (cfg.dataset.name, cfg.dataset.val_split, cfg.dataset.augment) == ("cifar100", "test", True)
     assert (cfg.teacher.name, cfg.student.name) == ("resnet32x4", "resnet8x4")
     # CE + w * term is alpha=0.5 with the loss halved: lr x2 and weight decay /2 give SGD's very updates
-    factor = 1 if alpha == 0.1 else 2
+    factor = 2 if alpha == 0.5 else 1
     for stage, scale in ((cfg.teacher, 1), (cfg.student, factor)):
         assert (stage.epochs, stage.batch_size, stage.optimizer, stage.momentum) == (240, 64, "sgd", 0.9)
         assert (stage.scheduler, stage.milestones, stage.gamma) == ("multistep", [150, 180, 210], 0.1)
