@@ -35,6 +35,10 @@ def test_wheel_contains_configs_and_runs_from_another_directory(tmp_path):
     repo_configs = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
     assert repo_configs and {f"kd_runner/conf/{c}" for c in repo_configs} <= names
     assert {"kd_runner/cli/kd_run.py", "kd_runner/run/run.py", "hydra_plugins/kd_runner_sweeper/__init__.py"} <= names
+    # every package of the checkout is in the wheel (a missing one would be found in the checkout by the editable
+    # install's finder when the installed copy runs below, so the run alone would not show it)
+    packages = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "kd_runner").rglob("__init__.py")}
+    assert {f"{package}/__init__.py" for package in packages} <= names
 
     site = tmp_path / "site"
     subprocess.run(

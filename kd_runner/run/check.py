@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kd_runner import trackers
+from kd_runner import loggers
 from kd_runner.config import RunConfig, config_digest
 from kd_runner.data import build_dataset
 from kd_runner.data.vision import check_root
@@ -32,7 +32,7 @@ def check_job(cfg: RunConfig, job_dir: Path | str | None, *, dir_key: str, proce
         if data_cfg is not None:
             check_root(data_cfg)
     check_user_code(cfg)
-    trackers.check_installed(cfg.logger)
+    loggers.check_installed(cfg.logger)
     check_writable(cfg.cache_dir, "cache_dir")
     if job_dir is None:
         return None

@@ -18,12 +18,12 @@ import torchvision
 import kd_runner
 from kd_runner.config import config_digest, result_key
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
+from kd_runner.loggers import Trackers
 from kd_runner.methods import PART_COLUMNS
 from kd_runner.models import count_parameters, model_size_mb
 from kd_runner.names import METRIC_NAMES, TOP5_NAMES
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv, write_json
-from kd_runner.trackers import Trackers
 
 CSV_COLUMNS = ("stage", "epoch", "lr", "train_loss", "teacher_loss", *METRIC_NAMES, *TOP5_NAMES, *PART_COLUMNS)
 BEST_STUDENT = "student_best.pt"  # the student of the epoch with the best validation student_acc

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kd_runner import trackers
+from kd_runner import loggers
 from kd_runner.config import RunConfig, config_digest, result_key
 from kd_runner.data import build_dataset
 from kd_runner.data.loader import StreamedData
@@ -86,7 +86,7 @@ def _recorded(run: Run) -> dict:
     result_path = run.run_dir / rundir.RESULT
     record = results.running_record(run.identity)
     write_json(result_path, record)
-    run.tracked = trackers.start(run.cfg, run.run_dir)
+    run.tracked = loggers.start(run.cfg, run.run_dir)
     try:
         if run.stop():  # stopped before it started: recorded like any interruption (a re-run starts it)
             raise RunInterrupted(None)
@@ -142,7 +142,7 @@ class Run:
     compute: Compute | None = None
     data: SplitData | None = None
     student_data: SplitData | None = None
-    tracked: trackers.Trackers | None = None
+    tracked: loggers.Trackers | None = None
 
 
 @dataclass

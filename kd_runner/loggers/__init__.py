@@ -107,7 +107,7 @@ class Trackers:
 
 def start(cfg, run_dir: Path) -> Trackers:
     """The trackers `cfg.logger` chooses, started for the run in `run_dir`."""
-    from kd_runner.trackers import mlflow_run, tensorboard_run, wandb_run
+    from kd_runner.loggers import mlflow_run, tensorboard_run, wandb_run
 
     makers = {
         "tensorboard": tensorboard_run.TensorBoardTracker,

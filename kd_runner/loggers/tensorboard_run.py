@@ -4,7 +4,7 @@ with its final metrics in the HPARAMS view."""
 
 from __future__ import annotations
 
-from kd_runner.trackers import RunInfo
+from kd_runner.loggers import RunInfo
 
 LOGDIR = "tensorboard"
 

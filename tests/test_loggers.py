@@ -21,9 +21,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from wandb.proto import wandb_internal_pb2
 
-from kd_runner import trackers
+from kd_runner import loggers
 from kd_runner.config import config_digest, result_key
-from kd_runner.trackers.mlflow_run import store_uri
+from kd_runner.loggers.mlflow_run import store_uri
 
 ALL = "logger=[csv,tensorboard,mlflow,wandb]"
 
@@ -114,8 +114,8 @@ def test_wandb_offline_run_files_hold_the_group_config_and_history(sweep):
 
 
 def test_a_missing_tracker_package_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
-    real = trackers.importlib.util.find_spec
-    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    real = loggers.importlib.util.find_spec
+    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
     err = usage_error_line(["experiment=smoke", "logger=[csv,wandb]", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert "pip install 'kd-runner[wandb]'" in err
     assert not (tmp_path / "run").exists()
@@ -144,7 +144,7 @@ class Counting:
 
 def test_a_tracker_that_fails_mid_run_warns_once_and_the_others_go_on(caplog):
     broken, working = Counting(fail_on="log_epoch"), Counting()
-    tracked = trackers.Trackers({"mlflow": broken, "tensorboard": working})
+    tracked = loggers.Trackers({"mlflow": broken, "tensorboard": working})
     tracked.start(None)
     with caplog.at_level(logging.WARNING):
         tracked.log_rows("student", [{"epoch": 1}, {"epoch": 2}])
@@ -213,8 +213,8 @@ def test_mlflow_server_gets_the_run_and_a_server_gone_only_warns(tmp_path, mlflo
 
 
 def _start_and_finish(store: str, name: str, run_dir: str) -> None:
-    from kd_runner.trackers import RunInfo
-    from kd_runner.trackers.mlflow_run import MlflowTracker
+    from kd_runner.loggers import RunInfo
+    from kd_runner.loggers.mlflow_run import MlflowTracker
 
     tracker = MlflowTracker(store)
     tracker.start(RunInfo(Path(run_dir), "kd-runner", "race", name, {"alpha": 0.5}))

@@ -9,9 +9,9 @@ import os
 import time
 from pathlib import Path
 
+from kd_runner.loggers import RunInfo
 from kd_runner.status import Status
 from kd_runner.store.files import file_lock
-from kd_runner.trackers import RunInfo
 
 BATCH = 100  # an MLflow server takes at most 100 params per request
 PLOTS = ("*.png", "*.svg", "*.pdf")

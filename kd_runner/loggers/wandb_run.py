@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from kd_runner.loggers import RunInfo
 from kd_runner.status import Status
-from kd_runner.trackers import RunInfo
 
 
 class WandbTracker:
