@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,8 +12,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def source_copy(dest):
+    """The project's files (tracked, or new and not ignored) copied to `dest`: a build from it cannot pick up
+    a stale build/ folder of the checkout."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True
+    )
+    for name in listed.stdout.splitlines():
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
 def test_wheel_contains_configs_and_runs_from_another_directory(tmp_path):
     wheel_dir = tmp_path / "dist"
+    source = source_copy(tmp_path / "source")
     subprocess.run(
         [
             sys.executable,
@@ -24,7 +39,7 @@ def test_wheel_contains_configs_and_runs_from_another_directory(tmp_path):
             "-q",
             "-w",
             str(wheel_dir),
-            str(REPO),
+            str(source),
         ],
         check=True,
         capture_output=True,
