@@ -289,3 +289,35 @@ def test_equal_differences_give_no_interval_and_no_significance_star():
     assert cell == "+0.1000 (3 seeds, all differences equal: no interval)" and "*" not in cell
     two = {f"{aggregate.GAIN}_{k}": v for k, v in stats.paired_gain([0.9, 0.95], [0.1, 0.1]).items()}
     assert two[f"{aggregate.GAIN}_ci95_low"] > 0 and "*" not in aggregate._gain_cell(two)  # 2 seeds: no star
+
+
+def test_a_run_repeated_or_a_sweep_named_twice_counts_once_and_a_run_without_metrics_is_damaged(tmp_path):
+    """`seed=0,0` runs the same computation twice (one result key): n counts it once and summary.md names the
+    repeat; the same sweep given twice to kd-aggregate is read once; a completed run whose result.json lacks a
+    metric is damaged, not counted in n while missing from the mean."""
+    from kd_runner.sweep import aggregate
+
+    sweep = tmp_path / "sweep"
+    for job, (seed, acc) in enumerate([(0, 0.5), (0, 0.5), (1, 0.7), (2, 0.9)]):
+        metrics = {name: acc for name in aggregate.FINAL_METRICS}
+        if job == 3:
+            del metrics["student_acc"]
+        record = {
+            "status": "completed",
+            "overrides": [f"seed={seed}"],
+            "config": {"seed": seed},
+            "result_key": f"key-{seed}",
+            "metrics": metrics,
+            "teacher": {},
+        }
+        (sweep / str(job)).mkdir(parents=True)
+        (sweep / str(job) / "result.json").write_text(json.dumps(record))
+        pd.DataFrame({"stage": ["student"], "epoch": [1], **{m: [acc] for m in aggregate.CURVE_METRICS}}).to_csv(
+            sweep / str(job) / "metrics.csv", index=False
+        )
+    tables = aggregate.aggregate([sweep, sweep], tmp_path / "out")
+    assert tables.runs["duplicate_of"].tolist() == ["", "0", "", ""]
+    assert tables.runs["status"].tolist() == ["completed", "completed", "completed", "damaged"]
+    assert tables.summary["n"].tolist() == [2] and tables.summary["student_acc_mean"].tolist() == [0.6]
+    assert "counted once: 1 (of 0)" in tables.markdown
+    assert tables.curves["n"].tolist() == [2]

@@ -223,8 +223,9 @@ def test_kd_aggregate_combines_sweeps_and_reads_interrupted_ones(alpha_sweep, tm
     sweep_tools.aggregate_main([str(sweep), "cut", "--out", "both"])
     runs = pd.read_csv(tmp_path / "both" / "runs.csv")
     assert len(runs) == 8 and list(runs["status"]).count("incomplete") == 1
+    assert runs["duplicate_of"].notna().sum() == 3  # the copy's completed runs repeat the sweep's: counted once
     summary = pd.read_csv(tmp_path / "both" / "summary.csv")
-    assert list(summary["n"]) == [4, 3] and list(summary["n_missing"]) == [0, 1]
+    assert list(summary["n"]) == [2, 2] and list(summary["n_missing"]) == [0, 1]
     reference = pd.read_csv(sweep / "summary.csv")
     assert_close(summary["student_acc_mean"].iloc[0], reference["student_acc_mean"].iloc[0])
 

@@ -29,6 +29,7 @@ from kd_runner.store.files import write_csv, write_json, write_text
 FINAL_METRICS = (*METRIC_NAMES, "best_student_acc")
 CURVE_METRICS = ("train_loss", *METRIC_NAMES)
 METRIC_STATS = ("mean", "std", "ci95_low", "ci95_high")
+IDENTITY = "result_key"  # what makes two runs the same computation (config.result_key), recorded by each run
 GAIN = "student_acc_gain"  # student_acc minus that of the alpha=1 (no distillation) point, paired by seed
 GAIN_COLUMNS = [f"{GAIN}_{s}" for s in ("mean", "std", "ci95_low", "ci95_high", "p", "n_pairs")]
 PLAN = "sweep.json"  # the overrides of every job of a sweep, written when it starts
@@ -76,7 +77,7 @@ def read_plan(sweep_dir: Path | str) -> list[list[str]] | None:
 def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
     """Read every job of `sweep_dirs`, write the four tables into `out_dir` and return them."""
     entries = []  # (overrides, the rest of its runs.csv row, student history or None) per job
-    for sweep_dir in map(Path, sweep_dirs):
+    for sweep_dir in _distinct(map(Path, sweep_dirs)):
         if not sweep_dir.is_dir():
             raise UserError(f"{str(sweep_dir)!r}: no such directory")
         started = [run for job in job_dirs(sweep_dir) for run in _read_job(job)]
@@ -97,22 +98,57 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
         "teacher_source",
         "teacher_cache_key",
         "reused_from",
+        "duplicate_of",
         *FINAL_METRICS,
         "run_dir",
     ]
-    runs = pd.DataFrame([{**overrides, **row} for overrides, row, _ in entries], columns=columns)
+    runs = pd.DataFrame([{**overrides, **row} for overrides, row, _ in entries], columns=[*columns, IDENTITY])
     for key in (*override_keys, "seed"):
         runs[key] = _as_numbers_if_all_are(runs[key])
     keys = [k for k in override_keys if runs[k].nunique(dropna=False) > 1]
+    runs["duplicate_of"] = _duplicates(runs, keys)
+    runs = runs[columns]
     summary = summarize(runs, keys)
     curves = mean_curves(runs, [history for _, _, history in entries], keys)
-    tables = Tables(runs, summary, curves, keys, summary_markdown(summary, keys))
+    tables = Tables(runs, summary, curves, keys, summary_markdown(summary, keys) + _repeats_note(runs))
     out_dir = Path(out_dir)
     write_csv(out_dir / "runs.csv", runs)
     write_csv(out_dir / "summary.csv", summary)
     write_csv(out_dir / "curves.csv", curves)
     write_text(out_dir / "summary.md", tables.markdown)
     return tables
+
+
+def _distinct(sweep_dirs) -> list[Path]:
+    """The sweep directories, each once (the same directory named twice would count every job twice)."""
+    seen, distinct = set(), []
+    for sweep_dir in sweep_dirs:
+        if sweep_dir.resolve() not in seen:
+            seen.add(sweep_dir.resolve())
+            distinct.append(sweep_dir)
+    return distinct
+
+
+def _duplicates(runs: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Per run, the job it repeats: an earlier completed run of the same point with the same result key (the
+    same computation, e.g. `seed=0,0`), counted once in the tables; "" for the first of each."""
+    first, marks = {}, []
+    for _, row in runs.iterrows():
+        identity = (tuple(str(row[k]) for k in keys), row[IDENTITY])
+        repeats = row["status"] == Status.COMPLETED and bool(row[IDENTITY]) and identity in first
+        marks.append(first[identity] if repeats else "")
+        if row["status"] == Status.COMPLETED and identity not in first:
+            first[identity] = row["job"]
+    return marks
+
+
+def _repeats_note(runs: pd.DataFrame) -> str:
+    """The line of summary.md that names the repeated runs the tables counted once (none: no line)."""
+    repeats = runs[runs["duplicate_of"] != ""]
+    if repeats.empty:
+        return ""
+    pairs = ", ".join(f"{job} (of {first})" for job, first in zip(repeats["job"], repeats["duplicate_of"]))
+    return f"\nRepeated runs, the same computation as an earlier job of their point, counted once: {pairs}.\n"
 
 
 def _split(overrides: list[str]) -> dict[str, str]:
@@ -155,6 +191,9 @@ def _read_run(job: Path, name: str) -> tuple[dict, dict, dict, pd.DataFrame | No
         given = _split(map(str, result.get("overrides", [])))
         status = _status(result)
         history = _student_history(job) if status == Status.COMPLETED else None
+        missing = [m for m in METRIC_NAMES if m not in result.get("metrics", {})]
+        if status == Status.COMPLETED and missing:  # counted in n, it would be missing from the mean
+            raise DamagedJob(f"result.json of a completed run has no {missing[0]}")
     except DamagedJob as exc:
         return {}, {}, _damaged_row(job, name, str(exc)), None
     config = result.get("config", {})
@@ -171,6 +210,7 @@ def _read_run(job: Path, name: str) -> tuple[dict, dict, dict, pd.DataFrame | No
         "reused_from": Path(result["reused_from"]).name if "reused_from" in result else "",
         **{name: metrics.get(name, math.nan) for name in FINAL_METRICS},
         "run_dir": str(job),
+        IDENTITY: result.get("result_key", ""),
     }
     return given, overrides, row, history
 
@@ -254,8 +294,9 @@ def summarize(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
     rows = []
     for point, jobs in points(runs, keys):
-        done = jobs[jobs["status"] == Status.COMPLETED]
-        row = {**point, "n": len(done), "n_missing": len(jobs) - len(done)}
+        counted = jobs[jobs["duplicate_of"].fillna("") == ""]
+        done = counted[counted["status"] == Status.COMPLETED]
+        row = {**point, "n": len(done), "n_missing": len(counted) - len(done)}
         for name in FINAL_METRICS:
             values = done[name].dropna()
             row[f"{name}_mean"] = values.mean()
@@ -300,7 +341,7 @@ def mean_curves(runs: pd.DataFrame, histories: list[pd.DataFrame | None], keys: 
     """Per point and student epoch: the number of seeds, mean and sample std of each per-epoch metric."""
     frames = []
     for job, history in zip(runs.to_dict("records"), histories):
-        if history is not None:
+        if history is not None and not job["duplicate_of"]:  # a repeated run counts once
             frames.append(history.assign(**{k: job[k] for k in keys}))
     stats = [f"{name}_{s}" for name in CURVE_METRICS for s in ("mean", "std")]
     columns = [*keys, "epoch", "n", *stats]
