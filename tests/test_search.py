@@ -104,3 +104,12 @@ def test_a_search_must_minimize_a_loss(capsys):
 def test_the_basic_sweeper_refuses_intervals(capsys):
     err = usage_error_line(["-m", "experiment=smoke", "alpha=interval(0,1)"], capsys)
     assert "alpha=interval(0,1)" in err and "hparams_search" in err
+
+
+@pytest.mark.parametrize("seed", ["seed=0,1", "seed=choice(0,1)", '++hydra.sweeper.params.seed="choice(0,1)"'])
+def test_a_search_never_tunes_the_seed(seed, tmp_path, monkeypatch, capsys):
+    """Optuna would take a swept seed as a hyperparameter and crown the luckiest seed: one line, nothing run."""
+    monkeypatch.chdir(tmp_path)
+    err = usage_error_line([*SEARCH, seed, "hydra.sweep.dir=search"], capsys)
+    assert "is not allowed in a search" in err and "seeds_per_trial" in err
+    assert not (tmp_path / "search").exists()

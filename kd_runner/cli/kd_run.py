@@ -174,6 +174,7 @@ def picked_as_it_runs(session, call: DictConfig, overrides: list[str]) -> int:
     given = compose.dir_given(call.hydra, "hydra.sweep.dir")
     pinned = [] if given else [f"hydra.sweep.dir={compose.quoted(sweep_dir)}"]
     if call.hydra.sweeper._target_.endswith("OptunaSweeper"):
+        check_no_seed_search(call, overrides)
         pinned += study_overrides(call, sweep_dir)
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     print(f"kd-run: search into {sweep_dir}; each trial's log is in its own directory")
@@ -184,6 +185,21 @@ def picked_as_it_runs(session, call: DictConfig, overrides: list[str]) -> int:
         finally:
             all_completed = finish_sweep(Path(sweep_dir))
     return jobs.sweep_exit_code(trials.exit_codes, all_completed)
+
+
+def check_no_seed_search(call: DictConfig, overrides: list[str]) -> None:
+    """A search never tunes the seed: swept on the command line or in the preset's params, Optuna would take it
+    as a hyperparameter and report the luckiest seed as the best setting."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    params = [f"{key}={value}" for key, value in (call.hydra.sweeper.get("params") or {}).items()]
+    for line in [*swept, *params]:
+        if line.lstrip("+~").split("=", 1)[0] == "seed":
+            raise UserError(
+                f"{line} is not allowed in a search (hparams_search=...): the seed is not a hyperparameter; "
+                "use seeds_per_trial=N (each trial runs seeds seed..seed+N-1 and scores their mean)"
+            )
 
 
 def study_overrides(call: DictConfig, sweep_dir: str) -> list[str]:
