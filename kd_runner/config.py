@@ -32,6 +32,7 @@ from kd_runner.names import (
     WITH_TEST_SPLIT,
 )
 from kd_runner.store.files import digest
+from kd_runner.user_code import source_digest
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "multistep")
@@ -326,9 +327,27 @@ def _config_error(exc: OmegaConfBaseException, structured, raw: typing.Mapping) 
     return ConfigError(key, value, str(exc.msg).strip().splitlines()[0])
 
 
-def config_digest(cfg) -> str:
-    """A short stable digest of a (sub)config: equal digests mean equal settings (the trackers aside)."""
-    return digest(_settings(cfg))
+def config_digest(cfg: RunConfig) -> str:
+    """The run's identity: a short digest of its settings (what it reports to and how often it saves aside)
+    and of the source of the user's code they name (`user_code_digests`). Equal digests mean the same run:
+    a finished run is skipped and an unfinished one resumes only under the digest it started with."""
+    return digest({**_settings(cfg), "user_code": user_code_digests(cfg)})
+
+
+def user_code_digests(cfg: RunConfig) -> dict[str, str | None]:
+    """The digest of the source (with the user modules it imports) of every `_target_` the config names."""
+    specs = {
+        "teacher.model": cfg.teacher.model,
+        "student.model": cfg.student.model,
+        "dataset.factory": cfg.dataset.factory,
+        "transfer.dataset.factory": cfg.transfer.dataset.factory if cfg.transfer.dataset else {},
+        "distill.objective": getattr(cfg.distill, "objective", {}),
+    }
+    return {
+        key: source_digest(spec["_target_"], f"{key}._target_")
+        for key, spec in specs.items()
+        if spec.get("_target_") is not None
+    }
 
 
 IGNORED_AT_ALPHA_1 = ("temperature", "soft_loss", "distill")  # alpha=1 trains on the labels alone
@@ -339,7 +358,7 @@ def result_key(cfg: RunConfig) -> str:
     normalised (at alpha=1, the temperature, the soft loss and the method, unless the method trains the
     student in an init stage first). Jobs of equal keys give the same results, so a sweep runs the first
     and the others reuse it; data, recipes and seeds stay part of the key."""
-    values = _settings(cfg)
+    values = {**_settings(cfg), "user_code": user_code_digests(cfg)}
     if cfg.alpha == 1:
         ignored = IGNORED_AT_ALPHA_1 if not getattr(cfg.distill, "init_epochs", 0) else IGNORED_AT_ALPHA_1[:2]
         values.update(dict.fromkeys(ignored))

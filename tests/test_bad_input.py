@@ -155,7 +155,7 @@ def test_a_directory_of_another_config_is_refused_before_anything_is_written(tmp
             kd_run_main(["experiment=smoke", *args])
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and len(err.splitlines()) == 1
-        assert "already holds a run of another config (config digest 0123456789abcdef" in err
+        assert "already holds a run of another config or of other code of yours (config digest 0123456789abcdef" in err
         assert "choose another hydra.run.dir / hydra.sweep.dir" in err
     assert sorted(tmp_path.rglob("*")) == before
 

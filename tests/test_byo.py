@@ -338,3 +338,17 @@ def test_a_streamed_dataset_is_keyed_by_its_images_not_only_its_labels():
         return data_digest(Dataset("mine", split, split, 3, (0.5,), (0.25,)))
 
     assert digest(old) == digest(old.clone()) and digest(old) != digest(new)
+
+
+def test_a_finished_run_is_not_skipped_and_an_unfinished_one_not_resumed_after_its_code_changed(user_package):
+    """The run's identity covers the user's code: after an edit of the model's source (or of a module it imports)
+    the same command into the same directory is refused in one line, never answered with the old numbers."""
+    out = user_package / "run"
+    args = [*FAST, "teacher.name=tiny", "teacher.model._target_=mypkg.nets.TinyNet", f"hydra.run.dir={out}"]
+    kd_run(*args, f"cache_dir={user_package / 'cache'}", cwd=user_package)
+    source = user_package / "pkg" / "mypkg" / "nets.py"
+    source.write_text(source.read_text() + "\n# an edit\n")
+    proc = kd_run(*args, f"cache_dir={user_package / 'cache'}", cwd=user_package, check=False)
+    assert proc.returncode == 2 and "skipped" not in proc.stdout
+    assert "already holds a run of another config or of other code of yours" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

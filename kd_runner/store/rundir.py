@@ -51,8 +51,9 @@ def finished_record(run_dir: Path | str, digest: str) -> dict | None:
         return None
     if record.get("config_digest") != digest:
         raise UserError(
-            f"{run_dir} already holds a run of another config (config digest {record.get('config_digest')}, "
-            f"this config {digest}): choose another hydra.run.dir / hydra.sweep.dir, or delete that directory"
+            f"{run_dir} already holds a run of another config or of other code of yours (config digest "
+            f"{record.get('config_digest')}, this run {digest}): choose another hydra.run.dir / hydra.sweep.dir, "
+            "or delete that directory"
         )
     return record if record.get("status") in FINISHED else None
 
