@@ -113,3 +113,15 @@ def test_a_search_never_tunes_the_seed(seed, tmp_path, monkeypatch, capsys):
     err = usage_error_line([*SEARCH, seed, "hydra.sweep.dir=search"], capsys)
     assert "is not allowed in a search" in err and "seeds_per_trial" in err
     assert not (tmp_path / "search").exists()
+
+
+def test_a_search_into_a_directory_holding_another_searchs_study_is_refused(tmp_path, monkeypatch, capsys):
+    """The sweep directory records what its study searches (search.json); another search into it would count
+    the old trials toward its n_trials and its best: one line, no trial run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "search").mkdir()
+    other = {"overrides": ["hparams_search=alpha_temperature", "student.lr=0.01"], "params": {}}
+    (tmp_path / "search" / "search.json").write_text(json.dumps({**other, "direction": "maximize"}))
+    err = usage_error_line([*SEARCH, "hydra.sweep.dir=search"], capsys)
+    assert "holds the study of another search (hparams_search=alpha_temperature student.lr=0.01)" in err
+    assert trial_dirs(tmp_path / "search") == [] and not (tmp_path / "search" / "optuna.db").exists()

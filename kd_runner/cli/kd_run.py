@@ -175,6 +175,8 @@ def picked_as_it_runs(session, call: DictConfig, overrides: list[str]) -> int:
     pinned = [] if given else [f"hydra.sweep.dir={compose.quoted(sweep_dir)}"]
     if call.hydra.sweeper._target_.endswith("OptunaSweeper"):
         check_no_seed_search(call, overrides)
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        search.claim(sweep_dir, search_identity(call, overrides))
         pinned += study_overrides(call, sweep_dir)
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     print(f"kd-run: search into {sweep_dir}; each trial's log is in its own directory")
@@ -185,6 +187,18 @@ def picked_as_it_runs(session, call: DictConfig, overrides: list[str]) -> int:
         finally:
             all_completed = finish_sweep(Path(sweep_dir))
     return jobs.sweep_exit_code(trials.exit_codes, all_completed)
+
+
+def search_identity(call: DictConfig, overrides: list[str]) -> dict:
+    """What a search is: its overrides (Hydra's own aside: n_trials may grow on a resume), the searched
+    parameters and its goal. The same command gives the same identity."""
+    sweeper = call.hydra.sweeper
+    return {
+        "overrides": sorted(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))),
+        "params": {str(key): str(value) for key, value in (sweeper.get("params") or {}).items()},
+        "direction": str(sweeper.direction),
+        "optimize_metric": call.optimize_metric,
+    }
 
 
 def check_no_seed_search(call: DictConfig, overrides: list[str]) -> None:

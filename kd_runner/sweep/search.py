@@ -21,6 +21,7 @@ from kd_runner.store.files import atomic_path, write_csv, write_json
 
 STUDY_DB = "optuna.db"
 STUDY_NAME = "kd-search"
+SEARCH = "search.json"  # what the study in a sweep directory searches: its overrides, parameters and goal
 LOWER_IS_BETTER = ("student_loss", "objective", "logit_gap", "kl_teacher_student")
 
 
@@ -48,6 +49,22 @@ def trial_value(cfg: RunConfig, records: list[dict | None]) -> float:
 
 def storage_url(sweep_dir: Path | str) -> str:
     return f"sqlite:///{Path(sweep_dir).resolve() / STUDY_DB}"
+
+
+def claim(sweep_dir: Path | str, search: dict) -> None:
+    """Make `sweep_dir` the home of this search (`search`: its overrides, parameters and goal): recorded when it
+    starts, and a directory holding the study of another search is refused in one line (its trials would
+    count toward this one's n_trials and its best)."""
+    path = Path(sweep_dir) / SEARCH
+    if path.is_file():
+        held = json.loads(path.read_text())
+        if held != search:
+            raise UserError(
+                f"hydra.sweep.dir={str(sweep_dir)!r} holds the study of another search ({' '.join(held['overrides'])}"
+                "): choose another hydra.sweep.dir, or run that search's very command again to resume it"
+            )
+        return
+    write_json(path, search)
 
 
 def resume(sweep_dir: Path | str, n_trials: int) -> tuple[int, int]:
