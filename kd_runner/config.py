@@ -331,7 +331,12 @@ def config_digest(cfg: RunConfig) -> str:
     """The run's identity: a short digest of its settings (what it reports to and how often it saves aside)
     and of the source of the user's code they name (`user_code_digests`). Equal digests mean the same run:
     a finished run is skipped and an unfinished one resumes only under the digest it started with."""
-    return digest({**_settings(cfg), "user_code": user_code_digests(cfg)})
+    return digest(_identity(cfg))
+
+
+def _identity(cfg: RunConfig) -> dict:
+    """What identifies a run: its settings (`_settings`) and the digests of the user's code they name."""
+    return {**_settings(cfg), "user_code": user_code_digests(cfg)}
 
 
 def user_code_digests(cfg: RunConfig) -> dict[str, str | None]:
@@ -358,10 +363,13 @@ def result_key(cfg: RunConfig) -> str:
     normalised (at alpha=1, the temperature, the soft loss and the method, unless the method trains the
     student in an init stage first). Jobs of equal keys give the same results, so a sweep runs the first
     and the others reuse it; data, recipes and seeds stay part of the key."""
-    values = {**_settings(cfg), "user_code": user_code_digests(cfg)}
+    values = _identity(cfg)
     if cfg.alpha == 1:
-        ignored = IGNORED_AT_ALPHA_1 if not getattr(cfg.distill, "init_epochs", 0) else IGNORED_AT_ALPHA_1[:2]
+        trains_first = getattr(cfg.distill, "init_epochs", 0) > 0  # a method with an init stage (ab, ft, fsp)
+        ignored = [key for key in IGNORED_AT_ALPHA_1 if key != "distill" or not trains_first]
         values.update(dict.fromkeys(ignored))
+        if not trains_first:  # the method's own code (distill=custom) is not run either
+            values["user_code"].pop("distill.objective", None)
     return digest(values)
 
 

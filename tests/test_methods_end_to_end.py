@@ -131,3 +131,8 @@ def test_a_feature_layer_mistake_is_one_line_and_exit_2_before_the_teacher_train
 )
 def test_a_method_parameter_mistake_is_a_usage_error(args, words, capsys):
     assert words in usage_error_line([*args, "experiment=smoke"], capsys)
+
+
+def test_a_method_has_an_init_stage_exactly_when_it_says_what_the_stage_computes():
+    for name, method in METHODS.items():
+        assert (method.init_needs is None) == (method.init_terms is Method.init_terms), name

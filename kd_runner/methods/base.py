@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -90,7 +91,7 @@ class InitParams(FeatureParams):
             raise ConfigError("distill.init_epochs", self.init_epochs, "a whole number >= 0 (0: no init stage)")
 
 
-class Method:
+class Method(ABC):
     """A method's soft terms. `needs`: what it reads from both models, "logits", "maps" (N x C x H x W
     activations), "stages" (maps, by default one per stage of each model) or "embedding" (one flattened
     layer). `parts`: the names of its terms (metrics.csv columns). One instance serves one run: `start_epoch`
@@ -133,20 +134,23 @@ class Method:
         return None
 
     def init_terms(self, student: list[Tensor], teacher: list[Tensor]) -> dict[str, Tensor]:
-        """The init stage's parts on one batch of both models' features (`init_needs`); their sum is its loss."""
-        raise NotImplementedError
+        """The init stage's parts on one batch of both models' features (`init_needs`); their sum is its loss.
+        Only a method with `init_needs` has an init stage, and it must say what the stage computes."""
+        raise TypeError(f"{type(self).__name__} has no init stage (init_needs is None)")
 
     def check_on(self, logits: Tensor, sample: Tensor) -> None:
         """Refuse (one line) a method that cannot train on the student's `logits` for the batch `sample`."""
+        return None  # by default every batch is fine
 
     def check_feature(self, key: str, name: str, feature: Tensor) -> None:
         """Refuse (one line) an activation of layer `name` the method would learn nothing from; `key` names
         the setting (distill.student_layers or distill.teacher_layers)."""
+        return None  # by default every activation is fine
 
+    @abstractmethod
     def terms(self, student, teacher, labels: Tensor | None, inputs: Tensor | None) -> dict[str, Tensor]:
         """The method's parts on one batch: logits (N x C) or lists of features of both models. `inputs`: the
         normalised batch (None on the whole validation split); `labels` None on unlabeled data."""
-        raise NotImplementedError
 
     def batch_terms(self, student, teacher, labels: Tensor | None, inputs: Tensor, idx: Tensor) -> dict[str, Tensor]:
         """The parts on a training batch whose samples are rows `idx` of the training split; `terms` unless the
