@@ -127,7 +127,7 @@ def test_the_teacher_is_fine_tuned_once_per_sweep(alpha_sweep):
     assert runs["teacher_cache_key"].nunique() == 1
     logs = [(d / "kd-run.log").read_text() for d in sorted(sweep.glob("[0-9]*"))]
     assert sum("teacher: fine-tuning" in log for log in logs) == 1
-    assert sum("teacher: loaded from cache" in log for log in logs) == 3
+    assert sum("teacher: shared with an earlier job of the sweep" in log for log in logs) == 3  # kept in memory
     assert "teacher: fine-tuned in 1 job(s), loaded from the cache in 3" in proc.stdout
 
 

@@ -86,6 +86,7 @@ class Job:
     overrides: list[str]  # its command-line overrides, as Hydra records them (hydra.overrides.task)
     finished: bool = False  # its directory holds this config's finished run: the run is skipped
     reuse_from: str | None = None  # an earlier job's directory whose results it reuses (equal result key)
+    config: DictConfig | None = None  # as Hydra composed it (its own config included): what its launch runs
 
 
 def checked_job(config: DictConfig, num: int, multirun: bool) -> Job:
@@ -103,7 +104,7 @@ def checked_job(config: DictConfig, num: int, multirun: bool) -> Job:
 
     finished = run.check_job(cfg, job_dir, dir_key=key, processes=launched_world_size())
     run_dir = None if job_dir is None else Path(job_dir)
-    return Job(num, cfg, run_dir, list(hydra_cfg.overrides.task), finished is not None)
+    return Job(num, cfg, run_dir, list(hydra_cfg.overrides.task), finished is not None, config=config)
 
 
 def task_config(config: DictConfig) -> DictConfig:

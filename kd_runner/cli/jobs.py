@@ -22,6 +22,7 @@ from kd_runner.cli.compose import Job
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.runtime import interrupt
 from kd_runner.runtime.process import launched_world_size
+from kd_runner.runtime.shared import Shared
 from kd_runner.status import Status
 from kd_runner.store import rundir
 from kd_runner.sweep import search
@@ -56,12 +57,16 @@ class OneJob:
 class PlannedJobs:
     """The task function of kd-run's sweeper: each job runs the config checked for it (by job number)."""
 
-    def __init__(self, planned: list[Job]):
+    def __init__(self, planned: list[Job], shared: Shared | None = None):
         self.planned = {job.num: job for job in planned}
+        self.shared = shared  # what the jobs share when they run in this process (None: nothing)
 
     def __call__(self, raw: DictConfig) -> int:
         hydra_cfg = HydraConfig.get()
-        return exit_code(in_sweep(self.planned[hydra_cfg.job.num], hydra_cfg))
+        return exit_code(in_sweep(self.planned[hydra_cfg.job.num], hydra_cfg, self.shared))
+
+    def __getstate__(self) -> dict:  # a parallel launcher's worker process gets the jobs, not the shared work
+        return {**self.__dict__, "shared": None}
 
 
 class StartedJobs:
@@ -95,7 +100,7 @@ def start(raw: DictConfig, hydra_cfg: DictConfig) -> Job:
         fail(exc)
 
 
-def in_sweep(job: Job, hydra_cfg: DictConfig) -> list[dict]:
+def in_sweep(job: Job, hydra_cfg: DictConfig, shared: Shared | None = None) -> list[dict]:
     """A sweep job's runs. Its INFO lines and summary go to its own log; the console gets one line per run.
     A parallel launcher's worker process handles SIGTERM/SIGINT itself (Ctrl-C reaches it too)."""
     for handler in logging.getLogger().handlers:
@@ -103,26 +108,28 @@ def in_sweep(job: Job, hydra_cfg: DictConfig) -> list[dict]:
             handler.setLevel(logging.WARNING)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if interrupt.active():
-        return run_job(job, run_dir, resume_hint(hydra_cfg, multirun=True), multirun=True)
+        return run_job(job, run_dir, resume_hint(hydra_cfg, multirun=True), multirun=True, shared=shared)
     with interrupt.graceful_stop():
-        return run_job(job, run_dir, resume_hint(hydra_cfg, multirun=True), multirun=True)
+        return run_job(job, run_dir, resume_hint(hydra_cfg, multirun=True), multirun=True, shared=shared)
 
 
-def run_job(job: Job, run_dir: Path, hint: str, multirun: bool) -> list[dict]:
+def run_job(job: Job, run_dir: Path, hint: str, multirun: bool, shared: Shared | None = None) -> list[dict]:
     """The job's runs (one, or a search trial's seeds) and their records."""
     runs = search.trial_runs(job.cfg, run_dir)
     reuse_from = job.reuse_from if len(runs) == 1 else None
-    return [run_one(cfg, path, job, reuse_from, hint, multirun) for cfg, path in runs]
+    return [run_one(cfg, path, job, reuse_from, hint, multirun, shared) for cfg, path in runs]
 
 
-def run_one(cfg, run_dir: Path, job: Job, reuse_from: str | None, hint: str, multirun: bool) -> dict:
+def run_one(
+    cfg, run_dir: Path, job: Job, reuse_from: str | None, hint: str, multirun: bool, shared: Shared | None = None
+) -> dict:
     """One run and its record. In a sweep, a failed run's record says how it failed and the sweep goes on;
     alone, a mistake is one line and exit 2, a bug raised with its traceback."""
     from kd_runner import run
     from kd_runner.run import results
 
     try:
-        record = run.run(cfg, run_dir, reuse_from=reuse_from, overrides=job.overrides)
+        record = run.run(cfg, run_dir, reuse_from=reuse_from, overrides=job.overrides, shared=shared)
     except RunInterrupted as exc:
         report(job, results.failure(exc), run_dir, multirun)
         raise JobStopped(exc, interrupt.requested(), hint) from None

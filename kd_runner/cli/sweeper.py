@@ -6,7 +6,9 @@ overrides: `split_arguments`), then composes every job again to validate the bat
 composes it once more. Here each job is composed once (`load_sweep_config`), typed and checked with its
 directory; a mistake in any job stops the sweep with one line before anything is written. The launcher
 then runs the checked configs (`jobs.PlannedJobs`, keyed by job number) and hands back each job's exit
-code; jobs of an equal result key reuse the first one's results, planned here, in memory.
+code; jobs of an equal result key reuse the first one's results, planned here, in memory. Under the
+basic launcher (the default) the jobs run here, one after another, on the very configs composed for
+them, and share within the process what their keys say they can (kd_runner.runtime.shared).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
+from hydra.core.utils import configure_log, run_job, setup_globals
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf, open_dict
 
@@ -28,7 +31,10 @@ from kd_runner.config import result_key
 from kd_runner.errors import UserError
 from kd_runner.runtime import interrupt
 from kd_runner.runtime.process import launched_rank, launched_world_size
+from kd_runner.runtime.shared import Shared
 from kd_runner.sweep.aggregate import read_plan, write_plan
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 @dataclass
@@ -86,18 +92,46 @@ class KdSweeper(Sweeper):
         write_plan(sweep_dir, [job.overrides for job in planned], reuse)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's sweepers do
         print(f"kd-run: sweep of {len(planned)} jobs into {sweep_dir}; each job's log is in its own directory")
-        launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=self.hydra_context, task_function=jobs.PlannedJobs(planned), config=self.config
-        )
-        codes = []
+        shared = Shared() if launched_world_size() == 1 else None  # torchrun: every process prepares in step
+        task = jobs.PlannedJobs(planned, shared)
         with interrupt.graceful_stop():
             try:
-                for batch in BasicSweeper.split_overrides_to_chunks(planned, self.max_batch_size):
-                    returns = launcher.launch([job.overrides for job in batch], initial_job_idx=batch[0].num)
-                    codes += [r.return_value for r in returns]  # a job's exception is raised here
+                codes = self.run_here(planned, task) if self.basic() else self.run_launcher(planned, task)
             finally:
                 all_completed = finish_sweep(sweep_dir)
         return jobs.sweep_exit_code(codes, all_completed)
+
+    def basic(self) -> bool:
+        return self.config.hydra.launcher._target_ == BASIC_LAUNCHER
+
+    def run_here(self, planned: list[Job], task: jobs.PlannedJobs) -> list[int]:
+        """Hydra's basic launcher (jobs one after another in this process, sharing what they can: `task`'s
+        Shared) without composing each job again: each runs the config composed and checked for it."""
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        codes = []
+        for job in planned:
+            returned = run_job(
+                hydra_context=self.hydra_context,
+                task_function=task,
+                config=job.config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+            codes.append(returned.return_value)  # a job's exception is raised here
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return codes
+
+    def run_launcher(self, planned: list[Job], task: jobs.PlannedJobs) -> list[int]:
+        """The jobs through the configured launcher (joblib, submitit, ...), in its batches."""
+        launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, task_function=task, config=self.config
+        )
+        codes = []
+        for batch in BasicSweeper.split_overrides_to_chunks(planned, self.max_batch_size):
+            returns = launcher.launch([job.overrides for job in batch], initial_job_idx=batch[0].num)
+            codes += [r.return_value for r in returns]  # a job's exception is raised here
+        return codes
 
 
 def check_launcher(config) -> None:

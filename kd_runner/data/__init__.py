@@ -10,6 +10,7 @@ with no per-sample Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pkgutil import resolve_name
 
 import torch
@@ -18,6 +19,7 @@ from kd_runner.data.augment import Augmentation, augmentation_preset
 from kd_runner.data.normalize import normalized, unit_range
 from kd_runner.errors import ConfigError
 from kd_runner.names import DATASET_NAMES, DATASETS
+from kd_runner.store.files import tensors_digest
 
 
 @dataclass
@@ -51,6 +53,16 @@ class Dataset:
     def streamed(self) -> bool:
         """The images are read on demand (a large dataset.factory dataset): only the DataLoader path serves them."""
         return not isinstance(self.train.images, torch.Tensor)
+
+    @cached_property
+    def content_digest(self) -> str:
+        """Digest of what a network is fed: the images and labels of both splits and the normalisation (set
+        before any use). Streamed images count by the digest of their content read when the split was built.
+        Computed once per Dataset object: the jobs of a sweep that share the dataset hash it once."""
+        splits = (self.train.images, self.train.labels, self.val.images, self.val.labels)
+        tensors = [t for t in splits if isinstance(t, torch.Tensor)]
+        streamed = [t.digest for t in splits if not isinstance(t, torch.Tensor)]
+        return tensors_digest(tensors, {"mean": self.mean, "std": self.std, "streamed": streamed})
 
     def sample_batch(self, n: int = 2) -> torch.Tensor:
         """The first `n` training images, normalised as the networks see them (for a shape check)."""

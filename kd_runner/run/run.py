@@ -9,6 +9,8 @@ run and resumes an unfinished one (kd_runner.store.rundir); result.json always s
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -30,14 +32,16 @@ from kd_runner.run import results
 from kd_runner.run.student import check_student_side, train_student, write_outputs
 from kd_runner.runtime import distributed, interrupt
 from kd_runner.runtime.compute import Compute, resolve_device
+from kd_runner.runtime.shared import Shared, shared_or_made
 from kd_runner.status import Status
 from kd_runner.store import rundir
-from kd_runner.store.files import write_csv, write_json
+from kd_runner.store.files import digest, write_csv, write_json
 from kd_runner.teacher.ensemble import prepare_teachers
 from kd_runner.teacher.soft_targets import SoftTargets
 from kd_runner.train import engine
 from kd_runner.train.checkpoint import StageCheckpoint
 from kd_runner.train.metrics import per_class_accuracy
+from kd_runner.user_code import source_digest
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ def run(
     stop: Callable[[], object] = interrupt.requested,
     reuse_from: Path | str | None = None,
     overrides: list[str] = (),
+    shared: Shared | None = None,
 ) -> dict | None:
     """Run one experiment into `run_dir`; returns the record also written to result.json.
 
@@ -57,7 +62,8 @@ def run(
     When `stop()` turns true (SIGTERM/SIGINT), the run saves a checkpoint at the next safe point, records
     itself as interrupted and raises RunInterrupted. A diverged run is recorded and returned with status
     "diverged"; any other error is recorded (status, message, exit code) and raised. `overrides`: the
-    job's command-line overrides, recorded in result.json.
+    job's command-line overrides, recorded in result.json. `shared`: what the sweep's earlier jobs in this
+    process prepared (kd_runner.runtime.shared), taken where this run's keys equal theirs.
 
     Under torchrun every process calls this: rank 0 with the run directory, records and writes; the
     others (run_dir=None) compute their part of the run, write nothing and return None.
@@ -66,7 +72,7 @@ def run(
     digest = config_digest(cfg)
     identity = results.identity(cfg, device, overrides)
     if not shard.is_main:
-        return _follow(Run(cfg, None, shard, device, stop, identity), digest)
+        return _follow(Run(cfg, None, shard, device, stop, identity, shared), digest)
     with rundir.claim(run_dir) as run_dir:
         finished = rundir.finished_record(run_dir, digest)
         reused = None if finished else _reuse(cfg, run_dir, reuse_from, identity)
@@ -78,7 +84,7 @@ def run(
                 "skipped: %s already holds this config's %s run (config digest %s)", run_dir, finished["status"], digest
             )
             return finished
-        return _recorded(Run(cfg, run_dir, shard, device, stop, identity))
+        return _recorded(Run(cfg, run_dir, shard, device, stop, identity, shared))
 
 
 def _recorded(run: Run) -> dict:
@@ -139,7 +145,9 @@ class Run:
     device: torch.device
     stop: Callable[[], object]
     identity: dict
+    shared: Shared | None = None  # a sweep's work kept in memory for its later jobs
     compute: Compute | None = None
+    data_key: str | None = None  # what `data` depends on (see _data_key)
     data: SplitData | None = None
     student_data: SplitData | None = None
     tracked: loggers.Trackers | None = None
@@ -169,14 +177,14 @@ def _experiment(run: Run) -> dict:
     # the teacher and its logits: made once by rank 0 (and cached), then loaded by the other processes
     recorder = results.EpochRecorder(run.run_dir, results.running_record(run.identity), run.tracked)
     teacher_epochs = partial(recorder.record, "teacher")
-    teacher = shard.main_first(lambda: prepare_teachers(cfg, dataset, run.data, cfg.progress, run.stop, teacher_epochs))
+    teacher = shard.main_first(
+        lambda: prepare_teachers(cfg, dataset, run.data, cfg.progress, run.stop, teacher_epochs, run.shared)
+    )
     recorder.record("teacher", teacher.history)
     timings["teacher_s"] = teacher.seconds
 
     t0 = time.perf_counter()
-    targets = shard.main_first(
-        lambda: SoftTargets(teacher.model, teacher.key, run.student_data, cfg.cache_dir, teacher.metrics_model)
-    )
+    targets = shard.main_first(lambda: _soft_targets(run, teacher))
     checkpoints = _student_checkpoints(run)
     student_data = sharded(run.student_data, shard)
     history, student, state = train_student(
@@ -225,9 +233,8 @@ def _loader(cfg: RunConfig, data) -> str:
 def _place_data(run: Run) -> None:
     """The dataset, its splits placed for training (in memory or streamed), and the student's splits."""
     cfg, compute, shard = run.cfg, run.compute, run.shard
-    data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
-    loader = _loader(cfg, data)
-    run.data = StreamedData(data, compute, cfg.num_workers) if loader == "dataloader" else InMemoryData(data, compute)
+    run.data_key = _data_key(cfg, compute)
+    (data, run.data), _ = shared_or_made(run.shared, "data", run.data_key, lambda: _placed(cfg, compute, shard))
     log.info(
         "data: %s, %d train / %d val, %d classes, device %s",
         data.name,
@@ -237,10 +244,42 @@ def _place_data(run: Run) -> None:
         compute.device,
     )
     settings = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in compute.describe().items())
-    log.info("compute: %s, loader %s, %d process(es)", settings, loader, shard.world)
+    log.info("compute: %s, loader %s, %d process(es)", settings, _loader(cfg, data), shard.world)
     run.student_data = shard.main_first(lambda: transfer_data(cfg, data, run.data))
     if run.student_data is not run.data:
         log.info("transfer set: %s", describe_transfer(cfg, run.student_data))
+
+
+def _placed(cfg: RunConfig, compute: Compute, shard) -> tuple:
+    """(the dataset, its splits as training reads them: on the device, or streamed)."""
+    data = shard.main_first(lambda: build_dataset(cfg.dataset))  # a download happens once, on rank 0
+    if _loader(cfg, data) == "dataloader":
+        return data, StreamedData(data, compute, cfg.num_workers)
+    return data, InMemoryData(data, compute)
+
+
+def _data_key(cfg: RunConfig, compute: Compute) -> str:
+    """What the built and placed data depend on: the dataset's config and code, how it is computed and read."""
+    code = source_digest(cfg.dataset.factory["_target_"], "dataset.factory._target_")
+    read = {"loader": cfg.loader, "workers": cfg.num_workers}
+    return digest({"dataset": dataclasses.asdict(cfg.dataset), "code": code, "compute": repr(compute), **read})
+
+
+def _soft_targets(run: Run, teacher) -> SoftTargets:
+    """The teacher's soft targets on the student's data; a sweep's earlier job's when its teacher, data and
+    cache are this job's (then, as the logits cache would have said, their source is "cache")."""
+    cfg = run.cfg
+    key = f"{teacher.key} on {run.data_key} in {Path(cfg.cache_dir).resolve()}"
+    shared = run.shared if run.student_data is run.data else None  # a transfer set is built for its job
+
+    def make() -> SoftTargets:
+        return SoftTargets(teacher.model, teacher.key, run.student_data, cfg.cache_dir, teacher.metrics_model)
+
+    targets, made = shared_or_made(shared, "soft targets", key, make)
+    if not made:
+        targets = copy.copy(targets)
+        targets.source = "cache"
+    return targets
 
 
 def _per_class_accuracy(student, targets: SoftTargets, d: SplitData, num_classes: int) -> dict:

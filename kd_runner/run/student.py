@@ -66,46 +66,67 @@ def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, chec
     has one; the teacher itself never enters the student's graph. The method's state trains and is
     checkpointed with the student; `checkpoints`: each stage's (init, student), none across processes.
 
-    After every epoch `recorder` writes its metrics and, on a new best validation student_acc, the
-    student is saved as student_best.pt (before the epoch's checkpoint, so a resume never misses one)."""
+    After every epoch `recorder` writes its metrics; the best validation student so far is kept in memory
+    and written as student_best.pt before each checkpoint (a resume never misses it) and once at the end."""
     seed_everything(cfg.seed)
     student = d.compute.prepare(build_stage_model(cfg.student, data, "student"))
     method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
     if method.has_init:
         train_init(cfg, method, student, d, targets, checkpoints.get("init"), stop, recorder)
-    checkpoint = checkpoints.get("student")
     model, loss = objective.build(method, cfg.alpha, student, targets, d, cfg.student.batch_size)
     validate = _student_validation(model, student, loss, targets, d)
+    best = BestStudent(student, recorder.run_dir)
 
     def on_epoch(rows: list[dict]) -> None:
         recorder.record("student", rows)
-        if recorder.run_dir is not None and results.best_row(rows) is rows[-1]:
-            save_torch(_cpu_state(student), recorder.run_dir / results.BEST_STUDENT)
+        best.update(rows)
 
-    history = engine.fit(
-        d.shard.wrap(model),
-        d,
-        stage="student",
-        recipe=cfg.student,
-        seed=cfg.seed,
-        loss_fn=loss,
-        validate=validate,
-        on_epoch_start=method.start_epoch,
-        checkpoint_every_s=cfg.checkpoint_every_s,
-        progress=cfg.progress,
-        checkpoint=checkpoint,
-        stop=stop,
-        on_epoch=on_epoch,
-        temperature=cfg.temperature if cfg.alpha < 1 else None,
-    )
-    if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
-        history = [{"epoch": 0, "lr": None, "train_loss": None, **validate()}]
-        on_epoch(history)
-    if cfg.transfer.omitted_bias is not None:  # the final metrics are those of the corrected student
-        history[-1]["omitted_bias"] = raise_omitted_bias(cfg, student, targets.teacher, d)
-        history[-1].update({k: v for k, v in validate().items() if k not in PART_COLUMNS})  # parts: the epoch's
-    loss.close()
+    try:
+        history = engine.fit(
+            d.shard.wrap(model),
+            d,
+            stage="student",
+            recipe=cfg.student,
+            seed=cfg.seed,
+            loss_fn=loss,
+            validate=validate,
+            on_epoch_start=method.start_epoch,
+            checkpoint_every_s=cfg.checkpoint_every_s,
+            on_save=best.write,
+            progress=cfg.progress,
+            checkpoint=checkpoints.get("student"),
+            stop=stop,
+            on_epoch=on_epoch,
+            temperature=cfg.temperature if cfg.alpha < 1 else None,
+        )
+        if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
+            history = [{"epoch": 0, "lr": None, "train_loss": None, **validate()}]
+            on_epoch(history)
+        if cfg.transfer.omitted_bias is not None:  # the final metrics are those of the corrected student
+            history[-1]["omitted_bias"] = raise_omitted_bias(cfg, student, targets.teacher, d)
+            history[-1].update({k: v for k, v in validate().items() if k not in PART_COLUMNS})  # parts: the epoch's
+    finally:  # however the stage ends: the hooks leave the (possibly shared) teacher, the best student is kept
+        loss.close()
+        best.write()
     return history, student, model.state
+
+
+class BestStudent:
+    """The student of the best validation student_acc so far (results.best_row), kept in memory (a copy on its
+    device: no host sync per epoch) and written to the run's student_best.pt only when asked."""
+
+    def __init__(self, student: nn.Module, run_dir: Path | None):
+        self.student, self.run_dir, self.state = student, run_dir, None
+
+    def update(self, rows: list[dict]) -> None:
+        if self.run_dir is not None and results.best_row(rows) is rows[-1]:
+            self.state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+
+    def write(self) -> None:
+        """student_best.pt, when a new best was found since the last write."""
+        if self.state is not None:
+            save_torch({k: v.cpu() for k, v in self.state.items()}, self.run_dir / results.BEST_STUDENT)
+            self.state = None
 
 
 def train_init(cfg: RunConfig, method, student, d: SplitData, targets: SoftTargets, checkpoint, stop, recorder):

@@ -48,22 +48,22 @@ class TeacherEnsemble(nn.Module):
 
 
 def prepare_teachers(
-    cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None, on_epoch=None
+    cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None, on_epoch=None, shared=None
 ) -> Teacher:
     """The run's teacher: one `prepare_teacher`, or an ensemble of `teacher.ensemble` of them.
 
     An ensemble's history holds every member's rows, their stage named teacher_0, teacher_1, ...; its
     source and key list the members' in order, and its key says how they are combined (its logits
-    depend on the temperature and the soft loss). `on_epoch(rows)` follows each fine-tuning epoch.
+    depend on the temperature and the soft loss). `on_epoch(rows)` follows each fine-tuning epoch; `shared`:
+    the sweep's teachers kept in memory (see `prepare_teacher`).
     """
     if cfg.teacher.ensemble == 1:
-        return prepare_teacher(cfg, data, device_data, progress, stop, on_epoch)
+        return prepare_teacher(cfg, data, device_data, progress, stop, on_epoch, shared)
     members = []
     for i in range(cfg.teacher.ensemble):
-        member = dataclasses.replace(cfg.teacher, seed=cfg.teacher.seed + i, ensemble=1)
-        members.append(
-            prepare_teacher(dataclasses.replace(cfg, teacher=member), data, device_data, progress, stop, on_epoch)
-        )
+        recipe = dataclasses.replace(cfg.teacher, seed=cfg.teacher.seed + i, ensemble=1)
+        member = dataclasses.replace(cfg, teacher=recipe)
+        members.append(prepare_teacher(member, data, device_data, progress, stop, on_epoch, shared))
     models = [m.model for m in members]
     return Teacher(
         model=TeacherEnsemble(models, cfg.temperature, cfg.soft_loss).eval(),

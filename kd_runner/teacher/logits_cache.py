@@ -35,12 +35,8 @@ CACHE_FORMAT = 1
 
 
 def data_digest(data: Dataset) -> str:
-    """Digest of what a network is fed: the images and labels of both splits and the normalisation. Images
-    streamed from a user's dataset count by the digest of their content read when the split was built."""
-    splits = (data.train.images, data.train.labels, data.val.images, data.val.labels)
-    tensors = [t for t in splits if isinstance(t, torch.Tensor)]
-    streamed = [t.digest for t in splits if not isinstance(t, torch.Tensor)]
-    return tensors_digest(tensors, {"mean": data.mean, "std": data.std, "streamed": streamed})
+    """Digest of what a network is fed (`Dataset.content_digest`: both splits and the normalisation)."""
+    return data.content_digest
 
 
 def weights_digest(model: nn.Module) -> str:

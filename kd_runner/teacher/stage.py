@@ -27,6 +27,7 @@ from kd_runner.data.splits import SplitData
 from kd_runner.models import build_stage_model
 from kd_runner.models.torchvision_nets import pretrained_weights
 from kd_runner.runtime.rng import seed_everything
+from kd_runner.runtime.shared import shared_or_made
 from kd_runner.store.cache import CacheEntry, cache_lock
 from kd_runner.store.files import digest, sha256_file
 from kd_runner.store.state_dicts import load_exact, read_state_dict
@@ -69,9 +70,27 @@ def teacher_key(cfg: RunConfig, d: SplitData) -> str:
 
 
 def prepare_teacher(
-    cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None, on_epoch=None
+    cfg: RunConfig, data: Dataset, device_data: SplitData, progress: bool, stop=None, on_epoch=None, shared=None
 ) -> Teacher:
-    """The teacher of `cfg`, from its checkpoint, the cache, or fine-tuned (`on_epoch(rows)` after each epoch)."""
+    """The teacher of `cfg`, from its checkpoint, the cache, or fine-tuned (`on_epoch(rows)` after each epoch).
+    With `shared` (a sweep's kd_runner.runtime.shared.Shared) a teacher an earlier job of the sweep prepared
+    under the same key and cache is taken as it is: what this job would have loaded from the cache."""
+    start = time.perf_counter()
+    key = teacher_key(cfg, device_data)
+    teacher, made = shared_or_made(
+        shared,
+        "teacher",
+        f"{key} in {Path(cfg.cache_dir).resolve()}",
+        lambda: _prepare(cfg, data, device_data, key, progress, stop, on_epoch),
+    )
+    if made:
+        return teacher
+    source = "checkpoint" if teacher.source == "checkpoint" else "cache"
+    return dataclasses.replace(teacher, source=source, seconds=time.perf_counter() - start)
+
+
+def _prepare(cfg: RunConfig, data: Dataset, device_data: SplitData, key: str, progress, stop, on_epoch) -> Teacher:
+    """The teacher built, then loaded from its checkpoint, the cache, or fine-tuned."""
     start = time.perf_counter()
     seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
     model = build_stage_model(cfg.teacher, data, "teacher")
@@ -85,9 +104,7 @@ def prepare_teacher(
     device_data.compute.prepare(model)
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
-        return Teacher(model.eval(), "checkpoint", [], teacher_key(cfg, device_data), time.perf_counter() - start)
-
-    key = teacher_key(cfg, device_data)
+        return Teacher(model.eval(), "checkpoint", [], key, time.perf_counter() - start)
     history, source = _cached_or_trained(model, cfg, device_data, key, progress, stop, on_epoch)
     return Teacher(model.eval(), source, history, key, time.perf_counter() - start)
 

@@ -34,15 +34,28 @@ def predict(model: torch.nn.Module, data: SplitData, images, *, batch_size: int 
     (`Compute.eval_batch_size` by default), inference mode and the data's precision; across processes
     each computes a share and all get all.
 
+    Every batch has one shape (min(batch size, images)): a short last batch is padded with copies of its
+    last image, whose outputs are dropped. The network then sees a single evaluation shape per split size,
+    so cuDNN's autotuning and compiled graphs do not start over for a ragged last batch.
     The result is concatenated outside inference mode, so it is an ordinary tensor that a loss may use.
     """
-    batch_size = batch_size or data.compute.eval_batch_size(data.image_numel)
+    batch_size = min(batch_size or data.compute.eval_batch_size(data.image_numel), max(len(images), 1))
     was_training = model.training
     model.eval()
     with torch.inference_mode(), data.compute.autocast():
-        out = [model(data.normalize(x)).float() for x in data.eval_batches(images, batch_size)]
+        out = [
+            model(data.normalize(_padded(x, batch_size))).float()[: len(x)]
+            for x in data.eval_batches(images, batch_size)
+        ]
     model.train(was_training)
     return data.shard.gather(torch.cat(out), len(images))
+
+
+def _padded(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`x` with copies of its last row appended up to `size` rows."""
+    if len(x) >= size:
+        return x
+    return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])])
 
 
 def train_epoch(
@@ -145,6 +158,7 @@ def fit(
     temperature: float | None = None,
     on_epoch_start: Callable[[int], object] | None = None,
     checkpoint_every_s: float = 0.0,
+    on_save: Callable[[], object] | None = None,
 ) -> list[dict]:
     """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs, `validate()` after each; one
     row per epoch (epoch, lr, mean training loss, metrics). With a `checkpoint`, continue from it and save
@@ -153,7 +167,8 @@ def fit(
     A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last good epoch). Each
     epoch is logged in one line, then `on_epoch(rows so far)` records it; `progress`: a per-batch bar.
     `temperature` (the student's soft targets) is named in a divergence hint when it is the likely cause;
-    `on_epoch_start(epoch)` tells the loss which epoch it trains (a warm-up), also after a resume."""
+    `on_epoch_start(epoch)` tells the loss which epoch it trains (a warm-up), also after a resume;
+    `on_save()` runs right before each checkpoint is written (what must be on disk before it: the best student)."""
     run = StageRun.start(model, data, recipe, seed, checkpoint)
     epoch_log = EpochLog(stage, recipe.epochs)
     while run.position.epoch <= recipe.epochs:
@@ -176,7 +191,7 @@ def fit(
         )
         bar.close()
         if train_loss is None:
-            run.save(model, checkpoint)
+            run.save(model, checkpoint, on_save)
             raise RunInterrupted(stage, run.position.epoch, run.position.batches)
         row = {"epoch": run.position.epoch, "lr": run.position.lr, "train_loss": train_loss, **validate()}
         check_finite(row, stage, recipe, data.compute.precision, temperature)
@@ -186,7 +201,7 @@ def fit(
             on_epoch(run.rows)
         run.position = EpochPosition.start(run.position.epoch + 1, run.optimizer, run.generator)
         if time.monotonic() - run.saved_at >= checkpoint_every_s:
-            run.save(model, checkpoint)
+            run.save(model, checkpoint, on_save)
     return run.rows
 
 
@@ -214,8 +229,11 @@ class StageRun:
             position, rows = checkpoint.restore(model, optimizer, scheduler, data.device, scaler) or (position, rows)
         return cls(generator, optimizer, scheduler, scaler, position, rows)
 
-    def save(self, model, checkpoint: StageCheckpoint | None) -> None:
+    def save(self, model, checkpoint: StageCheckpoint | None, before: Callable[[], object] | None = None) -> None:
+        """The stage's checkpoint (none without `checkpoint`), after `before()`."""
         if checkpoint is not None:
+            if before is not None:
+                before()
             checkpoint.save(model, self.optimizer, self.scheduler, self.position, self.rows, self.scaler)
         self.saved_at = time.monotonic()
 
