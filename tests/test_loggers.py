@@ -200,8 +200,8 @@ def test_mlflow_server_gets_the_run_and_a_server_gone_only_warns(tmp_path, mlflo
     assert {"result.json", "metrics.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
     # the server goes away after the student's first epoch: one warning, and the run completes on its own
-    proc = start_kd_run(*common, "student.epochs=10", "hydra.run.dir=run2", cwd=tmp_path)
-    wait_for_file(tmp_path / "run2" / "student_best.pt", proc)
+    proc = start_kd_run(*common, "student.epochs=10", "hydra.run.dir=run2", "checkpoint_every_s=0", cwd=tmp_path)
+    wait_for_file(tmp_path / "run2" / "student_best.pt", proc)  # written with the first epoch's checkpoint
     os.killpg(server.pid, 15)
     server.wait(timeout=60)
     out, err = proc.communicate(timeout=300)

@@ -239,16 +239,22 @@ def test_a_run_stopped_before_it_started_is_recorded_as_interrupted(tmp_path):
 def test_checkpoints_are_written_by_time_and_always_on_a_stop(library_ref, tmp_path, monkeypatch):
     """With checkpoint_every_s, an epoch end saves only once that much time has passed since the last save
     (a long interval: none at all); a stop always saves, and the run resumes from it exactly."""
+    from kd_runner.run import student
     from kd_runner.train import checkpoint as checkpoints
 
     cfg, ref, _ = library_ref
-    saves = []
+    saves, best_writes = [], []
     save = checkpoints.StageCheckpoint.save
     monkeypatch.setattr(
         checkpoints.StageCheckpoint, "save", lambda self, *a, **k: saves.append(1) or save(self, *a, **k)
     )
+    save_torch = student.save_torch
+    monkeypatch.setattr(
+        student, "save_torch", lambda state, path: best_writes.append(path.name) or save_torch(state, path)
+    )
     run.run(dataclasses.replace(cfg, checkpoint_every_s=3600.0), tmp_path / "long")
     assert saves == []  # no epoch end saved within the hour
+    assert best_writes.count("student_best.pt") == 1  # the best student kept in memory, written at the end
     run.run(dataclasses.replace(cfg, checkpoint_every_s=0.0), tmp_path / "every")
     assert len(saves) == cfg.student.epochs  # one per student epoch (the teacher comes from the cache)
     saves.clear()
