@@ -59,13 +59,21 @@ def augmentation_preset(name: str | bool, image_size: int) -> Augmentation | Non
     return None
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """The draws (made on the CPU, by the stage's generator) on the batch's device; to a GPU through pinned
+    memory without blocking, so the host keeps queueing the step's kernels."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def crop_padded(images: Tensor, padding: int, top: Tensor, left: Tensor) -> Tensor:
     """Crop each image of the zero-padded batch at (top[i], left[i]) to the original size."""
     n, _, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
     device = images.device
-    rows = top.to(device)[:, None] + torch.arange(h, device=device)  # n x h
-    cols = left.to(device)[:, None] + torch.arange(w, device=device)  # n x w
+    rows = to_device(top, device)[:, None] + torch.arange(h, device=device)  # n x h
+    cols = to_device(left, device)[:, None] + torch.arange(w, device=device)  # n x w
     batch = torch.arange(n, device=device)[:, None, None]
     # advanced indices around a slice: the result is n x h x w x c
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
@@ -80,7 +88,7 @@ def random_crop(images: Tensor, padding: int, generator: torch.Generator, rows=s
 
 def random_flip(images: Tensor, generator: torch.Generator, rows=slice(None), total=None) -> Tensor:
     total = total or images.shape[0]
-    flip = (torch.rand(total, generator=generator)[rows] < 0.5).to(images.device)
+    flip = to_device(torch.rand(total, generator=generator)[rows] < 0.5, images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -137,7 +145,7 @@ def _sample_positions(start: Tensor, length: Tensor, size: int) -> Tensor:
 def crop_resize(images: Tensor, boxes: Tensor) -> Tensor:
     """Crop box i = (top, left, height, width) of image i and resize it bilinearly to the input's size."""
     n, _, h, w = images.shape
-    top, left, bh, bw = boxes.to(images.device, torch.float32).unbind(dim=1)
+    top, left, bh, bw = to_device(boxes.float(), images.device).unbind(dim=1)
     gx = _sample_positions(left, bw, w)  # n x w
     gy = _sample_positions(top, bh, h)  # n x h
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # n x h x w x (x, y)

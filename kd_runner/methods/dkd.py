@@ -47,13 +47,14 @@ def dkd_terms(student, teacher, labels, temperature: float):
     NCKD = KL(p^_T || p^_S) over the non-target classes renormalised among themselves. The paper's
     identity KD = TCKD + (1 - p_t^T) * NCKD holds per sample.
     """
+    import torch
     import torch.nn.functional as F
 
     from kd_runner.methods.logits import wide
 
     s, t = wide(student) / temperature, wide(teacher.detach()) / temperature
-    target = F.one_hot(labels, s.shape[-1]).bool()
-    rest = (~target).nonzero()[:, 1].view(len(s), -1)  # the non-target classes of each sample
+    others = torch.arange(s.shape[-1] - 1, device=s.device)
+    rest = others + (others >= labels[:, None])  # the non-target classes of each sample, in order (no host sync)
     binary_s, binary_t = _binary_log_probs(s, labels, rest), _binary_log_probs(t, labels, rest)
     tckd = (binary_t.exp() * (binary_t - binary_s)).sum(dim=-1)
     log_rest_s = F.log_softmax(s.gather(1, rest), dim=-1)

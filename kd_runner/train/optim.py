@@ -8,14 +8,17 @@ from kd_runner.config import StageConfig
 
 
 def make_optimizer(params, stage: StageConfig) -> torch.optim.Optimizer:
-    """The stage's optimizer over the parameters that train (a frozen backbone's are left out)."""
+    """The stage's optimizer over the parameters that train (a frozen backbone's are left out). On CUDA its
+    step is fused: one kernel per group of parameters instead of a few per tensor (a small network's step
+    is otherwise bound by kernel launches)."""
     params = [p for p in params if p.requires_grad]
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
     if stage.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+        return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay, **fused)
     if stage.optimizer == "adam":
-        return torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
+        return torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay, **fused)
     if stage.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+        return torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, **fused)
     raise ValueError(f"unknown optimizer {stage.optimizer}")
 
 
