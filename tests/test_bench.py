@@ -82,6 +82,7 @@ def test_kd_bench_command_reports_every_method_and_skips_gpu_only_work(tmp_path)
         assert row[key] > 0
     # the printed table shows the ratios of the rates it measured, as results.json records them
     assert f"c/a {row['c/a']:.2f}  c/a0 {row['c/a0']:.2f}  c/b {row['c/b']:.2f}" in stdout
+    assert row["cold_c/a"] > 0 and f"cold first epoch c/a {row['cold_c/a']:.2f}" in stdout
     # MFU: c's model FLOP/s over the measured matmul peak (noise on a shared machine can push it past 1,
     # a wrong FLOP count by orders of magnitude cannot)
     assert row["mfu_c"] == pytest.approx(row["c_model_flop_per_s"] / row["peak_flop_per_s"])
@@ -104,6 +105,45 @@ def test_kd_bench_times_a_sweep(tmp_path):
     sweep = results["sweep"]
     assert sweep["kd_run_s"] > 0 and sweep["loop_a_s"] > 0
     assert f"{sweep['speedup']:.2f}" in stdout
+
+
+def test_epoch_seconds_times_every_epoch_with_its_validation(digits):
+    w, data, _, make_student = digits
+    d = InMemoryData(data, Compute(CPU))
+    recipe = StageConfig(name=w.student.name, epochs=2, batch_size=w.batch_size)
+    seconds = bench.epoch_seconds(make_student(), d, recipe, bench.engine.cross_entropy_loss)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+
+
+def test_kd_run_is_found_through_the_interpreter_however_it_was_installed(tmp_path):
+    """kd-bench runs `python -m kd_runner.cli`: no console script beside the interpreter needed (pipx, --target)."""
+    proc = subprocess.run([sys.executable, "-m", "kd_runner.cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("kd-runner "), proc.stderr
+    assert "-m" in bench.sweep_arguments(*_digits_workload(), 1, CPU, tmp_path)
+
+
+def _digits_workload():
+    return [w for w in bench.workloads(CPU, None) if w.name == "digits"]
+
+
+@pytest.mark.slow
+def test_kd_bench_cifar100_workload(tmp_path):
+    stdout, results = kd_bench(
+        tmp_path,
+        "--workloads",
+        "digits",
+        "--epochs",
+        "1",
+        "--sweep-epochs",
+        "0",
+        "--cifar-epochs",
+        "1",
+        "--samples",
+        "30",
+    )
+    cifar = results["cifar100"]
+    assert cifar["train_images"] == 25 and len(cifar["teacher_epoch_s"]) == len(cifar["student_epoch_s"]) == 1
+    assert "resnet32x4 -> resnet8x4" in stdout
 
 
 def bench_usage_error(args: list[str], capsys) -> tuple[str, str]:

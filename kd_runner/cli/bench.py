@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import json
 import os
 import platform
 import subprocess
@@ -275,12 +276,14 @@ def bench_workload(w: Workload, epochs: int, repeats: int, compute: Compute, wor
         return build_stage_model(w.student, data)
 
     device = compute.device
-    # warm-up: the first calls create kernels and primitives; not part of any timing
-    x = torch.zeros(w.batch_size, data.in_channels, data.image_size, data.image_size, device=device)
-    with torch.no_grad():
-        copy.deepcopy(teacher).to(device)(x)
-    make_student().to(device)(x).sum().backward()
-
+    torch.zeros(1, device=device)  # the device's context: paid before, and by neither side's first epoch
+    sync(device)
+    # each side's first epoch in this process, from cold kernels (its own precision and memory format, its
+    # batch and evaluation shapes): reported apart, and it warms each side the same way for the repetitions
+    cold = {
+        "a": run_tutorial(w, data, teacher, make_student, 1, device, False, workers),
+        "c": run_kd_runner(w, data, teacher, make_student, 1, compute, workdir / f"{w.name}-cold"),
+    }
     runs = {"a": [], "a0": [], "b": [], "c": [], "c_warm": []}
     peaks = []
     for r in range(repeats):  # interleaved, so that a busy machine slows every method alike
@@ -309,6 +312,7 @@ def bench_workload(w: Workload, epochs: int, repeats: int, compute: Compute, wor
         "c/a": round(rates["c"] / rates["a"], 3),
         "c/a0": round(rates["c"] / rates["a0"], 3),
         "c/b": round(rates["c"] / rates["b"], 3),
+        "cold_c/a": round(best_rate([cold["c"]]) / best_rate([cold["a"]]), 3),
         "c_model_flop_per_s": rates["c"] * flop_per_image,
         "peak_flop_per_s": max(peaks),
         "mfu_c": rates["c"] * flop_per_image / max(peaks),
@@ -320,24 +324,90 @@ def bench_workload(w: Workload, epochs: int, repeats: int, compute: Compute, wor
     return result
 
 
-def bench_sweep(w: Workload, epochs: int, device: torch.device, workers: int, workdir: Path) -> dict:
-    """3 alphas x 2 seeds: `kd-run -m` (one process, teacher and logits cached) against six loop-(a) jobs."""
+def bench_cifar(compute: Compute, samples: int | None, epochs: int) -> dict:
+    """The CIFAR-100 KD benchmark's shape (resnet32x4 -> resnet8x4, 32 px, 100 classes, batch 64, its SGD recipe,
+    crop + flip, the teacher run on every augmented batch) on synthetic images of CIFAR-100's sizes (50,000
+    train and 10,000 validation on a GPU): seconds of each teacher and student epoch through kd-runner's engine,
+    validation included; the first epoch of each stage is the cold one."""
+    gpu = compute.device.type == "cuda"
+    n = samples or (60_000 if gpu else 600)
+    dataset = DatasetConfig(
+        name="synthetic", image_size=32, channels=3, num_classes=100, num_samples=n, val_fraction=1 / 6
+    )
+    data = build_dataset(dataset)
+    data.augmentation = Augmentation(crop_padding=4, flip=True)
+    d = InMemoryData(data, compute)
+    recipe = {"epochs": epochs, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
+    seed_everything(0)
+    teacher = compute.prepare(build_stage_model(StageConfig(name="resnet32x4"), data))
+    teacher_s = epoch_seconds(teacher, d, StageConfig(name="resnet32x4", **recipe), engine.cross_entropy_loss)
+    targets = SoftTargets(teacher.eval(), "bench-cifar", d, tempfile.mkdtemp(prefix="kd-bench-cifar-"))
+    student = compute.prepare(build_stage_model(StageConfig(name="resnet8x4"), data))
+
+    def objective(student_logits, idx, labels, inputs):
+        soft = soft_loss(student_logits, targets.batch(idx, inputs), TEMPERATURE, "kl")
+        return combine(0.1, {"loss_ce": F.cross_entropy(student_logits, labels), "loss_kd": soft})
+
+    student_s = epoch_seconds(student, d, StageConfig(name="resnet8x4", **recipe), objective)
+    return {
+        "workload": "cifar100",
+        "train_images": len(data.train),
+        "teacher_epoch_s": teacher_s,
+        "student_epoch_s": student_s,
+    }
+
+
+def epoch_seconds(model, d: InMemoryData, recipe: StageConfig, loss_fn) -> list[float]:
+    """Seconds of each epoch of `engine.fit` (training, then validation accuracy on the validation split)."""
+    marks = [time.perf_counter()]
+
+    def validate() -> dict:
+        accuracy = float((engine.predict(model, d, d.val.images).argmax(1) == d.val.labels).float().mean())
+        marks.append(time.perf_counter())  # predict's result is on the host: the epoch's work is done
+        return {"acc": accuracy}
+
+    engine.fit(model, d, stage="bench", recipe=recipe, seed=0, loss_fn=loss_fn, validate=validate, progress=False)
+    return [round(b - a, 3) for a, b in zip(marks, marks[1:])]
+
+
+PLAIN_SWEEP = "import json, sys; from kd_runner.cli.bench import plain_sweep; plain_sweep(**json.loads(sys.argv[1]))"
+SWEEP_JOBS = [(alpha, seed) for alpha in (0, 0.5, 1) for seed in (0, 1)]
+
+
+def bench_sweep(
+    w: Workload, epochs: int, device: torch.device, workers: int, workdir: Path, samples: int | None
+) -> dict:
+    """3 alphas x 2 seeds, each side in its own fresh process (start-up and imports included on both):
+    `kd-run -m` (the teacher from a checkpoint, its logits cached once) against the same six jobs as loop
+    (a), one after another."""
     data = build_dataset(w.dataset)
     seed_everything(0)
-    teacher = build_stage_model(w.teacher, data).eval()
     checkpoint = workdir / "sweep-teacher.pt"
-    save_torch(teacher.state_dict(), checkpoint)
+    save_torch(build_stage_model(w.teacher, data).state_dict(), checkpoint)
+    kd_seconds = timed_process([sys.executable, "-m", "kd_runner.cli", *sweep_arguments(w, epochs, device, workdir)])
+    plain = {"workload": w.name, "samples": samples, "epochs": epochs, "device": device.type, "workers": workers}
+    loop_seconds = timed_process([sys.executable, "-c", PLAIN_SWEEP, json.dumps({**plain, "teacher": str(checkpoint)})])
+    return {
+        "workload": w.name,
+        "epochs": epochs,
+        "kd_run_s": round(kd_seconds, 2),
+        "loop_a_s": round(loop_seconds, 2),
+        "speedup": round(loop_seconds / kd_seconds, 3),
+    }
+
+
+def sweep_arguments(w: Workload, epochs: int, device: torch.device, workdir: Path) -> list[str]:
+    """kd-run's arguments for the sweep of `bench_sweep`."""
     d = w.dataset
-    command = [
-        str(Path(sys.executable).with_name("kd-run")),
+    args = [
         "-m",
-        "alpha=0,0.5,1",
-        "seed=0,1",
+        "alpha=" + ",".join(str(a) for a in dict.fromkeys(a for a, _ in SWEEP_JOBS)),
+        "seed=" + ",".join(str(s) for s in dict.fromkeys(s for _, s in SWEEP_JOBS)),
         f"teacher={w.teacher.name}",
         f"student={w.student.name}",
         f"dataset={d.name}",
         "teacher.epochs=0",
-        f"teacher.checkpoint={checkpoint}",
+        f"teacher.checkpoint={workdir / 'sweep-teacher.pt'}",
         f"student.epochs={epochs}",
         f"student.batch_size={w.batch_size}",
         f"cache_dir={workdir / 'sweep-cache'}",
@@ -346,34 +416,35 @@ def bench_sweep(w: Workload, epochs: int, device: torch.device, workers: int, wo
         f"device={device.type}",
     ]
     if d.name == "synthetic":
-        command += [
-            f"dataset.image_size={d.image_size}",
-            f"dataset.channels={d.channels}",
-            f"dataset.num_samples={d.num_samples}",
-        ]
+        args += [f"dataset.image_size={d.image_size}", f"dataset.channels={d.channels}"]
+        args += [f"dataset.num_samples={d.num_samples}"]
+    return args
+
+
+def plain_sweep(workload: str, samples: int | None, epochs: int, device: str, workers: int, teacher: str) -> None:
+    """The six jobs of `bench_sweep` as loop (a), one after another (run in a fresh process by kd-bench)."""
+    device = torch.device(device)
+    (w,) = [w for w in workloads(device, samples) if w.name == workload]
+    data = build_dataset(w.dataset)
+    model = build_stage_model(w.teacher, data)
+    model.load_state_dict(torch.load(teacher, map_location="cpu", weights_only=True))
+    for _alpha, seed in SWEEP_JOBS:
+
+        def make_student(seed=seed):
+            seed_everything(seed)
+            return build_stage_model(w.student, data)
+
+        run_tutorial(w, data, model.eval(), make_student, epochs, device, False, workers, evaluate=True)
+
+
+def timed_process(command: list[str]) -> float:
+    """Seconds `command` takes, from its start to its exit; a failure is reported with its output's end."""
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
-    kd_seconds = time.perf_counter() - start
+    proc = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"kd-run sweep failed ({proc.returncode}): {proc.stderr[-2000:]}")
-
-    start = time.perf_counter()
-    for _alpha in (0, 0.5, 1):
-        for seed in (0, 1):
-
-            def make_student(seed=seed):
-                seed_everything(seed)
-                return build_stage_model(w.student, data)
-
-            run_tutorial(w, data, teacher, make_student, epochs, device, False, workers, evaluate=True)
-    loop_seconds = time.perf_counter() - start
-    return {
-        "workload": w.name,
-        "epochs": epochs,
-        "kd_run_s": round(kd_seconds, 2),
-        "loop_a_s": round(loop_seconds, 2),
-        "speedup": round(loop_seconds / kd_seconds, 3),
-    }
+        raise RuntimeError(f"{command[2]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return seconds
 
 
 def machine(device: torch.device) -> str:
@@ -395,7 +466,8 @@ def row(result: dict) -> str:
         f"{result['workload']:<13} {result['models']:<40} batch {result['batch_size']:>3}  "
         f"a {result['a_images_per_s']:>8.1f}  a0 {result['a0_images_per_s']:>8.1f}  "
         f"b {result['b_images_per_s']:>8.1f}  c {result['c_images_per_s']:>8.1f} img/s  "
-        f"c/a {result['c/a']:.2f}  c/a0 {result['c/a0']:.2f}  c/b {result['c/b']:.2f}  MFU(c) {result['mfu_c']:.1%} "
+        f"c/a {result['c/a']:.2f}  c/a0 {result['c/a0']:.2f}  c/b {result['c/b']:.2f}  "
+        f"cold first epoch c/a {result['cold_c/a']:.2f}  MFU(c) {result['mfu_c']:.1%} "
         f"of {result['peak_flop_per_s'] / 1e9:.0f} GFLOP/s{warm}"
     )
 
@@ -414,6 +486,9 @@ def main(argv: list[str] | None = None) -> None:
         default="resnet32",
         choices=("digits", "resnet32", "resnet224"),
         help="the workload of the sweep (default resnet32)",
+    )
+    parser.add_argument(
+        "--cifar-epochs", type=int, default=0, help="epochs per stage of the CIFAR-100 workload; 0 (default) skips it"
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="of (c); default: the device's")
@@ -457,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
         "workers_a_b": args.workers,
         "compute": compute.describe(),
         "workloads": [],
+        "cifar100": None,
         "sweep": None,
     }
     with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
@@ -468,13 +544,22 @@ def main(argv: list[str] | None = None) -> None:
             result = bench_workload(w, args.epochs, args.repeats, compute, args.workers, workdir)
             results["workloads"].append(result)
             print(row(result), flush=True)
+        if args.cifar_epochs > 0:
+            cifar = bench_cifar(compute, args.samples, args.cifar_epochs)
+            results["cifar100"] = cifar
+            print(
+                f"cifar100      resnet32x4 -> resnet8x4, 32px, 100 classes, batch 64, crop+flip, "
+                f"{cifar['train_images']} train images: seconds per teacher epoch {cifar['teacher_epoch_s']}, "
+                f"per student epoch {cifar['student_epoch_s']} (the first is cold)",
+                flush=True,
+            )
         sweep_workload = next((w for w in workloads(device, args.samples) if w.name == args.sweep_workload), None)
         if (
             args.sweep_epochs > 0
             and sweep_workload is not None
             and not (sweep_workload.gpu_only and device.type != "cuda")
         ):
-            sweep = bench_sweep(sweep_workload, args.sweep_epochs, device, args.workers, workdir)
+            sweep = bench_sweep(sweep_workload, args.sweep_epochs, device, args.workers, workdir, args.samples)
             results["sweep"] = sweep
             print(
                 f"sweep 3 alphas x 2 seeds, {sweep_workload.describe()}, {args.sweep_epochs} epochs per job: "
