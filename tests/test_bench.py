@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,11 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path, monkeypatch, capsy
     out, err = bench_usage_error(args, capsys)
     assert err.strip().splitlines()[-1].startswith("kd-bench: error: ") and message in err
     assert "kd-bench on" not in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the check runs for minutes")
+def test_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
+    script = Path(__file__).parents[1] / "scripts" / "gpu_check.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and proc.stderr.strip() == "gpu_check: no CUDA device here"
