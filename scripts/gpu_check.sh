@@ -6,6 +6,8 @@
 #   4. kd-bench: resnet32, resnet224, the CIFAR-100 workload and the 6-job sweep (kd-run -m against six
 #      plain loops, each side in a fresh process).
 #   scripts/gpu_check.sh [OUT]          (default: gpu-check; PYTHON picks the interpreter, default python3)
+# With kd-runner installed from a wheel (not editable), run it from outside a source checkout: python -m
+# would otherwise import the checkout's kd_runner, whose configs live in conf/, not in the package.
 set -euo pipefail
 out=${1:-gpu-check}
 py=${PYTHON:-python3}

@@ -569,3 +569,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     if args.json:
         write_json(args.json, results)
+
+
+if __name__ == "__main__":  # python -m kd_runner.cli.bench, as scripts/gpu_check.sh runs it
+    main()
