@@ -96,21 +96,26 @@ def group_key(cfg: RunConfig) -> str:
     return digest(values)
 
 
-def plan_groups(cfgs: list[RunConfig], run_dirs: list[Path | None], k: int) -> tuple[list[list[int]], dict[int, str]]:
-    """The runs (by index) in groups of up to `k` of equal `group_key`, in order of their first run, and
-    the reason of each run that trains alone (a group of one)."""
-    alone = {i: why for i, (cfg, d) in enumerate(zip(cfgs, run_dirs)) if (why := why_alone(cfg, d))}
-    groups: dict[str, list[list[int]]] = {}
+def plan_groups(
+    cfgs: list[RunConfig], run_dirs: list[Path | None], k: int, apart: dict[int, str]
+) -> tuple[list[list[int]], dict[int, str]]:
+    """The runs (by index) in groups of up to `k` of equal `group_key`, each group where its first run is,
+    and the reason of each run that trains alone (a group of one); `apart`: runs the caller keeps out, why."""
+    alone = dict(apart)
+    alone.update(
+        {i: why for i, (cfg, d) in enumerate(zip(cfgs, run_dirs)) if i not in alone and (why := why_alone(cfg, d))}
+    )
+    open_group: dict[str, list[int]] = {}  # the group of each key that runs still join
     order: list[list[int]] = []
     for i, cfg in enumerate(cfgs):
         if i in alone:
             order.append([i])
             continue
-        chunks = groups.setdefault(group_key(cfg), [])
-        if not chunks or len(chunks[-1]) == k:
-            chunks.append([])
-            order.append(chunks[-1])
-        chunks[-1].append(i)
+        group = open_group.get(group_key(cfg))
+        if group is None or len(group) == k:
+            group = open_group[group_key(cfg)] = []
+            order.append(group)
+        group.append(i)
     for group in order:
         if len(group) == 1 and group[0] not in alone:
             alone[group[0]] = "no other job of the sweep shares its network, recipe, teacher, data and method"
@@ -299,29 +304,29 @@ class Students:
                 self.unstack()
                 self.save()
                 raise RunInterrupted("student", live[0].position.epoch, live[0].position.batches)
-            inputs = [self.inputs(m, b[step]) for m, b in zip(self.members, batches)]
+            idx = torch.stack([b[step] for b in batches])  # k x batch: each member's own rows
+            x, y = self.inputs(idx)
             with d.compute.autocast():
-                logits = self.forward(self.params, self.buffers, torch.stack([x for x, _ in inputs]))
-            losses = {}
-            for i, (m, (x, y)) in enumerate(zip(self.members, inputs)):
-                if m.error is None:
-                    losses[i] = m.loss(logits[i].float(), batches[i][step], y, x)
+                logits = self.forward(self.params, self.buffers, x)
+            losses = {
+                i: m.loss(logits[i].float(), idx[i], y[i], x[i]) for i, m in enumerate(self.members) if not m.error
+            }
             self.optimizer.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             self.optimizer.step()
             self.scheduler.step()
             for i, loss in losses.items():
-                m = self.members[i]
-                n = len(batches[i][step])
+                m, n = self.members[i], idx.shape[1]
                 m.position.count_batch(loss.detach() * n, n, m.generator if d.augmentation else None)
 
-    def inputs(self, m: Member, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The member's normalised batch (augmented with its own generator) and labels."""
+    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' normalised batches (k x batch x ...; each augmented with its member's generator) and labels."""
         d = self.data
-        images, y = d.train.images[idx], d.train.labels[idx]
+        images = d.train.images[idx]
         if d.augmentation is not None:
-            images = d.augmentation(images, m.generator, slice(0, len(idx)), len(idx))
-        return d.normalize(images), y
+            n = idx.shape[1]
+            images = torch.stack([d.augmentation(b, m.generator, slice(0, n), n) for b, m in zip(images, self.members)])
+        return d.normalize(images.flatten(0, 1)).unflatten(0, idx.shape), d.train.labels[idx]
 
     def unstack(self) -> None:
         """Each member's module holds its slice of the stacked weights and buffers."""
