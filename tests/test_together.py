@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import compose_config, usage_error_line
+from helpers import compose_config, kd_run, start_kd_run, usage_error_line, wait_for_file
 
 from kd_runner import run as run_module
 from kd_runner.cli.kd_run import main as kd_run_main
 from kd_runner.errors import RunInterrupted
 from kd_runner.run.together import TOLERANCE, plan_groups, run_together
 from kd_runner.runtime.shared import Shared
+from kd_runner.store import rundir
 
 COMMON = ["experiment=smoke", "cache_dir=cache", "threads=1"]
 JOBS = [("0", "0"), ("0", "1"), ("0.5", "0"), ("0.5", "1")]  # Hydra's order for alpha=0,0.5 seed=0,1
@@ -116,3 +118,24 @@ def test_an_interrupted_group_leaves_checkpoints_each_job_resumes_alone_exactly(
         _assert_same_record(resumed, alone)
         _assert_close(_weights(run_dir), _weights(tmp_path / f"alone{i}"))
         assert not (run_dir / "student-checkpoint.pt").exists()
+
+
+@pytest.mark.slow  # two kd-run processes; the same path without them: the test above
+def test_a_together_sweep_stopped_by_sigterm_resumes_each_job_alone(tmp_path):
+    sweep = ("-m", *COMMON, "student.epochs=4", "alpha=0,0.5,1", "hydra.sweep.dir=sweep", "checkpoint_every_s=0")
+    proc = start_kd_run(*sweep, "hydra.sweeper.together=3", cwd=tmp_path)
+    wait_for_file(rundir.student_checkpoint(tmp_path / "sweep" / "2"), proc)  # after a student epoch, together
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    assert err.startswith("kd-run: interrupted by SIGTERM: stopped in the student stage")
+    for num in range(3):
+        record = json.loads((tmp_path / "sweep" / str(num) / "result.json").read_text())
+        assert record["status"] == "interrupted"
+        assert rundir.student_checkpoint(tmp_path / "sweep" / str(num)).exists()
+
+    out = kd_run(*sweep, "hydra.sweeper.together=3", cwd=tmp_path).stdout
+    assert "kd-run: together: job(s) 0, 1, 2 train alone: it resumes its own checkpoint" in out
+    for num in range(3):
+        assert json.loads((tmp_path / "sweep" / str(num) / "result.json").read_text())["status"] == "completed"
+        assert "student: resuming from" in (tmp_path / "sweep" / str(num) / "kd-run.log").read_text()
