@@ -28,6 +28,9 @@ work and overstate MFU). Then the wall clock of a
 The workload `resnet32-aug` trains with random crop (padding 4) + flip: loops (a) and (b) augment per
 sample with torchvision; (c) augments whole batches on the device (kd_runner.data.augment) and runs the
 teacher on every augmented batch in inference mode instead of caching its logits.
+
+With `--together-epochs N`, the 8 jobs of a seed sweep (digits, cnn -> mlp, N student epochs) in this
+process, one after another against all at once (hydra.sweeper.together=8): seconds per student.
 """
 
 from __future__ import annotations
@@ -490,6 +493,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cifar-epochs", type=int, default=0, help="epochs per stage of the CIFAR-100 workload; 0 (default) skips it"
     )
+    parser.add_argument(
+        "--together-epochs",
+        type=int,
+        default=0,
+        help="student epochs of the together workload (8 seeds one by one against at once); 0 (default) skips it",
+    )
+    parser.add_argument(
+        "--together-threads", type=int, default=0, help="CPU threads of the together workload's jobs (0: all cores)"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="of (c); default: the device's")
     parser.add_argument("--memory-format", default="auto", choices=MEMORY_FORMATS, help="of (c); default: the device's")
@@ -534,6 +546,7 @@ def main(argv: list[str] | None = None) -> None:
         "workloads": [],
         "cifar100": None,
         "sweep": None,
+        "together": None,
     }
     with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
         workdir = Path(tmp)
@@ -567,6 +580,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"({sweep['speedup']:.2f}x)",
                 flush=True,
             )
+        if args.together_epochs > 0:  # kd_runner/cli/bench_together.py
+            from kd_runner.cli.bench_together import bench_together, line
+
+            results["together"] = bench_together(device, args.together_epochs, args.together_threads, workdir)
+            print(line(results["together"]), flush=True)
     if args.json:
         write_json(args.json, results)
 

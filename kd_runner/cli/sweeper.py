@@ -25,7 +25,7 @@ from hydra.core.utils import configure_log, run_job, setup_globals
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf, open_dict
 
-from kd_runner.cli import compose, jobs
+from kd_runner.cli import compose, jobs, together
 from kd_runner.cli.compose import Job
 from kd_runner.config import result_key
 from kd_runner.errors import UserError
@@ -42,11 +42,12 @@ class KdSweeperConf:
     _target_: str = compose.KD_SWEEPER
     max_batch_size: int | None = None
     params: dict[str, str] | None = None
+    together: int = 1  # the most jobs whose students train at once (kd_runner/cli/together.py)
 
 
 class KdSweeper(Sweeper):
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None):
-        self.max_batch_size, self.params = max_batch_size, params or {}
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None, together: int = 1):
+        self.max_batch_size, self.params, self.together = max_batch_size, params or {}, together
         self.hydra_context = self.config = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
@@ -61,6 +62,7 @@ class KdSweeper(Sweeper):
     def plan(self, arguments: list[str]) -> list[Job]:
         """Every job of the sweep, composed once and checked, with the results it reuses; nothing written."""
         check_launcher(self.config)
+        together.check(self.together)
         compose.sweep_directory(self.config.hydra)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         params = [f"{key}={value}" for key, value in self.params.items()]
@@ -110,7 +112,11 @@ class KdSweeper(Sweeper):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         codes = []
-        for job in planned:
+        for group in together.groups(planned, self.together, here=task.shared is not None):
+            if len(group) > 1:
+                codes += together.run_group(group, self.hydra_context, self.config.hydra, task.shared)
+                continue
+            job = group[0]
             returned = run_job(
                 hydra_context=self.hydra_context,
                 task_function=task,
@@ -124,6 +130,7 @@ class KdSweeper(Sweeper):
 
     def run_launcher(self, planned: list[Job], task: jobs.PlannedJobs) -> list[int]:
         """The jobs through the configured launcher (joblib, submitit, ...), in its batches."""
+        together.groups(planned, self.together, here=False)  # its line, when asked for
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=task, config=self.config
         )

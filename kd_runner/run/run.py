@@ -166,6 +166,38 @@ class RunOutputs:
 
 def _experiment(run: Run) -> dict:
     """The steps in order: data, the student side's checks, teacher, soft targets, student, record."""
+    prepared = prepare(run)
+    cfg, student_data = run.cfg, prepared.student_data
+    history, student, state = train_student(
+        cfg,
+        run.data.source,
+        student_data,
+        prepared.targets,
+        prepared.checkpoints,
+        run.shard.agreed(run.stop),
+        prepared.recorder,
+    )
+    return finish(run, prepared, history, student, state)
+
+
+@dataclass
+class Prepared:
+    """What the student stage starts from: the teacher and its soft targets, the student's data (this
+    process's part), its checkpoints, the epoch recorder, and the timings and clock so far."""
+
+    teacher: object
+    targets: SoftTargets
+    student_data: SplitData
+    checkpoints: dict[str, StageCheckpoint]
+    recorder: results.EpochRecorder
+    timings: dict
+    start: float
+    student_start: float
+
+
+def prepare(run: Run) -> Prepared:
+    """The steps before the student is trained: data, the student side's checks, teacher, soft targets
+    (kd_runner.run.together trains several runs' students from here)."""
     cfg, shard = run.cfg, run.shard
     timings, start = {}, time.perf_counter()
     run.compute = Compute.resolve(run.device, cfg.precision, cfg.memory_format, cfg.compile, cfg.threads)
@@ -186,12 +218,15 @@ def _experiment(run: Run) -> dict:
     t0 = time.perf_counter()
     targets = shard.main_first(lambda: _soft_targets(run, teacher))
     checkpoints = _student_checkpoints(run)
-    student_data = sharded(run.student_data, shard)
-    history, student, state = train_student(
-        cfg, dataset, student_data, targets, checkpoints, shard.agreed(run.stop), recorder
-    )
-    timings["student_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - start
+    return Prepared(teacher, targets, sharded(run.student_data, shard), checkpoints, recorder, timings, start, t0)
+
+
+def finish(run: Run, prepared: Prepared, history: list[dict], student, state) -> dict:
+    """The trained student's record, and (rank 0) the run's files."""
+    cfg, shard, targets, student_data = run.cfg, run.shard, prepared.targets, prepared.student_data
+    dataset, timings = run.data.source, prepared.timings
+    timings["student_s"] = time.perf_counter() - prepared.student_start
+    timings["total_s"] = time.perf_counter() - prepared.start
 
     run_settings = {"threads": run.compute.threads, "loader": _loader(cfg, dataset), "processes": shard.world}
     outputs = RunOutputs(
@@ -205,13 +240,13 @@ def _experiment(run: Run) -> dict:
         identity=run.identity,
         cfg=cfg,
         history=history,
-        teacher=teacher,
+        teacher=prepared.teacher,
         student_model=student,
         timings=timings,
         outputs=outputs,
     )
     if run.run_dir is not None:
-        write_outputs(run.run_dir, record, student, state, recorder.rows, checkpoints)
+        write_outputs(run.run_dir, record, student, state, prepared.recorder.rows, prepared.checkpoints)
     return record
 
 

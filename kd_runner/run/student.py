@@ -74,7 +74,7 @@ def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, chec
     if method.has_init:
         train_init(cfg, method, student, d, targets, checkpoints.get("init"), stop, recorder)
     model, loss = objective.build(method, cfg.alpha, student, targets, d, cfg.student.batch_size)
-    validate = _student_validation(model, student, loss, targets, d)
+    validate = student_validation(model, student, loss, targets, d)
     best = BestStudent(student, recorder.run_dir)
 
     def on_epoch(rows: list[dict]) -> None:
@@ -147,7 +147,7 @@ def train_init(cfg: RunConfig, method, student, d: SplitData, targets: SoftTarge
             recipe=recipe,
             seed=cfg.seed,
             loss_fn=loss,
-            validate=_student_validation(model, student, loss, targets, d),
+            validate=student_validation(model, student, loss, targets, d),
             progress=cfg.progress,
             checkpoint=checkpoint,
             stop=stop,
@@ -160,7 +160,7 @@ def train_init(cfg: RunConfig, method, student, d: SplitData, targets: SoftTarge
     recorder.record("init", history)  # a resumed, finished stage trains no epoch: its rows come from its checkpoint
 
 
-def _student_validation(model, student, loss, targets: SoftTargets, d: SplitData):
+def student_validation(model, student, loss, targets: SoftTargets, d: SplitData):
     """The student's validation after an epoch: the metrics, the objective at this epoch's weights (a
     warm-up's), and the epoch's mean of each part of the training loss; no training state changes."""
 
