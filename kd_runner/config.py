@@ -275,7 +275,10 @@ class RunConfig:
     )
     threads: int = field(
         default=0,
-        metadata={"doc": "CPU threads of a job (CPU results depend on it): 0 = all cores, shared by parallel jobs"},
+        metadata={
+            "doc": "CPU threads of a job (CPU results depend on it): 0 = the environment's: OMP_NUM_THREADS, else "
+            "the cores shared among torchrun's processes or a parallel launcher's jobs, else all cores"
+        },
     )
     checkpoint_every_s: float = field(
         default=300.0,
@@ -483,7 +486,12 @@ def _validate(cfg: RunConfig) -> None:
     _check(cfg.checkpoint_every_s >= 0, "checkpoint_every_s", cfg.checkpoint_every_s, "expected a number >= 0")
     _check(cfg.seeds_per_trial >= 1, "seeds_per_trial", cfg.seeds_per_trial, "expected a whole number >= 1")
     cores = os.cpu_count() or 1
-    _check(0 <= cfg.threads <= cores, "threads", cfg.threads, f"expected a whole number in [0, {cores}] (0: all cores)")
+    _check(
+        0 <= cfg.threads <= cores,
+        "threads",
+        cfg.threads,
+        f"expected a whole number in [0, {cores}] (0: the environment's count)",
+    )
     _validate_stage(cfg.teacher, "teacher")
     _validate_stage(cfg.student, "student")
     _check(

@@ -29,7 +29,7 @@ from kd_runner import methods
 from kd_runner.cli.groups import register_groups
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import UserError
-from kd_runner.runtime.process import cpu_cores, launched_world_size
+from kd_runner.runtime.process import cpu_cores, launched_world_size, omp_threads
 
 CONFIG_MODULE = "kd_runner.conf"
 CONFIG_NAME = "config"
@@ -115,11 +115,12 @@ def task_config(config: DictConfig) -> DictConfig:
 
 
 def job_config(raw: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> RunConfig:
-    """A job's typed config. Under a parallel launcher `threads=0` (all cores) becomes the job's share of
-    the cores, so parallel jobs do not oversubscribe them and record the thread count they computed with.
+    """A job's typed config. Under a parallel launcher `threads=0` (the environment's count) becomes the
+    job's share of the cores unless OMP_NUM_THREADS sets the count, so parallel jobs do not oversubscribe
+    the cores and record the thread count they computed with.
     A sweep's jobs are one group in the trackers (logger.group): the sweep directory, unless given."""
     values = OmegaConf.to_container(raw, resolve=True)
-    if multirun and values.get("threads") == 0 and "n_jobs" in hydra_cfg.launcher:
+    if multirun and values.get("threads") == 0 and "n_jobs" in hydra_cfg.launcher and omp_threads() is None:
         values["threads"] = parallel_threads(hydra_cfg.launcher.n_jobs, cpu_cores())
     if multirun and values.get("logger", {}).get("group") is None:
         values.setdefault("logger", {})["group"] = str(hydra_cfg.sweep.dir)

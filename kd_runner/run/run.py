@@ -185,7 +185,8 @@ def _experiment(run: Run) -> dict:
     timings["student_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
-    run_settings = {"threads": run.compute.threads, "loader": _loader(cfg, dataset), "processes": shard.world}
+    threads = {"threads": run.compute.threads, "threads_from": run.compute.threads_from}
+    run_settings = {**threads, "loader": _loader(cfg, dataset), "processes": shard.world}
     outputs = RunOutputs(
         logits_source=targets.source,
         compute={**run.compute.describe(), **run_settings, "deterministic": cfg.deterministic},
