@@ -209,6 +209,35 @@ class LoggerConfig:
     mode: str = field(default="offline", metadata={"doc": "W&B: offline (files in the run directory) | online"})
 
 
+def user_cache_dir() -> str:
+    """The default cache: one per user ($KD_RUNNER_CACHE, else $XDG_CACHE_HOME/kd-runner, else
+    ~/.cache/kd-runner), whatever the current directory, so the same command run from another folder
+    loads the teachers already fine-tuned."""
+    if os.environ.get("KD_RUNNER_CACHE"):
+        return os.path.expanduser(os.environ["KD_RUNNER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.expanduser(base), "kd-runner")
+
+
+@dataclass
+class PathsConfig:
+    """Where kd-run reads and writes (the `paths` group, as in lightning-hydra-template): a folder moved here
+    moves everything that goes into it. Not part of a run's identity: where files go changes no result."""
+
+    output_dir: str = field(
+        default="outputs",
+        metadata={"doc": "the runs (runs/), sweeps (sweeps/) and local MLflow store (mlflow/); relative: to the cwd"},
+    )
+    cache_dir: str = field(
+        default_factory=user_cache_dir,
+        metadata={
+            "doc": "fine-tuned teachers and teacher logits, the user's whatever the cwd: $KD_RUNNER_CACHE, else "
+            "$XDG_CACHE_HOME/kd-runner, else ~/.cache/kd-runner",
+            "shown": "~/.cache/kd-runner",
+        },
+    )
+
+
 @dataclass
 class RunConfig:
     teacher: TeacherConfig = field(
@@ -242,9 +271,15 @@ class RunConfig:
         default=True,
         metadata={"doc": "per-batch tqdm bars (shown only on a terminal); the per-epoch log lines are always on"},
     )
+    paths: PathsConfig = field(
+        default_factory=PathsConfig, metadata={"doc": "where kd-run writes its outputs and its cache (paths=NAME)"}
+    )
     cache_dir: str = field(
-        default="outputs/cache",
-        metadata={"doc": "fine-tuned teachers and teacher logits, shared by every job of a sweep"},
+        default_factory=user_cache_dir,
+        metadata={
+            "doc": "fine-tuned teachers and teacher logits: paths.cache_dir unless given (the override for one call)",
+            "shown": "paths.cache_dir",
+        },
     )
     precision: str = field(
         default="auto",
@@ -376,7 +411,8 @@ def result_key(cfg: RunConfig) -> str:
     return digest(values)
 
 
-NOT_COMPUTED = ("logger", "checkpoint_every_s")  # where a run reports to and how often it saves change no result
+# where a run reports to, where its files and cache go, and how often it saves change no result
+NOT_COMPUTED = ("logger", "checkpoint_every_s", "paths", "cache_dir")
 
 
 def _settings(cfg) -> dict:
@@ -591,8 +627,8 @@ def _is_number(text: str) -> bool:
 
 def key_docs(cls: type = RunConfig, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any, str]]:
     """Every key of the schema as (dotted key, default, doc), depth first in declaration order, `distill.*`
-    from each method's parameters; the key lists of `kd-run --help` and docs/configuration.md are generated
-    from it (scripts/config_docs.py)."""
+    from each method's parameters, a default read from the environment as its rule (metadata `shown`); the
+    key lists of `kd-run --help` and docs/configuration.md are generated from it (scripts/config_docs.py)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name == "distill" and cls is RunConfig:
@@ -601,7 +637,7 @@ def key_docs(cls: type = RunConfig, prefix: str = "") -> typing.Iterator[tuple[s
             yield from key_docs(hints[f.name], f"{prefix}{f.name}.")
         else:
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            yield prefix + f.name, default, f.metadata["doc"]
+            yield prefix + f.name, f.metadata.get("shown", default), f.metadata["doc"]
 
 
 def _method_key_docs() -> typing.Iterator[tuple[str, typing.Any, str]]:
