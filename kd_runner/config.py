@@ -28,6 +28,7 @@ from kd_runner.names import (
     MODEL_NAMES,
     PRECISIONS,
     PRETRAINED_FAMILIES,
+    SIZED_NETWORKS,
     SOFT_LOSSES,
     WITH_TEST_SPLIT,
 )
@@ -415,12 +416,39 @@ def result_key(cfg: RunConfig) -> str:
 NOT_COMPUTED = ("logger", "checkpoint_every_s", "paths", "cache_dir")
 
 
-def _settings(cfg) -> dict:
-    """A (sub)config's values without the NOT_COMPUTED keys."""
+def _settings(cfg: RunConfig) -> dict:
+    """The config's values without the NOT_COMPUTED keys, each stage's as `stage_settings`."""
     values = dataclasses.asdict(cfg)
     for key in NOT_COMPUTED:
         values.pop(key, None)
+    values["teacher"], values["student"] = stage_settings(cfg.teacher), stage_settings(cfg.student)
     return values
+
+
+def stage_settings(stage: StageConfig) -> dict:
+    """A stage's values with those it does not read set to None, so that equivalent configs are one
+    identity (and one teacher key): e.g. a network of the user's given by a group file, or on the command
+    line over the default group's `width` and `depth`, which only the small native nets read."""
+    values = dataclasses.asdict(stage)
+    values.update(dict.fromkeys(unread_keys(stage)))
+    return values
+
+
+def unread_keys(stage: StageConfig) -> list[str]:
+    """The recipe keys the stage's network, optimizer and scheduler do not read (kd_runner/models,
+    train/optim.py)."""
+    unread = []
+    if stage.model["_target_"] is not None or stage.name not in SIZED_NETWORKS:
+        unread += ["width", "depth"]
+    if stage.optimizer != "sgd":
+        unread.append("momentum")
+    if stage.scheduler != "step":
+        unread.append("step_size")
+    if stage.scheduler not in ("step", "multistep"):
+        unread.append("gamma")
+    if stage.scheduler != "multistep":
+        unread.append("milestones")
+    return unread
 
 
 def _check(cond: bool, key: str, value, allowed: str) -> None:

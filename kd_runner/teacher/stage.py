@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kd_runner.config import RunConfig
+from kd_runner.config import RunConfig, stage_settings
 from kd_runner.data import Dataset
 from kd_runner.data.splits import SplitData
 from kd_runner.models import build_stage_model
@@ -62,7 +62,7 @@ def teacher_key_parts(cfg: RunConfig, d: SplitData) -> dict:
     very one this run would train, whichever job filled the cache)."""
     return {
         "format": CACHE_FORMAT,
-        "teacher": dataclasses.asdict(cfg.teacher),
+        "teacher": stage_settings(cfg.teacher),  # the values it reads: equivalent configs are one teacher
         "dataset": dataclasses.asdict(cfg.dataset),
         "data": data_digest(d.source),
         "checkpoint_sha256": sha256_file(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None,
