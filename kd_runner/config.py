@@ -323,6 +323,10 @@ class RunConfig:
             "loses at most this much training); 0: after every epoch"
         },
     )
+    tags: list[str] = field(
+        default_factory=list,
+        metadata={"doc": "labels of the run, e.g. [baseline,paper]: in result.json and given to the trackers"},
+    )
     logger: LoggerConfig = field(
         default_factory=LoggerConfig,
         metadata={"doc": "experiment trackers, several at once: logger=[csv,tensorboard,mlflow,wandb]"},
@@ -412,8 +416,8 @@ def result_key(cfg: RunConfig) -> str:
     return digest(values)
 
 
-# where a run reports to, where its files and cache go, and how often it saves change no result
-NOT_COMPUTED = ("logger", "checkpoint_every_s", "paths", "cache_dir")
+# where a run reports to, where its files and cache go, how often it saves and its labels change no result
+NOT_COMPUTED = ("logger", "checkpoint_every_s", "paths", "cache_dir", "tags")
 
 
 def _settings(cfg: RunConfig) -> dict:
@@ -548,6 +552,7 @@ def _validate(cfg: RunConfig) -> None:
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "expected a whole number >= 0")
     _one_of("optimize_metric", cfg.optimize_metric, (*METRIC_NAMES, "best_student_acc"))
     _check(cfg.checkpoint_every_s >= 0, "checkpoint_every_s", cfg.checkpoint_every_s, "expected a number >= 0")
+    _check(all(tag.strip() for tag in cfg.tags), "tags", cfg.tags, "labels that are not empty, e.g. [baseline,paper]")
     _check(cfg.seeds_per_trial >= 1, "seeds_per_trial", cfg.seeds_per_trial, "expected a whole number >= 1")
     cores = os.cpu_count() or 1
     _check(
