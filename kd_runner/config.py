@@ -136,12 +136,22 @@ class StageConfig:
         default=10, metadata={"doc": "training epochs (>= 0; teacher.epochs=0 needs teacher.checkpoint)"}
     )
     batch_size: int = field(default=64, metadata={"doc": "batch size (> 0)"})
-    optimizer: str = field(default="sgd", metadata={"doc": "sgd | adam | adamw"})
+    optimizer: typing.Any = field(  # a name or a _target_ node (OmegaConf cannot nest a str | dict field)
+        default="sgd",
+        metadata={
+            "doc": "sgd | adam | adamw, or a node of your own, e.g. {_target_: torch.optim.AdamW, betas: [0.9,0.99]}: "
+            "given the parameters, and lr and weight_decay when it takes them and does not set them"
+        },
+    )
     lr: float = field(default=0.05, metadata={"doc": "learning rate (> 0)"})
     momentum: float = field(default=0.9, metadata={"doc": "momentum of optimizer=sgd (>= 0)"})
     weight_decay: float = field(default=5e-4, metadata={"doc": "weight decay (>= 0)"})
-    scheduler: str = field(
-        default="cosine", metadata={"doc": "learning-rate schedule: none | step | cosine | onecycle | multistep"}
+    scheduler: typing.Any = field(
+        default="cosine",
+        metadata={
+            "doc": "learning-rate schedule: none | step | cosine | onecycle | multistep, or a node of your own "
+            "(given the optimizer, and total_steps when it takes it; stepped once per batch)"
+        },
     )
     step_size: int = field(default=7, metadata={"doc": "epochs between decays, scheduler=step"})
     gamma: float = field(default=0.1, metadata={"doc": "decay factor, scheduler=step and multistep"})
@@ -387,6 +397,12 @@ def user_code_digests(cfg: RunConfig) -> dict[str, str | None]:
     specs = {
         "teacher.model": cfg.teacher.model,
         "student.model": cfg.student.model,
+        **{
+            f"{name}.{key}": getattr(stage, key)
+            for name, stage in (("teacher", cfg.teacher), ("student", cfg.student))
+            for key in ("optimizer", "scheduler")
+            if isinstance(getattr(stage, key), dict)
+        },
         "dataset.factory": cfg.dataset.factory,
         "transfer.dataset.factory": cfg.transfer.dataset.factory if cfg.transfer.dataset else {},
         "distill.objective": getattr(cfg.distill, "objective", {}),
@@ -477,8 +493,8 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
     _validate_target(stage.model, stage.name, MODEL_NAMES, f"{key}.model", f"{key}.name")
     if stage.model["_target_"] is None:
         check_pretrained(stage.name, stage.pretrained, stage.weights_path, f"{key}.pretrained")
-    _one_of(f"{key}.optimizer", stage.optimizer, OPTIMIZERS)
-    _one_of(f"{key}.scheduler", stage.scheduler, SCHEDULERS)
+    _check_choice(f"{key}.optimizer", stage.optimizer, OPTIMIZERS, "torch.optim.AdamW")
+    _check_choice(f"{key}.scheduler", stage.scheduler, SCHEDULERS, "torch.optim.lr_scheduler.LinearLR")
     _one_of(f"{key}.freeze", stage.freeze, FREEZE)
     _check(stage.epochs >= 0, f"{key}.epochs", stage.epochs, "expected a whole number >= 0")
     _check(stage.batch_size > 0, f"{key}.batch_size", stage.batch_size, "expected a whole number > 0")
@@ -496,6 +512,15 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
     for name in ("weights_path", "checkpoint"):
         path = getattr(stage, name, None)
         _check(path is None or Path(path).is_file(), f"{key}.{name}", path, "no such file; expected a saved state dict")
+
+
+def _check_choice(key: str, value, names: tuple[str, ...], example: str) -> None:
+    """One of `names`, or a node of the user's naming a callable by `_target_`."""
+    if isinstance(value, dict):
+        target = value.get("_target_")
+        _check(isinstance(target, str) and target != "", f"{key}._target_", target, f"a dotted path, e.g. {example}")
+    else:
+        _check(value in names, key, value, "one of: " + ", ".join(names) + f", or a node {{_target_: {example}, ...}}")
 
 
 def _validate_target(spec: dict, name: str, builtin: tuple[str, ...], key: str, name_key: str) -> None:

@@ -22,6 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -30,6 +31,7 @@ from kd_runner.cli.groups import register_groups
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import UserError
 from kd_runner.runtime.process import cpu_cores, launched_world_size, omp_threads
+from kd_runner.user_code import Target
 
 CONFIG_MODULE = "kd_runner.conf"
 CONFIG_NAME = "config"
@@ -124,7 +126,20 @@ def job_config(raw: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> RunCon
         values["threads"] = parallel_threads(hydra_cfg.launcher.n_jobs, cpu_cores())
     if multirun and values.get("logger", {}).get("group") is None:
         values.setdefault("logger", {})["group"] = str(hydra_cfg.sweep.dir)
-    return load_config(values)
+    return bound(load_config(values))
+
+
+def bound(cfg):
+    """`cfg` (a RunConfig, or a part of one) with every `_target_` node bound to Hydra's own instantiate
+    (user_code.Target), so the library builds the user's networks, datasets, soft term, optimizers and
+    schedules with `_partial_`, `_args_` and nested nodes without importing Hydra."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            bound(value)
+        elif isinstance(value, dict) and value.get("_target_") is not None:
+            setattr(cfg, f.name, Target(value, instantiate))
+    return cfg
 
 
 def parallel_threads(n_jobs: int | None, cores: int) -> int:

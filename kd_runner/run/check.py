@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from kd_runner.config import RunConfig, config_digest
 from kd_runner.data import Dataset, build_dataset
 from kd_runner.data.splits import InMemoryData
 from kd_runner.data.vision import check_root
-from kd_runner.errors import UserError
+from kd_runner.errors import ConfigError, UserError
 from kd_runner.methods import make as make_method
 from kd_runner.models import build_stage_model
 from kd_runner.models.custom import check_output
@@ -23,6 +23,7 @@ from kd_runner.runtime import distributed
 from kd_runner.runtime.compute import Compute, resolve_device
 from kd_runner.store import rundir
 from kd_runner.store.files import check_writable, digest
+from kd_runner.train.optim import make_optimizer, make_scheduler
 
 
 def check_job(cfg: RunConfig, job_dir: Path | str | None, *, dir_key: str, processes: int = 1) -> dict | None:
@@ -41,12 +42,35 @@ def check_job(cfg: RunConfig, job_dir: Path | str | None, *, dir_key: str, proce
         if data_cfg is not None:
             check_root(data_cfg)
     check_user_code(cfg)
+    check_recipes(cfg)
     loggers.check_installed(cfg.logger)
     check_writable(cfg.cache_dir, "cache_dir")
     if job_dir is None:
         return None
     check_writable(job_dir, dir_key)
     return rundir.finished_record(job_dir, config_digest(cfg))
+
+
+def check_recipes(cfg: RunConfig) -> None:
+    """A stage's optimizer or schedule of the user's (a `_target_` node), built on a stand-in parameter: a
+    mistake in it, or something else than an optimizer and a schedule, is one line before anything runs."""
+    for name, stage in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if not any(isinstance(value, Mapping) for value in (stage.optimizer, stage.scheduler)):
+            continue
+        optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(1))], stage, f"{name}.optimizer")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(
+                f"{name}.optimizer",
+                stage.optimizer,
+                f"a node building a torch.optim.Optimizer (it built a {type(optimizer).__name__})",
+            )
+        scheduler = make_scheduler(optimizer, stage, 1, f"{name}.scheduler")
+        if not all(callable(getattr(scheduler, method, None)) for method in ("step", "state_dict", "load_state_dict")):
+            raise ConfigError(
+                f"{name}.scheduler",
+                stage.scheduler,
+                f"a node building a learning-rate scheduler (it built a {type(scheduler).__name__})",
+            )
 
 
 def check_user_code(cfg: RunConfig) -> None:
