@@ -35,15 +35,16 @@ def default_cache(monkeypatch, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One real `kd-run experiment=smoke` in a fresh directory (its teacher is trained, not cached: into the
-    session's cache, `session_cache`)."""
+    """One real `kd-run experiment=smoke` in a fresh directory (its teacher is trained, not cached: into its
+    own cache, `cwd/cache`, which other module- or session-scoped runs do not share)."""
     cwd = tmp_path_factory.mktemp("smoke")
-    proc = kd_run("experiment=smoke", "hydra.run.dir=run1", cwd=cwd)
+    proc = kd_run("experiment=smoke", "hydra.run.dir=run1", f"cache_dir={cwd / 'cache'}", cwd=cwd)
     return cwd, proc
 
 
 @pytest.fixture
-def smoke_cache(session_cache, monkeypatch) -> Path:
-    """The default cache of this test is smoke_run's (the session's), as a user's is for every command."""
-    monkeypatch.setenv("KD_RUNNER_CACHE", str(session_cache))
-    return session_cache
+def smoke_cache(smoke_run, monkeypatch) -> Path:
+    """The default cache of this test is smoke_run's, as a user's is for every command."""
+    cache = smoke_run[0] / "cache"
+    monkeypatch.setenv("KD_RUNNER_CACHE", str(cache))
+    return cache
