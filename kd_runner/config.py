@@ -28,6 +28,7 @@ from kd_runner.names import (
     MODEL_NAMES,
     PRECISIONS,
     PRETRAINED_FAMILIES,
+    SIZED_NETWORKS,
     SOFT_LOSSES,
     WITH_TEST_SPLIT,
 )
@@ -135,12 +136,22 @@ class StageConfig:
         default=10, metadata={"doc": "training epochs (>= 0; teacher.epochs=0 needs teacher.checkpoint)"}
     )
     batch_size: int = field(default=64, metadata={"doc": "batch size (> 0)"})
-    optimizer: str = field(default="sgd", metadata={"doc": "sgd | adam | adamw"})
+    optimizer: typing.Any = field(  # a name or a _target_ node (OmegaConf cannot nest a str | dict field)
+        default="sgd",
+        metadata={
+            "doc": "sgd | adam | adamw, or a node of your own, e.g. {_target_: torch.optim.AdamW, betas: [0.9,0.99]}: "
+            "given the parameters, and lr and weight_decay when it takes them and does not set them"
+        },
+    )
     lr: float = field(default=0.05, metadata={"doc": "learning rate (> 0)"})
     momentum: float = field(default=0.9, metadata={"doc": "momentum of optimizer=sgd (>= 0)"})
     weight_decay: float = field(default=5e-4, metadata={"doc": "weight decay (>= 0)"})
-    scheduler: str = field(
-        default="cosine", metadata={"doc": "learning-rate schedule: none | step | cosine | onecycle | multistep"}
+    scheduler: typing.Any = field(
+        default="cosine",
+        metadata={
+            "doc": "learning-rate schedule: none | step | cosine | onecycle | multistep, or a node of your own "
+            "(given the optimizer, and total_steps when it takes it; stepped once per batch)"
+        },
     )
     step_size: int = field(default=7, metadata={"doc": "epochs between decays, scheduler=step"})
     gamma: float = field(default=0.1, metadata={"doc": "decay factor, scheduler=step and multistep"})
@@ -209,6 +220,35 @@ class LoggerConfig:
     mode: str = field(default="offline", metadata={"doc": "W&B: offline (files in the run directory) | online"})
 
 
+def user_cache_dir() -> str:
+    """The default cache: one per user ($KD_RUNNER_CACHE, else $XDG_CACHE_HOME/kd-runner, else
+    ~/.cache/kd-runner), whatever the current directory, so the same command run from another folder
+    loads the teachers already fine-tuned."""
+    if os.environ.get("KD_RUNNER_CACHE"):
+        return os.path.expanduser(os.environ["KD_RUNNER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.expanduser(base), "kd-runner")
+
+
+@dataclass
+class PathsConfig:
+    """Where kd-run reads and writes (the `paths` group, as in lightning-hydra-template): a folder moved here
+    moves everything that goes into it. Not part of a run's identity: where files go changes no result."""
+
+    output_dir: str = field(
+        default="outputs",
+        metadata={"doc": "the runs (runs/), sweeps (sweeps/) and local MLflow store (mlflow/); relative: to the cwd"},
+    )
+    cache_dir: str = field(
+        default_factory=user_cache_dir,
+        metadata={
+            "doc": "fine-tuned teachers and teacher logits, the user's whatever the cwd: $KD_RUNNER_CACHE, else "
+            "$XDG_CACHE_HOME/kd-runner, else ~/.cache/kd-runner",
+            "shown": "~/.cache/kd-runner",
+        },
+    )
+
+
 @dataclass
 class RunConfig:
     teacher: TeacherConfig = field(
@@ -242,9 +282,15 @@ class RunConfig:
         default=True,
         metadata={"doc": "per-batch tqdm bars (shown only on a terminal); the per-epoch log lines are always on"},
     )
+    paths: PathsConfig = field(
+        default_factory=PathsConfig, metadata={"doc": "where kd-run writes its outputs and its cache (paths=NAME)"}
+    )
     cache_dir: str = field(
-        default="outputs/cache",
-        metadata={"doc": "fine-tuned teachers and teacher logits, shared by every job of a sweep"},
+        default_factory=user_cache_dir,
+        metadata={
+            "doc": "fine-tuned teachers and teacher logits: paths.cache_dir unless given (the override for one call)",
+            "shown": "paths.cache_dir",
+        },
     )
     precision: str = field(
         default="auto",
@@ -275,7 +321,10 @@ class RunConfig:
     )
     threads: int = field(
         default=0,
-        metadata={"doc": "CPU threads of a job (CPU results depend on it): 0 = all cores, shared by parallel jobs"},
+        metadata={
+            "doc": "CPU threads of a job (CPU results depend on it): 0 = the environment's: OMP_NUM_THREADS, else "
+            "the cores shared among torchrun's processes or a parallel launcher's jobs, else all cores"
+        },
     )
     checkpoint_every_s: float = field(
         default=300.0,
@@ -283,6 +332,10 @@ class RunConfig:
             "doc": "seconds between a stage's resumable checkpoints (always written on SIGTERM/SIGINT; a SIGKILL "
             "loses at most this much training); 0: after every epoch"
         },
+    )
+    tags: list[str] = field(
+        default_factory=list,
+        metadata={"doc": "labels of the run, e.g. [baseline,paper]: in result.json and given to the trackers"},
     )
     logger: LoggerConfig = field(
         default_factory=LoggerConfig,
@@ -344,6 +397,12 @@ def user_code_digests(cfg: RunConfig) -> dict[str, str | None]:
     specs = {
         "teacher.model": cfg.teacher.model,
         "student.model": cfg.student.model,
+        **{
+            f"{name}.{key}": getattr(stage, key)
+            for name, stage in (("teacher", cfg.teacher), ("student", cfg.student))
+            for key in ("optimizer", "scheduler")
+            if isinstance(getattr(stage, key), dict)
+        },
         "dataset.factory": cfg.dataset.factory,
         "transfer.dataset.factory": cfg.transfer.dataset.factory if cfg.transfer.dataset else {},
         "distill.objective": getattr(cfg.distill, "objective", {}),
@@ -373,15 +432,43 @@ def result_key(cfg: RunConfig) -> str:
     return digest(values)
 
 
-NOT_COMPUTED = ("logger", "checkpoint_every_s")  # where a run reports to and how often it saves change no result
+# where a run reports to, where its files and cache go, how often it saves and its labels change no result
+NOT_COMPUTED = ("logger", "checkpoint_every_s", "paths", "cache_dir", "tags")
 
 
-def _settings(cfg) -> dict:
-    """A (sub)config's values without the NOT_COMPUTED keys."""
+def _settings(cfg: RunConfig) -> dict:
+    """The config's values without the NOT_COMPUTED keys, each stage's as `stage_settings`."""
     values = dataclasses.asdict(cfg)
     for key in NOT_COMPUTED:
         values.pop(key, None)
+    values["teacher"], values["student"] = stage_settings(cfg.teacher), stage_settings(cfg.student)
     return values
+
+
+def stage_settings(stage: StageConfig) -> dict:
+    """A stage's values with those it does not read set to None, so that equivalent configs are one
+    identity (and one teacher key): e.g. a network of the user's given by a group file, or on the command
+    line over the default group's `width` and `depth`, which only the small native nets read."""
+    values = dataclasses.asdict(stage)
+    values.update(dict.fromkeys(unread_keys(stage)))
+    return values
+
+
+def unread_keys(stage: StageConfig) -> list[str]:
+    """The recipe keys the stage's network, optimizer and scheduler do not read (kd_runner/models,
+    train/optim.py)."""
+    unread = []
+    if stage.model["_target_"] is not None or stage.name not in SIZED_NETWORKS:
+        unread += ["width", "depth"]
+    if stage.optimizer != "sgd":
+        unread.append("momentum")
+    if stage.scheduler != "step":
+        unread.append("step_size")
+    if stage.scheduler not in ("step", "multistep"):
+        unread.append("gamma")
+    if stage.scheduler != "multistep":
+        unread.append("milestones")
+    return unread
 
 
 def _check(cond: bool, key: str, value, allowed: str) -> None:
@@ -406,8 +493,8 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
     _validate_target(stage.model, stage.name, MODEL_NAMES, f"{key}.model", f"{key}.name")
     if stage.model["_target_"] is None:
         check_pretrained(stage.name, stage.pretrained, stage.weights_path, f"{key}.pretrained")
-    _one_of(f"{key}.optimizer", stage.optimizer, OPTIMIZERS)
-    _one_of(f"{key}.scheduler", stage.scheduler, SCHEDULERS)
+    _check_choice(f"{key}.optimizer", stage.optimizer, OPTIMIZERS, "torch.optim.AdamW")
+    _check_choice(f"{key}.scheduler", stage.scheduler, SCHEDULERS, "torch.optim.lr_scheduler.LinearLR")
     _one_of(f"{key}.freeze", stage.freeze, FREEZE)
     _check(stage.epochs >= 0, f"{key}.epochs", stage.epochs, "expected a whole number >= 0")
     _check(stage.batch_size > 0, f"{key}.batch_size", stage.batch_size, "expected a whole number > 0")
@@ -425,6 +512,15 @@ def _validate_stage(stage: StageConfig, key: str) -> None:
     for name in ("weights_path", "checkpoint"):
         path = getattr(stage, name, None)
         _check(path is None or Path(path).is_file(), f"{key}.{name}", path, "no such file; expected a saved state dict")
+
+
+def _check_choice(key: str, value, names: tuple[str, ...], example: str) -> None:
+    """One of `names`, or a node of the user's naming a callable by `_target_`."""
+    if isinstance(value, dict):
+        target = value.get("_target_")
+        _check(isinstance(target, str) and target != "", f"{key}._target_", target, f"a dotted path, e.g. {example}")
+    else:
+        _check(value in names, key, value, "one of: " + ", ".join(names) + f", or a node {{_target_: {example}, ...}}")
 
 
 def _validate_target(spec: dict, name: str, builtin: tuple[str, ...], key: str, name_key: str) -> None:
@@ -481,9 +577,15 @@ def _validate(cfg: RunConfig) -> None:
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "expected a whole number >= 0")
     _one_of("optimize_metric", cfg.optimize_metric, (*METRIC_NAMES, "best_student_acc"))
     _check(cfg.checkpoint_every_s >= 0, "checkpoint_every_s", cfg.checkpoint_every_s, "expected a number >= 0")
+    _check(all(tag.strip() for tag in cfg.tags), "tags", cfg.tags, "labels that are not empty, e.g. [baseline,paper]")
     _check(cfg.seeds_per_trial >= 1, "seeds_per_trial", cfg.seeds_per_trial, "expected a whole number >= 1")
     cores = os.cpu_count() or 1
-    _check(0 <= cfg.threads <= cores, "threads", cfg.threads, f"expected a whole number in [0, {cores}] (0: all cores)")
+    _check(
+        0 <= cfg.threads <= cores,
+        "threads",
+        cfg.threads,
+        f"expected a whole number in [0, {cores}] (0: the environment's count)",
+    )
     _validate_stage(cfg.teacher, "teacher")
     _validate_stage(cfg.student, "student")
     _check(
@@ -583,8 +685,8 @@ def _is_number(text: str) -> bool:
 
 def key_docs(cls: type = RunConfig, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any, str]]:
     """Every key of the schema as (dotted key, default, doc), depth first in declaration order, `distill.*`
-    from each method's parameters; the key lists of `kd-run --help` and docs/configuration.md are generated
-    from it (scripts/config_docs.py)."""
+    from each method's parameters, a default read from the environment as its rule (metadata `shown`); the
+    key lists of `kd-run --help` and docs/configuration.md are generated from it (scripts/config_docs.py)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name == "distill" and cls is RunConfig:
@@ -593,7 +695,7 @@ def key_docs(cls: type = RunConfig, prefix: str = "") -> typing.Iterator[tuple[s
             yield from key_docs(hints[f.name], f"{prefix}{f.name}.")
         else:
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            yield prefix + f.name, default, f.metadata["doc"]
+            yield prefix + f.name, f.metadata.get("shown", default), f.metadata["doc"]
 
 
 def _method_key_docs() -> typing.Iterator[tuple[str, typing.Any, str]]:

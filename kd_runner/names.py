@@ -29,6 +29,7 @@ NETWORKS = {
     **{name: "kd_runner.models.torchvision_nets:build" for name in PRETRAINED_FAMILIES},
 }
 MODEL_NAMES = tuple(sorted(NETWORKS))
+SIZED_NETWORKS = ("cnn", "mlp")  # the networks `width` and `depth` shape (the others ignore them)
 
 DOWNLOADABLE = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")  # data/vision.py's FILE_DATASETS
 WITH_TEST_SPLIT = (*DOWNLOADABLE, "imagefolder", "fake")

@@ -1,15 +1,20 @@
 """Callables from the user's own code named by a dotted `_target_` path, as Hydra names them: networks
-(`teacher.model`, `student.model`) and datasets (`dataset.factory`).
+(`teacher.model`, `student.model`), datasets (`dataset.factory`), a soft term (`distill.objective`),
+optimizers and schedules (`STAGE.optimizer`, `STAGE.scheduler`).
 
-`call` imports the callable, passes the spec's other keys as arguments plus those the runner offers (e.g.
-the dataset's `num_classes`) that the callable takes by name, and turns any failure into one line naming
-the key. `source_digest` identifies the code (with the user's modules it imports), so a cache keyed on it
-notices an edit.
+A node is instantiated by the function it is bound to (`Target`): kd-run's CLI binds every node to Hydra's
+own `hydra.utils.instantiate` (`_partial_`, `_args_`, nested `_target_` nodes, `_recursive_`, `_convert_`);
+this package does not import Hydra. An unbound node (a plain dict, e.g. a config built in Python) is its
+target called with its keys. `partial` gives the callable with the node's arguments, `call` calls it with
+those the runner offers (e.g. the dataset's `num_classes`) that it takes by name; a failure is one line
+naming the key. `source_digest` identifies the code (with the user's modules it imports), so a cache keyed
+on it notices an edit.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -21,6 +26,25 @@ from pathlib import Path
 
 from kd_runner.errors import ConfigError, UserError, one_line
 from kd_runner.store.files import digest, sha256_file
+
+Instantiate = Callable[..., object]  # hydra.utils.instantiate's signature: (node, *args, **kwargs)
+HYDRA_KEYS = ("_partial_", "_args_", "_recursive_", "_convert_")  # what only Hydra's instantiate reads
+
+
+class Target(dict):
+    """A `_target_` node (its keys as the user wrote them) bound to the function that instantiates it, e.g.
+    Hydra's `instantiate`. Unbound, it is the plain dict: so is the copy `dataclasses.asdict` makes of it
+    (result.json, digests, the printed config)."""
+
+    def __new__(cls, node=(), instantiate: Instantiate | None = None):
+        return dict(node) if instantiate is None else super().__new__(cls)
+
+    def __init__(self, node=(), instantiate: Instantiate | None = None):
+        super().__init__(node)
+        self.instantiate = instantiate
+
+    def __reduce__(self):  # pickled (a parallel launcher's worker) and deep-copied with its binding
+        return Target, (dict(self), self.instantiate)
 
 
 def resolve(path: str, key: str) -> Callable:
@@ -118,16 +142,45 @@ def _imported(name: str, file: str) -> list[str]:
     return names
 
 
-def call(spec: Mapping, key: str, offered: Mapping, through_kwargs: tuple[str, ...] = ()) -> object:
-    """Call `spec["_target_"]` with `spec`'s other keys plus the `offered` arguments it takes by name (those
-    in `through_kwargs` also through **kwargs); the spec's own keys win. A failure is one line naming `key`."""
-    path = spec["_target_"]
-    target = resolve(path, f"{key}._target_")
-    kwargs = {**accepted(target, offered, through_kwargs), **{k: v for k, v in spec.items() if k != "_target_"}}
+def call(spec: Mapping, key: str, offered: Mapping, through_kwargs: tuple[str, ...] = (), args: tuple = ()) -> object:
+    """What `spec` builds: its target with `args` first (e.g. an optimizer's parameters), its own arguments,
+    and the `offered` ones it takes by name and `spec` does not set (those in `through_kwargs` also through
+    **kwargs). A failure is one line naming `key`."""
+    target = resolve(spec["_target_"], f"{key}._target_")
+    kwargs = {k: v for k, v in accepted(target, offered, through_kwargs).items() if k not in spec}
+    bound = partial(spec, key)
+    return _guarded(lambda: bound(*args, **kwargs), spec, key, kwargs)
+
+
+def partial(spec: Mapping, key: str) -> Callable:
+    """The callable `spec` names with its own arguments bound (Hydra's `_partial_` semantics: nested nodes
+    instantiated now), for the arguments the runner gives later (an optimizer's parameters, a soft term's
+    logits). One line naming `key` if the node cannot be instantiated."""
+    instantiate = getattr(spec, "instantiate", None) or _direct
+    convert = {} if "_convert_" in spec else {"_convert_": "all"}  # plain lists and dicts, as the node wrote them
+    return _guarded(lambda: instantiate(dict(spec), _partial_=True, **convert), spec, key)
+
+
+def _direct(node: Mapping, _partial_: bool = True, _convert_: str = "all") -> Callable:
+    """An unbound node: its target with its keys (Hydra's own keys and nested nodes are refused in one line)."""
+    nested = [k for k, v in node.items() if isinstance(v, Mapping) and "_target_" in v]
+    used = [k for k in HYDRA_KEYS if k in node] + nested
+    if used:
+        raise ValueError(f"{', '.join(used)} need Hydra's instantiate: build the config through kd-run")
+    target = resolve(node["_target_"], "_target_")
+    return functools.partial(target, **{k: v for k, v in node.items() if k != "_target_"})
+
+
+def _guarded(make: Callable[[], object], spec: Mapping, key: str, given: Mapping = {}) -> object:  # noqa: B006
+    """`make()`; an exception (Hydra wraps the user's in its own) is one line naming `key` and the arguments."""
     try:
-        return target(**kwargs)
+        return make()
+    except UserError:
+        raise
     except Exception as e:
-        raise UserError(f"{key}._target_={path} failed with arguments {kwargs}: {one_line(e)}") from None
+        cause = e.__cause__ if type(e).__name__ == "InstantiationException" and e.__cause__ else e
+        shown = {**{k: v for k, v in spec.items() if k != "_target_"}, **given}
+        raise UserError(f"{key}._target_={spec['_target_']} failed with arguments {shown}: {one_line(cause)}") from None
 
 
 def accepted(target: Callable, offered: Mapping, through_kwargs: tuple[str, ...] = ()) -> dict:

@@ -76,7 +76,7 @@ def compose_config(*overrides: str) -> RunConfig:
     compose.register()
     with initialize_config_module(config_module=compose.CONFIG_MODULE, version_base="1.3"):
         raw = hydra.compose("config", overrides=list(overrides))
-    return load_config(OmegaConf.to_container(raw, resolve=True))
+    return compose.bound(load_config(OmegaConf.to_container(raw, resolve=True)))
 
 
 def group_options(group: str) -> list[str]:

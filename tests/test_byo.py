@@ -13,6 +13,7 @@ import torch
 from helpers import compose_config, kd_run, usage_error_line
 
 from kd_runner import run
+from kd_runner.config import config_digest, stage_settings
 from kd_runner.data import build_dataset
 from kd_runner.data.splits import InMemoryData
 from kd_runner.models import build_stage_model, classifier_head
@@ -168,6 +169,37 @@ def test_teacher_key_follows_the_model_and_dataset_source(user_package, module):
     source = user_package / "pkg" / "mypkg" / f"{module}.py"
     source.write_text(source.read_text() + "\n# an edit\n")
     assert teacher_key(cfg, data) != key  # edited source: the teacher is trained again
+
+
+def test_the_config_dir_and_command_line_forms_of_a_network_key_one_teacher(user_package):
+    """docs/extending.md's example both ways: the teacher by a group file of --config-dir, or on the command
+    line over the default teacher group (cnn, whose width and depth a network of the user's does not read)."""
+    search_path = f"hydra.searchpath=['file://{user_package / 'conf'}']"
+    by_file = compose_config(search_path, "dataset=blobs", "teacher=tiny", "student=mlp16")
+    by_line = compose_config(
+        "teacher.name=tiny",
+        "teacher.model._target_=mypkg.nets.TinyNet",
+        "+teacher.model.width=16",
+        "dataset.name=blobs",
+        "dataset.factory._target_=mypkg.data.blobs",
+    )
+    assert (by_line.teacher.width, by_line.teacher.depth) != (by_file.teacher.width, by_file.teacher.depth)
+    data = InMemoryData(build_dataset(by_file.dataset), Compute(torch.device("cpu")))
+    assert teacher_key(by_file, data) == teacher_key(by_line, data)
+    other = compose_config(search_path, "dataset=blobs", "teacher=tiny", "teacher.lr=0.01")
+    assert teacher_key(other, data) != teacher_key(by_file, data)  # a value the teacher reads still counts
+
+
+def test_keys_a_recipe_does_not_read_are_not_part_of_its_identity():
+    sgd, adam = compose_config("student.momentum=0.5"), compose_config("student.optimizer=adam")
+    assert stage_settings(sgd.student) != stage_settings(compose_config().student)
+    assert stage_settings(adam.student) == stage_settings(
+        compose_config("student.optimizer=adam", "student.momentum=0.5").student
+    )
+    assert config_digest(compose_config("teacher.gamma=0.5")) == config_digest(compose_config())  # cosine: no gamma
+    assert config_digest(compose_config("teacher.scheduler=step", "teacher.gamma=0.5")) != config_digest(
+        compose_config("teacher.scheduler=step")
+    )
 
 
 @pytest.mark.parametrize("loader, memory_mb", [("memory", 4096), ("dataloader", 0)])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kd_runner.errors import UserError
-from kd_runner.store.cache import CacheEntry, cache_lock
+from kd_runner.store.cache import CacheEntry, cache_lock, miss_reason
 
 
 class Maker:
@@ -74,3 +74,17 @@ def test_a_missing_entry_in_a_read_only_folder_is_one_line(tmp_path, monkeypatch
     with pytest.raises(UserError, match="cache_dir=.* cannot be written"):
         entry(tmp_path).get_or_make(make)
     assert make.calls == 0
+
+
+def test_a_miss_names_the_nearest_cached_entry_and_how_its_key_differs(tmp_path):
+    cache = tmp_path / "cache"
+    parts = {"teacher": {"name": "cnn", "lr": 0.1}, "compute": {"device": "cpu", "threads": 2}}
+    CacheEntry(cache / "cnn-aaa", "t", "r").publish(torch.zeros(1), key_parts=parts)
+    far = {"teacher": {"name": "cnn", "lr": 0.5}, "compute": {"device": "cpu", "threads": 4}}
+    CacheEntry(cache / "cnn-bbb", "t", "r").publish(torch.zeros(1), key_parts=far)
+    CacheEntry(cache / "mlp-ccc", "t", "r").publish(torch.zeros(1), key_parts={**parts, "compute": {}})
+    wanted = {"teacher": {"name": "cnn", "lr": 0.1}, "compute": {"device": "cpu", "threads": 1}}
+    assert miss_reason(cache / "cnn-new", wanted) == (
+        "no cached entry cnn-new (nearest cached, cnn-aaa, differs in: compute.threads: 2 -> 1)"
+    )
+    assert "no other entry of resnet18" in miss_reason(cache / "resnet18-new", wanted)

@@ -32,7 +32,7 @@ ALL = "logger=[csv,tensorboard,mlflow,wandb]"
 def sweep(tmp_path_factory) -> Path:
     """A two-job sweep reporting to every tracker (MLflow in its default local store under outputs/)."""
     cwd = tmp_path_factory.mktemp("trackers")
-    kd_run("-m", "experiment=smoke", "seed=0,1", ALL, "hydra.sweep.dir=sweep", cwd=cwd)
+    kd_run("-m", "experiment=smoke", "seed=0,1", ALL, "tags=[baseline,paper]", "hydra.sweep.dir=sweep", cwd=cwd)
     return cwd
 
 
@@ -53,6 +53,8 @@ def test_tensorboard_holds_each_jobs_epochs_and_final_metrics(sweep):
         content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         session = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
         assert session.hparams["seed"].number_value == int(job)
+        (tags,) = events.Tensors("tags/text_summary")
+        assert tags.tensor_proto.string_val == [b"baseline, paper"]
 
 
 def test_mlflow_has_one_run_per_job_in_the_sweeps_experiment(sweep):
@@ -65,6 +67,7 @@ def test_mlflow_has_one_run_per_job_in_the_sweeps_experiment(sweep):
         record, _ = read_run(sweep / "sweep" / job)
         assert run.info.status == "FINISHED"
         assert run.data.params["seed"] == job
+        assert run.data.tags["kd_runner.tags"] == "baseline,paper" and record["tags"] == ["baseline", "paper"]
         assert run.data.metrics["student_acc"] == pytest.approx(record["metrics"]["student_acc"])
         history = client.get_metric_history(run.info.run_id, "student/student_acc")
         rows = student_rows(sweep / "sweep" / job)
@@ -102,6 +105,7 @@ def test_wandb_offline_run_files_hold_the_group_config_and_history(sweep):
         records = wandb_records(run_file)
         (run,) = [r.run for r in records if r.HasField("run")]
         assert (run.project, run.run_group, run.display_name) == ("kd-runner", "sweep", job)
+        assert list(run.tags) == ["baseline", "paper"]
         config = {item.key: json.loads(item.value_json) for item in run.config.update}
         assert config["seed"] == int(job)
         history = [
@@ -217,7 +221,7 @@ def _start_and_finish(store: str, name: str, run_dir: str) -> None:
     from kd_runner.loggers.mlflow_run import MlflowTracker
 
     tracker = MlflowTracker(store)
-    tracker.start(RunInfo(Path(run_dir), "kd-runner", "race", name, {"alpha": 0.5}))
+    tracker.start(RunInfo(Path(run_dir), "kd-runner", "race", name, {"alpha": 0.5}, []))
     tracker.finish({"status": "completed", "metrics": {"student_acc": 0.5}})
 
 

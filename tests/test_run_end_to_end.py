@@ -56,9 +56,10 @@ def test_smoke_run_writes_result_and_metrics(smoke_run):
     assert "student_acc" in proc.stdout and "compression" in proc.stdout  # the end-of-run summary
 
 
-def test_second_run_loads_the_cached_teacher_and_reproduces_the_metrics(smoke_run):
+def test_second_run_loads_the_cached_teacher_and_reproduces_the_metrics(smoke_run, smoke_cache, tmp_path):
+    """The same command from another folder: the default cache is the user's, not the current directory's."""
     cwd, _ = smoke_run
-    kd_run("experiment=smoke", "hydra.run.dir=run2", cwd=cwd)
+    kd_run("experiment=smoke", f"hydra.run.dir={cwd / 'run2'}", cwd=tmp_path)
     first, _ = read_run(cwd / "run1")
     second, metrics = read_run(cwd / "run2")
     assert second["teacher"]["source"] == "cache"
@@ -68,7 +69,7 @@ def test_second_run_loads_the_cached_teacher_and_reproduces_the_metrics(smoke_ru
     assert (metrics.stage == "teacher").sum() == 2  # the cached teacher's history is kept
 
 
-def test_a_different_seed_changes_the_student_but_not_the_teacher(smoke_run):
+def test_a_different_seed_changes_the_student_but_not_the_teacher(smoke_run, smoke_cache):
     cwd, _ = smoke_run
     kd_run("experiment=smoke", "seed=1", "hydra.run.dir=run_seed1", cwd=cwd)
     first, _ = read_run(cwd / "run1")

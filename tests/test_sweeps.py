@@ -285,8 +285,10 @@ def test_preflight_checks_every_job_of_a_preset(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         kd_run_main(["sweep=alpha", "alpha=0,1.5"])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.strip() == (
-        "kd-run: error: alpha=1.5 is not allowed: expected a number in [0, 1] (weight of the hard-label loss)"
+    assert capsys.readouterr().err.strip() == (  # every failing job named (cli/sweeper.py: problems_line)
+        "kd-run: error: 5 of 10 jobs cannot run: alpha=1.5 is not allowed: expected a number in [0, 1] (weight of "
+        "the hard-label loss) (jobs 5: alpha=1.5 seed=0; 6: alpha=1.5 seed=1; 7: alpha=1.5 seed=2; 8: alpha=1.5 "
+        "seed=3; 9: alpha=1.5 seed=4)"
     )
     assert list(tmp_path.iterdir()) == []
 

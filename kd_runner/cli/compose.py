@@ -22,6 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -29,7 +30,8 @@ from kd_runner import methods
 from kd_runner.cli.groups import register_groups
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import UserError
-from kd_runner.runtime.process import cpu_cores, launched_world_size
+from kd_runner.runtime.process import cpu_cores, launched_world_size, omp_threads
+from kd_runner.user_code import Target
 
 CONFIG_MODULE = "kd_runner.conf"
 CONFIG_NAME = "config"
@@ -116,15 +118,29 @@ def task_config(config: DictConfig) -> DictConfig:
 
 
 def job_config(raw: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> RunConfig:
-    """A job's typed config. Under a parallel launcher `threads=0` (all cores) becomes the job's share of
-    the cores, so parallel jobs do not oversubscribe them and record the thread count they computed with.
+    """A job's typed config. Under a parallel launcher `threads=0` (the environment's count) becomes the
+    job's share of the cores unless OMP_NUM_THREADS sets the count, so parallel jobs do not oversubscribe
+    the cores and record the thread count they computed with.
     A sweep's jobs are one group in the trackers (logger.group): the sweep directory, unless given."""
     values = OmegaConf.to_container(raw, resolve=True)
-    if multirun and values.get("threads") == 0 and "n_jobs" in hydra_cfg.launcher:
+    if multirun and values.get("threads") == 0 and "n_jobs" in hydra_cfg.launcher and omp_threads() is None:
         values["threads"] = parallel_threads(hydra_cfg.launcher.n_jobs, cpu_cores())
     if multirun and values.get("logger", {}).get("group") is None:
         values.setdefault("logger", {})["group"] = str(hydra_cfg.sweep.dir)
-    return load_config(values)
+    return bound(load_config(values))
+
+
+def bound(cfg):
+    """`cfg` (a RunConfig, or a part of one) with every `_target_` node bound to Hydra's own instantiate
+    (user_code.Target), so the library builds the user's networks, datasets, soft term, optimizers and
+    schedules with `_partial_`, `_args_` and nested nodes without importing Hydra."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            bound(value)
+        elif isinstance(value, dict) and value.get("_target_") is not None:
+            setattr(cfg, f.name, Target(value, instantiate))
+    return cfg
 
 
 def parallel_threads(n_jobs: int | None, cores: int) -> int:

@@ -8,6 +8,7 @@ interrupted run stops the sweep (`JobStopped`). Exit codes: 0 done (or skipped: 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kd_runner.cli import compose
 from kd_runner.cli.compose import Job
@@ -114,10 +115,17 @@ def in_sweep(job: Job, hydra_cfg: DictConfig, shared: Shared | None = None) -> l
 
 
 def run_job(job: Job, run_dir: Path, hint: str, multirun: bool, shared: Shared | None = None) -> list[dict]:
-    """The job's runs (one, or a search trial's seeds) and their records."""
+    """The job's runs (one, or a search trial's seeds) and their records, after its config tree in the log."""
+    log.info("%s", config_tree(job.cfg))
     runs = search.trial_runs(job.cfg, run_dir)
     reuse_from = job.reuse_from if len(runs) == 1 else None
     return [run_one(cfg, path, job, reuse_from, hint, multirun, shared) for cfg, path in runs]
+
+
+def config_tree(cfg) -> str:
+    """The job's checked config as YAML under a header (as lightning-hydra-template prints it at the start
+    of a run, without rich): what runs, defaults and interpolations filled in."""
+    return "config of this run:\n" + OmegaConf.to_yaml(dataclasses.asdict(cfg)).rstrip()
 
 
 def run_one(

@@ -22,6 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
 from hydra.core.utils import configure_log, run_job, setup_globals
+from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf, open_dict
 
@@ -69,9 +70,32 @@ class KdSweeper(Sweeper):
         overrides = parser.parse_overrides([*params, *arguments])
         check_discrete(overrides)
         (expanded,) = BasicSweeper.split_arguments(overrides, None)  # Hydra's own cartesian product
-        planned = [self.compose_job(num, overrides) for num, overrides in enumerate(expanded)]
+        planned = self.checked_jobs(expanded)
         check_sweep_dirs(self.config.hydra.sweep.dir, planned)
         plan_reuse(planned)
+        return planned
+
+    def checked_jobs(self, expanded: list[list[str]]) -> list[Job]:
+        """Every job composed once and checked, then probed (run.check.Probes: pretrained weight files,
+        feature layers); the problems of all the jobs, not only the first's, in one UserError."""
+        planned, problems = [], {}
+        for num, overrides in enumerate(expanded):
+            try:
+                planned.append(self.compose_job(num, overrides))
+            except (UserError, HydraException) as exc:
+                message = compose.hydra_message(exc) if isinstance(exc, HydraException) else str(exc)
+                problems.setdefault(message, []).append(num)
+        if planned:
+            from kd_runner.run.check import Probes  # torch: imported by the jobs' checks already
+
+            probes = Probes()
+            for job in planned:
+                try:
+                    probes.check(job.cfg)
+                except UserError as exc:
+                    problems.setdefault(str(exc), []).append(job.num)
+        if problems:
+            raise UserError(problems_line(problems, expanded))
         return planned
 
     def compose_job(self, num: int, overrides: list[str]) -> Job:
@@ -139,6 +163,43 @@ class KdSweeper(Sweeper):
             returns = launcher.launch([job.overrides for job in batch], initial_job_idx=batch[0].num)
             codes += [r.return_value for r in returns]  # a job's exception is raised here
         return codes
+
+
+SHOWN_JOBS = 6  # the jobs a problem names at most (then how many more)
+
+
+def problems_line(problems: dict[str, list[int]], expanded: list[list[str]]) -> str:
+    """One line for the problems of a sweep's jobs: each problem once, with the jobs it stops (numbered and
+    named by their swept values), e.g. `1 of 4 jobs cannot run: MESSAGE (job 2: distill=fitnet student=mlp)`;
+    one problem of every job is the sweep's: its message alone."""
+    if len(problems) == 1 and len(next(iter(problems.values()))) == len(expanded):
+        return next(iter(problems))
+    swept = varying_keys(expanded)
+    parts = []
+    for message, nums in problems.items():
+        named = [job_label(num, expanded[num], swept) for num in sorted(nums)]
+        if len(named) > SHOWN_JOBS:
+            named = [*named[:SHOWN_JOBS], f"and {len(named) - SHOWN_JOBS} more"]
+        jobs = "every job" if len(nums) == len(expanded) else ("job " if len(nums) == 1 else "jobs ") + "; ".join(named)
+        parts.append(f"{message} ({jobs})")
+    failing = sum(len(nums) for nums in problems.values())
+    return f"{failing} of {len(expanded)} jobs cannot run: " + " | ".join(parts)
+
+
+def job_label(num: int, overrides: list[str], swept: set[str]) -> str:
+    """A job by its number and its swept values, e.g. `2: distill=fitnet student=mlp`."""
+    values = [o for o in overrides if o.split("=", 1)[0] in swept]
+    return f"{num}: {' '.join(values)}" if values else str(num)
+
+
+def varying_keys(expanded: list[list[str]]) -> set[str]:
+    """The override keys whose values differ among the jobs (the swept ones)."""
+    values: dict[str, set[str]] = {}
+    for overrides in expanded:
+        for override in overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    return {key for key, seen in values.items() if len(seen) > 1}
 
 
 def check_launcher(config) -> None:

@@ -28,6 +28,7 @@ class RunInfo:
     group: str | None  # the sweep this run is a job of
     name: str
     params: dict
+    tags: list[str]  # the run's labels (config `tags`)
 
 
 class Tracker(Protocol):
@@ -115,6 +116,7 @@ def start(cfg, run_dir: Path) -> Trackers:
         "wandb": lambda: wandb_run.WandbTracker(cfg.logger.mode),
     }
     trackers = Trackers({name: makers[name]() for name in chosen(cfg.logger)})
-    info = RunInfo(run_dir, cfg.logger.project, cfg.logger.group, cfg.logger.name or run_dir.name, params(cfg))
+    name = cfg.logger.name or run_dir.name
+    info = RunInfo(run_dir, cfg.logger.project, cfg.logger.group, name, params(cfg), list(cfg.tags))
     trackers.start(info)
     return trackers

@@ -54,6 +54,7 @@ class MlflowTracker:
             self.client = MlflowClient(tracking_uri=uri)
             experiment_id = self._experiment_id(experiment, artifacts)
         tags = {"kd_runner.run_dir": str(info.run_dir), **({"kd_runner.sweep": info.group} if info.group else {})}
+        tags |= {"kd_runner.tags": ",".join(info.tags)} if info.tags else {}
         run = self.client.create_run(experiment_id, run_name=info.name, tags=tags)
         self.run_id, self.run_dir = run.info.run_id, info.run_dir
         params = [Param(key, str(value)) for key, value in info.params.items()]

@@ -15,6 +15,8 @@ class TensorBoardTracker:
 
         self.writer = SummaryWriter(str(info.run_dir / LOGDIR))
         self.params = info.params
+        if info.tags:
+            self.writer.add_text("tags", ", ".join(info.tags))
 
     def log_epoch(self, stage: str, row: dict) -> None:
         for key, value in row.items():

@@ -21,6 +21,7 @@ class WandbTracker:
             group=info.group,
             name=info.name,
             config=info.params,
+            tags=info.tags,
             settings=wandb.Settings(console="off", silent=True),
             reinit="create_new",
         )

@@ -38,13 +38,13 @@ class Custom(Method):
     def __init__(self, params: Params, temperature: float, soft_loss: str):
         super().__init__(params, temperature, soft_loss)
         spec = params.objective
-        self.fn = user_code.resolve(spec["_target_"], "distill.objective._target_")
-        self.takes_inputs = bool(user_code.accepted(self.fn, {"inputs": None}))
-        self.extra = {k: v for k, v in spec.items() if k != "_target_"}
+        target = user_code.resolve(spec["_target_"], "distill.objective._target_")
+        self.takes_inputs = bool(user_code.accepted(target, {"inputs": None}))
+        self.fn = user_code.partial(spec, "distill.objective")  # its own keys (nested nodes too) bound once
 
     def terms(self, student, teacher, labels, inputs):
         given = {"inputs": inputs} if self.takes_inputs else {}
-        return {"loss_custom": self.fn(student, teacher, labels, self.temperature, **given, **self.extra)}
+        return {"loss_custom": self.fn(student, teacher, labels, self.temperature, **given)}
 
     def check_on(self, logits, sample) -> None:
         """Call the objective once, before any training, on `logits` of the student for `sample` (random

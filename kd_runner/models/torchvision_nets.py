@@ -94,16 +94,36 @@ def build_pretrained(name: str, *, in_channels: int, num_classes: int, image_siz
     Offline, the file must already be in torch.hub's cache; the error names where.
     """
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    expected = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     try:
         model = torchvision.models.get_model(name, weights=weights, progress=False)
     except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(
-            f"cannot load pretrained weights {weights!r} for {name} ({reason}); offline, put the file at "
-            f"{expected} (TORCH_HOME sets the cache folder: $TORCH_HOME/hub/checkpoints)"
-        ) from None
+        raise _weights_error(name, e) from None
     return _adapt(name, model, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+
+
+def fetch_pretrained(name: str) -> None:
+    """The file of `name`'s ImageNet weights in torch.hub's cache, downloaded now if it is not there, so
+    that a sweep's preflight names every missing file before any job starts (UserError: where it goes)."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    if os.path.isfile(path):
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.hub.download_url_to_file(weights.url, path, progress=False)
+    except (OSError, RuntimeError) as e:
+        raise _weights_error(name, e) from None
+
+
+def _weights_error(name: str, e: Exception) -> UserError:
+    """Why `name`'s ImageNet weights cannot be loaded, and where the file goes (offline: put it there)."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    expected = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return UserError(
+        f"cannot load pretrained weights {weights!r} for {name} ({reason}); offline, put the file at "
+        f"{expected} (TORCH_HOME sets the cache folder: $TORCH_HOME/hub/checkpoints)"
+    )
 
 
 def from_torchvision_state(

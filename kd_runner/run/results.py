@@ -151,6 +151,7 @@ def identity(cfg, device, overrides: list[str]) -> dict:
         "versions": versions(),
         "command": sys.argv,
         "overrides": list(overrides),
+        "tags": list(cfg.tags),
     }
 
 

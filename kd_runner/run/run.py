@@ -228,7 +228,8 @@ def finish(run: Run, prepared: Prepared, history: list[dict], student, state) ->
     timings["student_s"] = time.perf_counter() - prepared.student_start
     timings["total_s"] = time.perf_counter() - prepared.start
 
-    run_settings = {"threads": run.compute.threads, "loader": _loader(cfg, dataset), "processes": shard.world}
+    threads = {"threads": run.compute.threads, "threads_from": run.compute.threads_from}
+    run_settings = {**threads, "loader": _loader(cfg, dataset), "processes": shard.world}
     outputs = RunOutputs(
         logits_source=targets.source,
         compute={**run.compute.describe(), **run_settings, "deterministic": cfg.deterministic},

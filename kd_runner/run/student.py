@@ -34,16 +34,23 @@ def check_student_side(cfg: RunConfig, data, split_data: SplitData, student_data
     engine.check_steps(len(student_data.train), cfg.student, shard, "student")
     if cfg.student.weights_path or cfg.student.pretrained:
         build_stage_model(cfg.student, data, "student")
-    method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
-    if method.needs != "logits":
-        _check_layers(cfg, method, data, split_data)
-    if method.has_init:
-        _check_layers(cfg, objective.InitTerms(method), data, split_data)
+    method = check_layers(cfg, data, split_data)
     if cfg.alpha < 1 and method.checks_a_batch:  # so does a user objective that gives no loss
         student = build_stage_model(
             dataclasses.replace(cfg.student, pretrained=False, weights_path=None), data, "student"
         )
         objective.check_on_batch(method, student.to(student_data.device), student_data)
+
+
+def check_layers(cfg: RunConfig, data, split_data: SplitData):
+    """The configured method (returned), its feature layers resolved on freshly built networks of both
+    architectures, for its distillation and its init stage (one line if wrong)."""
+    method = make_method(cfg.distill, cfg.temperature, cfg.soft_loss)
+    if method.needs != "logits":
+        _check_layers(cfg, method, data, split_data)
+    if method.has_init:
+        _check_layers(cfg, objective.InitTerms(method), data, split_data)
+    return method
 
 
 def _check_layers(cfg: RunConfig, method, data, split_data: SplitData) -> None:

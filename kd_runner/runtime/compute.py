@@ -11,7 +11,9 @@ One `Compute` per run, resolved from the config and the device:
 - `compile`: `torch.compile` each network in place. Compiled code is cached per process by the network's
   code, so the networks of later epochs and of later jobs of a sweep reuse it (no recompilation).
 - `threads`: the CPU threads of torch's operators. A CPU result depends on it (reductions split
-  differently), so it is part of what the cache keys see; `0` (the config's default) is every core.
+  differently in the last digits), so it is part of what the cache keys see; `0` (the config's default)
+  is what the environment gives the process (`process.environment_threads`: OMP_NUM_THREADS, torchrun's
+  share of the cores, all cores), and `threads_from` says which.
 - on CUDA, `cudnn.benchmark` picks the fastest convolution algorithms for the fixed batch shapes, unless
   `deterministic` asks for reproducible kernels instead.
 - evaluation batches: large on accelerators (1024 images); on a CPU small enough that a conv net's
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from kd_runner.errors import ConfigError, UserError
-from kd_runner.runtime.process import cpu_cores
+from kd_runner.runtime.process import environment_threads
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -51,6 +53,7 @@ class Compute:
     memory_format: str = "contiguous"  # channels_last | contiguous (resolved, never auto)
     compile: bool = False
     threads: int = 0  # torch's CPU threads (resolved: > 0; 0 leaves the process's setting)
+    threads_from: str = "threads="  # where the count comes from (the config, or the environment's setting)
 
     @classmethod
     def resolve(
@@ -61,7 +64,8 @@ class Compute:
         compile: bool = False,
         threads: int = 0,
     ):
-        """The settings for `device`, with every `auto` (and `threads=0`) replaced by that device's default."""
+        """The settings for `device`, with every `auto` replaced by that device's default and `threads=0` by
+        the environment's count (a bad OMP_NUM_THREADS is one line)."""
         cuda = device.type == "cuda"
         if precision == "auto":
             precision = ("bf16" if _native_bf16() else "fp16") if cuda else "fp32"
@@ -69,7 +73,8 @@ class Compute:
             raise ConfigError("precision", precision, "fp16 or fp32 on this GPU (it has no bf16 support)")
         if memory_format == "auto":
             memory_format = "channels_last" if device.type in ("cuda", "cpu") else "contiguous"
-        return cls(device, precision, memory_format, compile, threads or cpu_cores())
+        threads, threads_from = (threads, "threads=") if threads else environment_threads()
+        return cls(device, precision, memory_format, compile, threads, threads_from)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -76,3 +76,32 @@ class CacheEntry:
         data.unlink(missing_ok=True)
         manifest_path.unlink(missing_ok=True)
         return None
+
+
+def miss_reason(path: Path, parts: dict, field: str = "key_parts") -> str:
+    """Why no entry `path` was found, for the log: the cached entry beside it (same name up to its key)
+    whose manifest's `field` (the parts its key digests) differs from `parts` in the fewest places, and
+    those places; or that there is none."""
+    prefix = path.name.rsplit("-", 1)[0] + "-"
+    parts, nearest = json.loads(json.dumps(parts)), None  # as a manifest holds them (lists, string keys)
+    for manifest_path in sorted(path.parent.glob(f"{prefix}*.json")):
+        with suppress(Exception):  # an unreadable manifest is no candidate (its entry reports itself when read)
+            cached = json.loads(manifest_path.read_text())[field]
+            differs = differences(cached, parts)
+            if nearest is None or len(differs) < len(nearest[1]):
+                nearest = manifest_path.stem, differs
+    if nearest is None:
+        return f"no cached entry {path.name} (no other entry of {prefix[:-1]} in {path.parent} to compare with)"
+    name, differs = nearest
+    return f"no cached entry {path.name} (nearest cached, {name}, differs in: {'; '.join(differs)})"
+
+
+def differences(old, new, prefix: str = "") -> list[str]:
+    """The dotted keys where two nested mappings of plain values differ, each as `key: old -> new`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            line
+            for key in sorted(set(old) | set(new), key=str)
+            for line in differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kd_runner.config import RunConfig
+from kd_runner.config import RunConfig, stage_settings
 from kd_runner.data import Dataset
 from kd_runner.data.splits import SplitData
 from kd_runner.models import build_stage_model
 from kd_runner.models.torchvision_nets import pretrained_weights
 from kd_runner.runtime.rng import seed_everything
 from kd_runner.runtime.shared import shared_or_made
-from kd_runner.store.cache import CacheEntry, cache_lock
+from kd_runner.store.cache import CacheEntry, cache_lock, miss_reason
 from kd_runner.store.files import digest, sha256_file
 from kd_runner.store.state_dicts import load_exact, read_state_dict
 from kd_runner.teacher.logits_cache import data_digest
@@ -52,11 +52,18 @@ class Teacher:
 
 
 def teacher_key(cfg: RunConfig, d: SplitData) -> str:
-    """Digest of everything that determines the fine-tuned teacher: its config, the content of the data it
-    learns from (`d`), its starting weights (files, or torchvision's pretrained version) and how it computes."""
-    parts = {
+    """Digest of everything that determines the fine-tuned teacher (`teacher_key_parts`)."""
+    return digest(teacher_key_parts(cfg, d))
+
+
+def teacher_key_parts(cfg: RunConfig, d: SplitData) -> dict:
+    """Everything that determines the fine-tuned teacher: its config, the content of the data it learns
+    from (`d`), its starting weights (files, or torchvision's pretrained version) and how it computes (on a
+    CPU the thread count too: it changes the last digits of the weights, so a cached teacher is always the
+    very one this run would train, whichever job filled the cache)."""
+    return {
         "format": CACHE_FORMAT,
-        "teacher": dataclasses.asdict(cfg.teacher),
+        "teacher": stage_settings(cfg.teacher),  # the values it reads: equivalent configs are one teacher
         "dataset": dataclasses.asdict(cfg.dataset),
         "data": data_digest(d.source),
         "checkpoint_sha256": sha256_file(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None,
@@ -66,7 +73,6 @@ def teacher_key(cfg: RunConfig, d: SplitData) -> str:
         "model_source": source_digest(cfg.teacher.model["_target_"], "teacher.model._target_"),
         "data_source": source_digest(cfg.dataset.factory["_target_"], "dataset.factory._target_"),
     }
-    return digest(parts)
 
 
 def prepare_teacher(
@@ -105,21 +111,25 @@ def _prepare(cfg: RunConfig, data: Dataset, device_data: SplitData, key: str, pr
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
         return Teacher(model.eval(), "checkpoint", [], key, time.perf_counter() - start)
-    history, source = _cached_or_trained(model, cfg, device_data, key, progress, stop, on_epoch)
+    parts = teacher_key_parts(cfg, device_data)
+    history, source = _cached_or_trained(model, cfg, device_data, parts, progress, stop, on_epoch)
     return Teacher(model.eval(), source, history, key, time.perf_counter() - start)
 
 
-def _cached_or_trained(model, cfg: RunConfig, d: SplitData, key: str, progress, stop, on_epoch) -> tuple[list, str]:
+def _cached_or_trained(model, cfg: RunConfig, d: SplitData, parts: dict, progress, stop, on_epoch) -> tuple[list, str]:
     """(history, source): the cached teacher loaded into `model` ("cache"), or `model` fine-tuned and
-    cached ("trained"); its checkpoint lives beside the entry until the entry holds the weights."""
+    cached ("trained"; the log says why none was cached: the nearest entry's differences in `parts`, the
+    teacher key's parts); its checkpoint lives beside the entry until the entry holds the weights."""
+    key = digest(parts)
     entry = cache_entry(cfg, key, "fine-tuning again")
     checkpoint = StageCheckpoint(entry.path.with_suffix(".ckpt"), key, "teacher")
 
     def fine_tune() -> tuple[dict, dict]:
+        log.info("teacher: %s", miss_reason(entry.path, parts))
         log.info("teacher: fine-tuning %s for %d epochs (cache key %s)", cfg.teacher.name, cfg.teacher.epochs, key)
         history = _fine_tune(model, cfg, d, progress, checkpoint, stop, on_epoch)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return state, {"history": history, "teacher": dataclasses.asdict(cfg.teacher)}
+        return state, {"history": history, "teacher": dataclasses.asdict(cfg.teacher), "key_parts": parts}
 
     def fits(state, manifest) -> bool:  # loads the cached weights into `model` when they fit
         return isinstance(manifest.get("history"), list) and load_exact(model, state)

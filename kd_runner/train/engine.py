@@ -254,7 +254,7 @@ def check_finite(
 
 def divergence_hint(stage: str, recipe: StageConfig, precision: str, temperature: float | None) -> str:
     """The likely cause of a divergence: the first setting outside its usual range, else the usual advice."""
-    usual_lr = USUAL_LR.get(recipe.optimizer, 1.0)
+    usual_lr = USUAL_LR.get(recipe.optimizer, 1.0) if isinstance(recipe.optimizer, str) else 1.0  # a node: unknown
     if recipe.lr > usual_lr:
         return (
             f"lower the learning rate ({stage}.lr={recipe.lr}): it is large for {stage}.optimizer={recipe.optimizer} "
