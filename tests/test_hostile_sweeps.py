@@ -8,10 +8,12 @@ import json
 import pandas as pd
 import pytest
 from helpers import compose_config, kd_run
+from omegaconf import open_dict
 
+from kd_runner.cli import compose
 from kd_runner.config import user_code_digests
 from kd_runner.run import results
-from kd_runner.sweep import aggregate
+from kd_runner.sweep import aggregate, search
 
 
 def completed_job(sweep, num: int, alpha: float, seed: int, acc: float, **recorded):
@@ -91,3 +93,45 @@ def test_two_config_dir_sweeps_whose_datasets_share_a_name_are_two_points(tmp_pa
     assert records[0]["overrides"] == records[1]["overrides"]  # the same command line in both
     tables = aggregate.aggregate([tmp_path / "sa", tmp_path / "sb"], tmp_path / "out")
     assert tables.keys == ["variant"] and tables.summary["n"].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        "alpha=0.5,cache_dir=/abs/path,temperature=4",  # a `/`: the trial directories nested
+        ",".join(f"key{i}=value{i}" for i in range(40)),  # over 255 bytes: the file system refused the name
+        "dataset.root=données,alpha=0.5",  # not ASCII: longer in bytes than in characters
+        "..",
+    ],
+    ids=["slash", "long", "unicode", "dotdot"],
+)
+def test_a_trial_directory_name_cannot_nest_or_exceed_the_name_limit(values, tmp_path):
+    name = search.trial_dir_name(values)
+    assert "/" not in name and len(name.encode()) <= search.NAME_LIMIT and name.strip(".")
+    assert search.trial_dir_name(values) == name  # stable: a resumed search finds its trial
+    assert search.trial_dir_name(values + "1") != name  # two trials never share a directory
+    (tmp_path / name).mkdir()
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_plain_trial_name_is_kept_as_hydra_writes_it():
+    assert search.trial_dir_name("alpha=0.25,temperature=4.5") == "alpha=0.25,temperature=4.5"
+
+
+def test_the_search_preset_names_its_trial_directories_so(tmp_path):
+    compose.register()
+    with compose.hydra_session() as session:
+        call = compose.call_config(session, ["hparams_search=alpha_temperature"], multirun=False)
+    with open_dict(call):
+        call.hydra.job.override_dirname = "alpha=0.5,cache_dir=/abs/path"
+    assert call.hydra.sweep.subdir == search.trial_dir_name("alpha=0.5,cache_dir=/abs/path")
+
+
+@pytest.mark.slow
+def test_a_search_with_a_slash_in_an_override_writes_its_tables(tmp_path):
+    """Issue 21, case 13: `cache_dir=/abs/path` nested the trial directories and no table was written."""
+    args = ["hparams_search=alpha_temperature", "experiment=smoke", "teacher.epochs=1", "student.epochs=1"]
+    kd_run(*args, "hydra.sweeper.n_trials=1", "hydra.sweep.dir=s", f"cache_dir={tmp_path / 'c'}", cwd=tmp_path)
+    (trial,) = [p for p in (tmp_path / "s").iterdir() if (p / "result.json").is_file()]
+    assert (tmp_path / "s" / "trials.csv").is_file() and (tmp_path / "s" / "best_params.json").is_file()
+    assert pd.read_csv(tmp_path / "s" / "runs.csv")["status"].tolist() == ["completed"]

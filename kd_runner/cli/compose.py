@@ -30,6 +30,7 @@ from kd_runner.cli.groups import register_groups
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import UserError
 from kd_runner.runtime.process import cpu_cores, launched_world_size
+from kd_runner.sweep.search import trial_dir_name
 
 CONFIG_MODULE = "kd_runner.conf"
 CONFIG_NAME = "config"
@@ -40,7 +41,8 @@ def register() -> None:
     """Make the typed schema (kd_runner.config.RunConfig) the base of conf/config.yaml, as `kd_schema`, each
     method's parameters (kd_runner.methods) an option of the `distill` group, the registered networks and
     datasets options of their groups (kd_runner.cli.groups), and kd-run's sweeper the option
-    `hydra/sweeper=kd` (conf/hydra/default.yaml selects it). The sweeper is registered by hand: an editable
+    `hydra/sweeper=kd` (conf/hydra/default.yaml selects it), and the resolver `kd_trial_dir` that names a
+    search's trial directories (kd_runner.sweep.search.trial_dir_name). The sweeper is registered by hand: an editable
     install's hydra_plugins package is not one Hydra's scan can list (and after the scan, which runs the
     plugin modules it finds again)."""
     plugins = Plugins.instance()
@@ -54,6 +56,7 @@ def register() -> None:
     register_groups(store)
     store.store(group="hydra/sweeper", name="kd", node=KdSweeperConf)
     plugins.register(KdSweeper)
+    OmegaConf.register_new_resolver("kd_trial_dir", trial_dir_name, replace=True)
 
 
 @contextmanager

@@ -10,8 +10,10 @@ back with Optuna's own reader into trials.csv, best_params.json and objective.pn
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 from kd_runner.config import RunConfig
@@ -23,6 +25,8 @@ STUDY_DB = "optuna.db"
 STUDY_NAME = "kd-search"
 SEARCH = "search.json"  # what the study in a sweep directory searches: its overrides, parameters and goal
 LOWER_IS_BETTER = ("student_loss", "objective", "logit_gap", "kl_teacher_student")
+NAME_LIMIT = 120  # bytes of a trial directory's name (file systems allow 255), digest included
+NAME_CHARS = r"[^A-Za-z0-9=,._+~-]"  # what else a trial directory's name holds is replaced
 
 
 def check_direction(metric: str, direction: str) -> None:
@@ -30,6 +34,18 @@ def check_direction(metric: str, direction: str) -> None:
     wanted = "minimize" if metric in LOWER_IS_BETTER else "maximize"
     if str(direction).rsplit(".", 1)[-1].lower() != wanted:
         raise UserError(f"optimize_metric={metric} is to {wanted}: set hydra.sweeper.direction={wanted}")
+
+
+def trial_dir_name(values: str) -> str:
+    """A trial directory's name from its overrides as Hydra writes them (`hydra.job.override_dirname`, e.g.
+    `alpha=0.5,temperature=4`): that text when it is a plain short name, the same for every run of those
+    values (a resumed search finds its trials). Otherwise (a `/` in `cache_dir=/abs/path` would nest the
+    directories, many overrides would pass the file system's 255 bytes) the text with other characters
+    replaced and cut, and a digest of the whole text, so that no two trials share a directory."""
+    safe = re.sub(NAME_CHARS, "_", values)
+    if safe == values and len(values) <= NAME_LIMIT and values.strip(".") and not values.startswith("-"):
+        return values
+    return f"{safe[: NAME_LIMIT - 17]}-{hashlib.sha256(values.encode()).hexdigest()[:16]}"
 
 
 def trial_runs(cfg: RunConfig, trial_dir: Path) -> list[tuple[RunConfig, Path]]:
