@@ -7,11 +7,13 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import compose_config, kd_run
+from helpers import compose_config, kd_run, usage_error_line
 from omegaconf import open_dict
 
-from kd_runner.cli import compose
+from kd_runner.cli import compose, jobs, sweep_tools
+from kd_runner.cli import kd_run as kd_run_cli
 from kd_runner.config import user_code_digests
+from kd_runner.errors import UserError
 from kd_runner.run import results
 from kd_runner.sweep import aggregate, search
 
@@ -135,3 +137,95 @@ def test_a_search_with_a_slash_in_an_override_writes_its_tables(tmp_path):
     (trial,) = [p for p in (tmp_path / "s").iterdir() if (p / "result.json").is_file()]
     assert (tmp_path / "s" / "trials.csv").is_file() and (tmp_path / "s" / "best_params.json").is_file()
     assert pd.read_csv(tmp_path / "s" / "runs.csv")["status"].tolist() == ["completed"]
+
+
+def records(*statuses: str) -> list[dict]:
+    return [{"status": s, "metrics": {"student_acc": 0.5 + i / 10}} for i, s in enumerate(statuses)]
+
+
+def test_a_trial_scores_the_mean_of_its_runs_and_fails_when_one_did_not_complete():
+    cfg = compose_config("experiment=smoke")
+    assert search.trial_value(cfg, records("completed", "completed")) == pytest.approx(0.55)
+    with pytest.raises(search.TrialFailed, match=r"1 of its 2 runs did not complete \(diverged\)"):
+        search.trial_value(cfg, records("completed", "diverged"))  # the surviving seed would flatter it
+
+
+def study_with(sweep, *states: str):
+    optuna = pytest.importorskip("optuna")
+    study = optuna.create_study(study_name=search.STUDY_NAME, storage=search.storage_url(sweep))
+    for state in states:
+        trial = study.ask()
+        study.tell(trial, 0.5 if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
+    return study
+
+
+class SweepThatRaises:
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    def multirun(self, *args):
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc,states,expected",
+    [
+        (ValueError("No trials are completed yet."), ("FAIL", "FAIL"), "no trial of the search completed"),
+        (search.TrialFailed("1 of its 1 runs did not complete (failed)"), ("FAIL",), "the search stopped: a trial"),
+    ],
+)
+def test_a_search_whose_trials_failed_ends_with_one_line(exc, states, expected, tmp_path, capsys):
+    study_with(tmp_path, *states)
+    kd_run_cli.search_trials(SweepThatRaises(exc), jobs.StartedJobs(), [], str(tmp_path))
+    assert expected in capsys.readouterr().err
+
+
+def test_another_value_error_of_a_search_is_not_taken_for_failed_trials(tmp_path):
+    study_with(tmp_path, "COMPLETE")
+    with pytest.raises(ValueError, match="a bug"):
+        kd_run_cli.search_trials(SweepThatRaises(ValueError("a bug")), jobs.StartedJobs(), [], str(tmp_path))
+
+
+@pytest.mark.parametrize("given,expected", [([], "hydra.sweeper.max_failure_rate=1.0"), (["rate"], None)])
+def test_a_failed_trial_does_not_stop_the_search_unless_the_user_says_so(given, expected, tmp_path):
+    overrides = ["hparams_search=alpha_temperature", *(["hydra.sweeper.max_failure_rate=0.5"] if given else [])]
+    compose.register()
+    with compose.hydra_session() as session:
+        call = compose.call_config(session, overrides, multirun=False)
+    pinned = [o for o in kd_run_cli.study_overrides(call, str(tmp_path)) if "max_failure_rate" in o]
+    assert pinned == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize("n_trials", ["0", "-3"])
+def test_a_search_of_no_trials_is_refused_before_anything_is_written(n_trials, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["hparams_search=alpha_temperature", "experiment=smoke", f"hydra.sweeper.n_trials={n_trials}"]
+    err = usage_error_line([*args, "hydra.sweep.dir=s"], capsys)
+    assert f"hydra.sweeper.n_trials={n_trials} is not allowed: expected a whole number >= 1" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [b"\x8f\x00garbage" * 300, b""], ids=["random bytes", "empty"])
+def test_a_garbage_study_is_one_line_for_kd_run_and_kd_aggregate(content, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    completed_job(tmp_path / "s", 0, 0.5, 0, 0.7)
+    (tmp_path / "s" / search.STUDY_DB).write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        sweep_tools.aggregate_main(["s"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kd-aggregate: error: s/optuna.db holds no Optuna study 'kd-search'") and "\n" not in err
+    with pytest.raises(UserError, match="optuna.db holds no Optuna study 'kd-search'.*delete it"):
+        search.resume("s", 3)
+
+
+@pytest.mark.slow
+def test_a_search_goes_on_past_diverged_trials_and_records_them_as_fail(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    args = ["hparams_search=alpha_temperature", "experiment=smoke", "teacher.epochs=1", "student.epochs=1"]
+    proc = kd_run(*args, "student.lr=1e30", "hydra.sweeper.n_trials=2", "hydra.sweep.dir=s", cwd=tmp_path, check=False)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert "no trial of the search completed" in proc.stderr
+    study = optuna.load_study(study_name=search.STUDY_NAME, storage=search.storage_url(tmp_path / "s"))
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert pd.read_csv(tmp_path / "s" / "runs.csv")["status"].tolist() == ["diverged", "diverged"]
