@@ -1,0 +1,197 @@
+"""Hostile cases on the run side (issue 21): the user's models, data and layers that once ended in a traceback;
+each is one line naming the key, exit 2 (docs/errors.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import compose_config, usage_error_line
+from torch import nn
+from torch.utils.data import Dataset as TorchDataset
+
+from kd_runner import run, user_code
+from kd_runner.data import build_dataset
+from kd_runner.data.checks import check_dataset
+from kd_runner.errors import UserError
+from kd_runner.methods.features import FeatureTap, default_layers, probe
+
+
+class Recurrent(nn.Module):
+    """A conv, an LSTM (whose output is a tuple) and a layer its forward never calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.lstm = nn.LSTM(4, 4, batch_first=True)
+        self.unused = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.conv(x).mean(-1).transpose(1, 2))
+        return self.fc(out[:, -1])
+
+
+@pytest.mark.parametrize(
+    "layer,flat,message",
+    [
+        ("unused", False, "layer 'unused' did not run in the model's forward pass: name a layer it uses"),
+        ("lstm", False, "layer 'lstm' outputs a tuple, not a tensor: name a layer whose output is one"),
+        ("lstm", True, "layer 'lstm' outputs a tuple, not a tensor"),  # an embedding (RKD) was flattened in the hook
+    ],
+)
+def test_a_feature_layer_never_called_or_giving_a_tuple_is_one_line(layer, flat, message):
+    model = Recurrent()
+    tap = FeatureTap(model, [layer], "distill.student_layers", flat)
+    probe(model, torch.rand(2, 1, 8, 8))
+    with pytest.raises(UserError, match=f"^distill.student_layers: {message}"):
+        tap.features()
+
+
+def test_the_default_layer_search_passes_over_children_that_give_tuples():
+    assert default_layers(Recurrent(), torch.rand(2, 1, 8, 8), False, "distill.student_layers") == ["conv"]
+
+
+class Items(TorchDataset):
+    """A map-style split without .images/.labels; item `bad` raises, item `odd` has another shape."""
+
+    def __init__(self, n: int, bad: int | None = None, odd: int | None = None):
+        self.n, self.bad, self.odd = n, bad, odd
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i == self.bad:
+            raise OSError(f"cannot read item {i}")
+        return torch.rand(1, 6 if i == self.odd else 8, 8), i % 3
+
+
+def tensors(n: int = 30, channels: int = 1, size: int = 8, labels=None):
+    return torch.rand(n, channels, size, size), torch.arange(n) % 3 if labels is None else labels
+
+
+FACTORIES = {}
+
+
+def factory(name):
+    def register(fn):
+        FACTORIES[name] = fn
+        return fn
+
+    return register
+
+
+@factory("val_size")
+def val_size():
+    return tensors(), tensors(size=12)
+
+
+@factory("val_channels")
+def val_channels():
+    return tensors(), tensors(channels=3)
+
+
+@factory("many_classes")
+def many_classes():
+    return tensors(), tensors(), 10**7
+
+
+@factory("float_labels")
+def float_labels():
+    return tensors(labels=(torch.arange(30) % 3).float()), tensors()
+
+
+@factory("odd_item")
+def odd_item():
+    return Items(30, odd=5), Items(30)
+
+
+@factory("mixed_over_memory")
+def mixed_over_memory():
+    return Items(30), tensors()
+
+
+def build(name: str, memory_mb: int = 4096):
+    cfg = compose_config(
+        "dataset.name=mine", f"dataset.factory._target_={__name__}.{name}", f"dataset.memory_mb={memory_mb}"
+    )
+    return build_dataset(cfg.dataset)
+
+
+@pytest.mark.parametrize(
+    "name,memory_mb,message",
+    [
+        ("val_size", 4096, r"the training images are C x H x W = \(1, 8, 8\), the validation images \(1, 12, 12\)"),
+        ("val_channels", 4096, r"the training images .* \(1, 8, 8\), the validation images \(3, 8, 8\): both splits"),
+        ("many_classes", 1024, r"num_classes=10000000 while its labels use 3 \(0..2\): the logits of its 60 images"),
+        ("float_labels", 4096, r"a train split whose labels are torch.float32: expected integer class indices"),
+        ("odd_item", 4096, r"a train split whose item 5 is \(1, 6, 8\), item 0 \(1, 8, 8\): every image needs one"),
+        ("odd_item", 0, r"a train split whose item 5 is \(1, 6, 8\)"),  # streamed: read once, checked alike
+    ],
+)
+def test_a_users_dataset_that_cannot_train_is_one_line(name, memory_mb, message):
+    with pytest.raises(UserError, match=message):
+        build(name, memory_mb)
+
+
+def test_a_map_style_split_beside_tensors_over_the_memory_bound_joins_them_in_memory():
+    data = build("mixed_over_memory", memory_mb=0)  # was: AttributeError, 'Items' object has no attribute 'labels'
+    assert isinstance(data.train.images, torch.Tensor) and len(data.train) == 30
+
+
+class TrainsBadly(nn.Module):
+    """Fine in eval mode (the one-batch check), broken in training."""
+
+    def __init__(self, in_channels, num_classes, **_):
+        super().__init__()
+        self.fc = nn.Linear(in_channels * 64, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.view(-1, 7, 13) if self.training else x.flatten(1))
+
+
+def unreadable():
+    return Items(30, bad=7), Items(30)
+
+
+def test_a_user_model_that_fails_only_in_training_is_one_line_naming_it(tmp_path):
+    cfg = compose_config(
+        "experiment=smoke",
+        "student.name=mine",
+        f"student.model._target_={__name__}.TrainsBadly",
+        f"cache_dir={tmp_path / 'c'}",
+        "teacher.epochs=1",
+    )
+    with pytest.raises(UserError, match=rf"^student.model._target_={__name__}.TrainsBadly raised RuntimeError: sh"):
+        run.run(cfg, tmp_path / "r")
+    record = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert record["status"] == "failed" and record["exit_code"] == 2 and "in forward): fix" in record["message"]
+
+
+def test_a_dataset_item_that_raises_is_one_line_in_the_preflight(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["experiment=smoke", "dataset.name=mine", f"dataset.factory._target_={__name__}.unreadable"]
+    err = usage_error_line(args, capsys)
+    assert f"dataset.factory._target_={__name__}.unreadable raised OSError: cannot read item 7" in err
+    assert "in __getitem__): fix the code there" in err and list(tmp_path.iterdir()) == []
+
+
+class CallsKdRunner(nn.Module):
+    """A user model whose forward calls into kd_runner, which raises there."""
+
+    def forward(self, x):
+        return check_dataset(None, None)
+
+
+def test_an_error_of_kd_runner_below_the_users_code_is_not_blamed_on_it():
+    targets = {"student.model": f"{__name__}.CallsKdRunner"}
+    with pytest.raises(AttributeError) as raised:
+        CallsKdRunner()(torch.rand(2, 1, 8, 8))
+    assert user_code.blamed(raised.value, targets) is raised.value  # the innermost frame is kd_runner's
+    with pytest.raises(RuntimeError) as raised:
+        TrainsBadly(1, 3).train()(torch.rand(2, 1, 8, 8))
+    blamed = user_code.blamed(raised.value, {"student.model": f"{__name__}.TrainsBadly"})
+    assert isinstance(blamed, UserError) and "in forward): fix the code there" in str(blamed)
+    assert user_code.blamed(raised.value, {}) is raised.value  # no user code named: not the user's
