@@ -4,6 +4,10 @@ trial directories, studies and trials that fail; each is a right table or one li
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -229,3 +233,54 @@ def test_a_search_goes_on_past_diverged_trials_and_records_them_as_fail(tmp_path
     study = optuna.load_study(study_name=search.STUDY_NAME, storage=search.storage_url(tmp_path / "s"))
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
     assert pd.read_csv(tmp_path / "s" / "runs.csv")["status"].tolist() == ["diverged", "diverged"]
+
+
+def read_only(monkeypatch, folder):
+    """`folder` as a read-only file system shows it (the tests may run as root, whom permissions do not stop)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and not (mode & os.W_OK and Path(p) == folder))
+
+
+def test_kd_aggregate_and_kd_report_on_a_read_only_sweep_are_one_line(tmp_path, monkeypatch, capsys):
+    sweep = tmp_path / "s"
+    completed_job(sweep, 0, 0.5, 0, 0.7)
+    sweep_tools.aggregate_main([str(sweep)])
+    capsys.readouterr()
+    read_only(monkeypatch, sweep)
+    for main, prog in [(sweep_tools.aggregate_main, "kd-aggregate"), (sweep_tools.report_main, "kd-report")]:
+        with pytest.raises(SystemExit) as exc:
+            main([str(sweep)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"{prog}: error: DIR={str(sweep)!r} cannot be written: ") and "\n" not in err
+    sweep_tools.aggregate_main([str(sweep), "--out", str(tmp_path / "elsewhere")])  # the way out it names
+    assert (tmp_path / "elsewhere" / "summary.csv").is_file()
+
+
+SIGNALLED = """
+import os, signal, sys
+from kd_runner.sweep import report
+
+real, sig = report.write_plots, getattr(signal, sys.argv[1])
+def write_plots(*args):
+    os.kill(os.getpid(), sig)  # while kd-aggregate writes its plots
+    return real(*args)
+report.write_plots = write_plots
+sys.argv = [sys.argv[2], *sys.argv[3:]]
+from kd_runner.cli import aggregate_script, report_script
+(aggregate_script if sys.argv[0] == "kd-aggregate" else report_script)()
+"""
+
+
+@pytest.mark.parametrize("prog", ["kd-aggregate", "kd-report"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_kd_aggregate_or_kd_report_is_one_line_and_leaves_no_half_file(prog, sig, tmp_path):
+    sweep = tmp_path / "s"
+    completed_job(sweep, 0, 0.5, 0, 0.7)
+    aggregate.aggregate([sweep], sweep)  # kd-report draws from the tables
+    before = sorted(p.name for p in sweep.iterdir())
+    args = [sys.executable, "-c", SIGNALLED, sig, prog, str(sweep)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 75, proc.stderr
+    assert proc.stderr.strip().startswith(f"{prog}: stopped at once by {sig}; run the same command again to ")
+    assert sorted(p.name for p in sweep.iterdir()) == before  # no temporary file, no plot half-written
