@@ -12,10 +12,13 @@ from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 
 from kd_runner import run, user_code
+from kd_runner.cli.kd_run import main as kd_run_main
+from kd_runner.config import StageConfig
 from kd_runner.data import build_dataset
 from kd_runner.data.checks import check_dataset
 from kd_runner.errors import UserError
 from kd_runner.methods.features import FeatureTap, default_layers, probe
+from kd_runner.train import engine
 
 
 class Recurrent(nn.Module):
@@ -195,3 +198,54 @@ def test_an_error_of_kd_runner_below_the_users_code_is_not_blamed_on_it():
     blamed = user_code.blamed(raised.value, {"student.model": f"{__name__}.TrainsBadly"})
     assert isinstance(blamed, UserError) and "in forward): fix the code there" in str(blamed)
     assert user_code.blamed(raised.value, {}) is raised.value  # no user code named: not the user's
+
+
+@factory("nan_pixels")
+def nan_pixels():
+    images, labels = tensors()
+    images[4, 0, 2, 2] = float("nan")
+    return (images, labels), tensors()
+
+
+@factory("inf_item")
+def inf_item():
+    class Inf(Items):
+        def __getitem__(self, i):
+            image, label = super().__getitem__(i)
+            return image / 0 if i == 3 else image, label
+
+    return Inf(30), Items(30)
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("nan_pixels", r"the training images hold NaN or infinite values \(first: image 4\)"),
+        ("inf_item", r"a train split whose item 3 holds NaN or infinite values"),
+    ],
+)
+def test_images_with_nan_or_infinite_pixels_are_refused_before_they_diverge_a_run(name, message):
+    with pytest.raises(UserError, match=message):
+        build(name)
+
+
+@pytest.mark.parametrize(
+    "weights,objective,expected",
+    [
+        ({"distill.weight_nckd": (1e30, 8.0)}, None, "lower distill.weight_nckd=1e+30: the method's loss term"),
+        ({"distill.weight_nckd": (50.0, 8.0)}, "pkg.f", "check the objective distill.objective._target_=pkg.f"),
+        ({"distill.weight_nckd": (8.0, 8.0)}, None, "lower the learning rate (student.lr=0.1) or check the data"),
+    ],
+)
+def test_the_divergence_hint_names_a_method_weight_or_the_users_objective(weights, objective, expected):
+    recipe = StageConfig(lr=0.1)
+    assert engine.divergence_hint("student", recipe, "fp32", 4.0, weights, objective).startswith(expected)
+
+
+def test_a_method_weight_that_diverges_the_student_is_named_not_the_learning_rate(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["experiment=smoke", "teacher.epochs=1", "student.epochs=1", "distill=dkd", "distill.weight_nckd=1e30"]
+    with pytest.raises(SystemExit) as exc:
+        kd_run_main([*args, "hydra.run.dir=r"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 3 and "lower distill.weight_nckd=1e+30" in err and "learning rate" not in err

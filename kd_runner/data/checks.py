@@ -7,6 +7,8 @@ line, not a crash, a silent NaN or an exhausted memory later.
 
 from __future__ import annotations
 
+import torch
+
 from kd_runner.errors import UserError
 
 
@@ -25,6 +27,7 @@ def check_dataset(data, cfg) -> None:
             f"classes declared: {data.num_classes}): classification needs at least 2 classes"
         )
     _check_shapes(data)
+    _check_finite(data)
     _check_class_count(data, cfg)
 
 
@@ -36,6 +39,18 @@ def _check_shapes(data) -> None:
             f"dataset {data.name}: the training images are C x H x W = {train}, the validation images {val}: "
             "both splits need images of one shape (channels and size)"
         )
+
+
+def _check_finite(data) -> None:
+    """NaN or infinite pixels make every loss non-finite: the run would diverge with a misleading hint."""
+    for split_name, split in (("training", data.train), ("validation", data.val)):
+        images = split.images
+        if isinstance(images, torch.Tensor) and images.is_floating_point() and not torch.isfinite(images).all():
+            first = int((~torch.isfinite(images)).flatten(1).any(1).nonzero()[0])
+            raise UserError(
+                f"dataset {data.name}: the {split_name} images hold NaN or infinite values (first: image {first}): "
+                "every pixel must be a finite number"
+            )
 
 
 def _check_class_count(data, cfg) -> None:

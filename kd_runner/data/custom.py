@@ -111,10 +111,12 @@ def _materialise(split, what: str) -> Split:
 
 
 def _check_item(i: int, image, first: torch.Tensor, what: str) -> None:
-    """Every image of a map-style split has the shape of its item 0 (they are batched together)."""
+    """Every image of a map-style split has the shape of its item 0 (they are batched together) and finite pixels."""
     if not isinstance(image, torch.Tensor) or image.shape != first.shape:
         got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise UserError(f"{what} whose item {i} is {got}, item 0 {tuple(first.shape)}: every image needs one shape")
+    if image.is_floating_point() and not torch.isfinite(image).all():
+        raise UserError(f"{what} whose item {i} holds NaN or infinite values: every pixel must be a finite number")
 
 
 def _streamed(split, what: str) -> Split:
