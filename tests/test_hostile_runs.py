@@ -249,3 +249,18 @@ def test_a_method_weight_that_diverges_the_student_is_named_not_the_learning_rat
         kd_run_main([*args, "hydra.run.dir=r"])
     err = capsys.readouterr().err
     assert exc.value.code == 3 and "lower distill.weight_nckd=1e+30" in err and "learning rate" not in err
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--cfg"], "--cfg needs what to print: one of: job, hydra, all (e.g. --cfg job)"),
+        (["-c", "foo"], "-c foo is not allowed: one of: job, hydra, all"),
+        (["--info=foo"], "--info foo is not allowed: one of: all, config, defaults, defaults-tree, plugins"),
+        (["--shell-completion=foo"], "--shell-completion=foo is not allowed: --shell-completion takes no value"),
+        (["--help=x"], "--help=x is not allowed: --help takes no value"),
+        (["logger=[csv,foo]"], "logger='foo' is not allowed: one of: csv, mlflow, tensorboard, wandb"),
+    ],
+)
+def test_a_printing_flag_or_a_list_option_gone_wrong_is_one_line_without_hydras_usage(flags, expected, capsys):
+    assert usage_error_line(["experiment=smoke", *flags], capsys).startswith(f"kd-run: error: {expected}")

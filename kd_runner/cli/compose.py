@@ -167,11 +167,21 @@ def quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group, from kd-run's configs (conf/ and the registered nodes)."""
+    if GlobalHydra.instance().is_initialized():
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+    with hydra_session():
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
 def hydra_message(exc: HydraException) -> str:
     """Hydra's multi-line composition errors as one line that names the key and what is allowed."""
-    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, _, option = exc.missing_cfg_file.rpartition("/")
-        return f"{group}={option!r} is not allowed: one of: {', '.join(sorted(exc.options))}"
+        options = exc.options or group_options(group)  # Hydra lists none for an element of a list (logger=[csv,x])
+        if options:
+            return f"{group}={option!r} is not allowed: one of: {', '.join(sorted(options))}"
     if isinstance(exc, OverrideParseException):  # e.g. unquoted characters outside Hydra's grammar (é, spaces)
         return (
             f"cannot parse the override {exc.override!r}: check its syntax; a value with characters other than "

@@ -66,6 +66,7 @@ def print_only(argv: list[str]) -> None:
         print(version_line())
         return
     check_completion(argv)
+    check_info_values(argv)
     hydra_command_line()
 
 
@@ -93,6 +94,30 @@ def check_completion(argv: list[str]) -> None:
             'e.g. eval "$(kd-run --shell-completion install=bash)"'
         )
     )
+
+
+INFO_VALUES = {  # what the printing flags take (Hydra's argparse would answer with its whole usage, internal flags too)
+    "--cfg": ("job", "hydra", "all"),
+    "-c": ("job", "hydra", "all"),
+    "--info": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"),
+    "-i": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"),
+}
+
+
+def check_info_values(argv: list[str]) -> None:
+    """A printing flag with a value it does not take is one line naming what it takes (`--info` may stand alone;
+    `--help`, `--hydra-help`, `--shell-completion` take none)."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in INFO_VALUES:
+            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            alone = flag in ("--info", "-i") and not eq and (not value or value.startswith("-"))
+            if not alone and value not in INFO_VALUES[flag]:
+                allowed = ", ".join(INFO_VALUES[flag])
+                wrong = f"{flag} {value} is not allowed" if value else f"{flag} needs what to print"
+                jobs.fail(UserError(f"{wrong}: one of: {allowed} (e.g. {flag} {INFO_VALUES[flag][0]})"))
+        elif flag in INFO_FLAGS and eq:
+            jobs.fail(UserError(f"{arg} is not allowed: {flag} takes no value"))
 
 
 def run_call(session, argv: list[str]) -> int:
