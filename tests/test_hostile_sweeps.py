@@ -284,3 +284,53 @@ def test_a_signal_in_kd_aggregate_or_kd_report_is_one_line_and_leaves_no_half_fi
     assert proc.returncode == 75, proc.stderr
     assert proc.stderr.strip().startswith(f"{prog}: stopped at once by {sig}; run the same command again to ")
     assert sorted(p.name for p in sweep.iterdir()) == before  # no temporary file, no plot half-written
+
+
+@pytest.mark.parametrize(
+    "field,value,reason",
+    [
+        ("overrides", None, "result.json's overrides is a NoneType, not a list"),
+        ("overrides", "alpha=0.5", "result.json's overrides is a str, not a list"),
+        ("overrides", [1], "result.json's overrides are not all text"),
+        ("config", [1, 2], "result.json's config is a list, not a dict"),
+        ("metrics", [1, 2], "result.json's metrics is a list, not a dict"),
+        ("teacher", "cache", "result.json's teacher is a str, not a dict"),
+        ("reused_from", 3, "result.json's reused_from is a int, not a str"),
+        ("student_acc", None, "has student_acc=None, not a finite number"),  # counted in n, missing from the mean
+        ("student_acc", "high", "has student_acc='high', not a finite number"),
+        ("student_acc", float("nan"), "has student_acc=nan, not a finite number"),
+    ],
+)
+def test_a_result_json_edited_into_other_types_is_a_damaged_job(field, value, reason, tmp_path):
+    sweep = tmp_path / "s"
+    completed_job(sweep, 0, 0.5, 0, 0.7)
+    completed_job(sweep, 1, 0.5, 1, 0.9)
+    path = sweep / "0" / "result.json"
+    result = json.loads(path.read_text())
+    (result["metrics"] if field == "student_acc" else result)[field] = value
+    path.write_text(json.dumps(result))
+    tables = aggregate.aggregate([sweep], sweep)
+    assert tables.runs["status"].tolist() == ["damaged", "completed"] and reason in tables.runs["error"][0]
+    assert tables.summary["n"].sum() == 1 and tables.summary["student_acc_mean"].dropna().tolist() == [0.9]
+
+
+@pytest.mark.parametrize("plan", ["{not json", '{"jobs": 3}', "[1, 2]", '{"jobs": [[1]]}'])
+def test_a_plan_edited_from_outside_is_one_line(plan, tmp_path):
+    completed_job(tmp_path / "s", 0, 0.5, 0, 0.7)
+    (tmp_path / "s" / aggregate.PLAN).write_text(plan)
+    with pytest.raises(UserError, match=r"sweep.json is not a plan kd-run wrote \(changed from outside\): delete it"):
+        aggregate.aggregate([tmp_path / "s"], tmp_path / "s")
+
+
+def test_a_folder_named_seed_something_in_a_trial_is_not_a_run(tmp_path):
+    completed_job(tmp_path / "s" / "trial", "seed_1", 0.5, 1, 0.7)
+    completed_job(tmp_path / "s" / "trial", "seed_x", 0.5, 2, 0.9)  # not a seed a search writes
+    tables = aggregate.aggregate([tmp_path / "s"], tmp_path / "s")
+    assert tables.runs["job"].tolist() == ["trial/seed_1"]
+
+
+@pytest.mark.parametrize("content", ["{bad", "[1]", '{"params": {}}'])
+def test_a_search_json_edited_from_outside_is_one_line(content, tmp_path):
+    (tmp_path / search.SEARCH).write_text(content)
+    with pytest.raises(UserError, match=r"search.json is not what kd-run wrote \(changed from outside\)"):
+        search.claim(tmp_path, {"overrides": ["alpha=0.5"]})

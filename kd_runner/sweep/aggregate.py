@@ -60,7 +60,7 @@ def _runs(job: Path) -> list[Path]:
     """A job directory's runs: itself, or the seed_<s> runs of a search trial (seeds_per_trial > 1)."""
     if (job / "result.json").is_file():
         return [job]
-    seeds = [run for run in job.glob("seed_*") if (run / "result.json").is_file()]
+    seeds = [run for run in job.glob("seed_*") if run.name[5:].isdigit() and (run / "result.json").is_file()]
     return sorted(seeds, key=lambda run: int(run.name.removeprefix("seed_")))
 
 
@@ -74,9 +74,11 @@ def write_plan(sweep_dir: Path | str, jobs: list[list[str]], reuse: dict[int, st
 def read_plan(sweep_dir: Path | str) -> list[list[str]] | None:
     """The jobs' overrides recorded by `write_plan`, or None when the directory holds no readable plan."""
     try:
-        return json.loads((Path(sweep_dir) / PLAN).read_text())["jobs"]
+        jobs = json.loads((Path(sweep_dir) / PLAN).read_text())["jobs"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    plain = isinstance(jobs, list) and all(isinstance(j, list) and all(isinstance(o, str) for o in j) for j in jobs)
+    return jobs if plain else None
 
 
 def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
@@ -264,12 +266,12 @@ def _read_run(job: Path, name: str) -> tuple[dict, dict, dict, pd.DataFrame | No
     run whose files cannot be read is listed as damaged (and has no result.json)."""
     try:
         result = _load(job / "result.json", json.loads, dict)
-        given = _split(map(str, result.get("overrides", [])))
+        _check_record(result)
+        given = _split(result.get("overrides", []))
         status = _status(result)
         history = _student_history(job) if status == Status.COMPLETED else None
-        missing = [m for m in METRIC_NAMES if m not in result.get("metrics", {})]
-        if status == Status.COMPLETED and missing:  # counted in n, it would be missing from the mean
-            raise DamagedJob(f"result.json of a completed run has no {missing[0]}")
+        if status == Status.COMPLETED:
+            _check_metrics(result)
     except DamagedJob as exc:
         return {}, {}, _damaged_row(job, name, str(exc)), None, None
     config = result.get("config", {})
@@ -289,6 +291,29 @@ def _read_run(job: Path, name: str) -> tuple[dict, dict, dict, pd.DataFrame | No
         IDENTITY: result.get("result_key", ""),
     }
     return given, overrides, row, history, result
+
+
+RECORD_FIELDS = {"overrides": list, "config": dict, "metrics": dict, "teacher": dict, "reused_from": str}
+
+
+def _check_record(result: dict) -> None:
+    """DamagedJob when a field aggregation reads holds another type than a run writes (edited from outside)."""
+    for name, kind in RECORD_FIELDS.items():
+        if name in result and not isinstance(result[name], kind):
+            raise DamagedJob(f"result.json's {name} is a {type(result[name]).__name__}, not a {kind.__name__}")
+    if not all(isinstance(o, str) for o in result.get("overrides", [])):
+        raise DamagedJob("result.json's overrides are not all text")
+
+
+def _check_metrics(result: dict) -> None:
+    """A completed run counts in n: each final metric must be a number, or it would be missing from the mean."""
+    metrics = result.get("metrics", {})
+    for name in METRIC_NAMES:
+        if name not in metrics:
+            raise DamagedJob(f"result.json of a completed run has no {name}")
+        value = metrics[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise DamagedJob(f"result.json of a completed run has {name}={value!r}, not a finite number")
 
 
 def _status(result: dict) -> Status:
@@ -321,12 +346,17 @@ def _recorded(config: dict, key: str, value: str) -> str:
 
 def _never_started(sweep_dir: Path, started: list[dict]) -> list[dict]:
     """The planned jobs (sweep.json) that have no job directory: the sweep stopped before them."""
-    plan = sweep_dir / PLAN
-    if not plan.is_file():
+    if not (sweep_dir / PLAN).is_file():
         return []
+    planned = read_plan(sweep_dir)
+    if planned is None:
+        raise UserError(
+            f"{sweep_dir / PLAN} is not a plan kd-run wrote (changed from outside): delete it (the jobs that never "
+            "started are then not listed) and aggregate again"
+        )
     left = Counter(tuple(overrides.items()) for overrides in started)
     never = []
-    for job in map(_split, json.loads(plan.read_text())["jobs"]):
+    for job in map(_split, planned):
         if left[tuple(job.items())] > 0:
             left[tuple(job.items())] -= 1
         else:

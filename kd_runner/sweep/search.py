@@ -85,11 +85,18 @@ def claim(sweep_dir: Path | str, search: dict) -> None:
     count toward this one's n_trials and its best)."""
     path = Path(sweep_dir) / SEARCH
     if path.is_file():
-        held = json.loads(path.read_text())
+        try:
+            held = json.loads(path.read_text())
+            command = " ".join(held["overrides"])
+        except (ValueError, KeyError, TypeError):
+            raise UserError(
+                f"{path} is not what kd-run wrote (changed from outside): choose another hydra.sweep.dir, or delete "
+                f"it with {STUDY_DB} to start that search over"
+            ) from None
         if held != search:
             raise UserError(
-                f"hydra.sweep.dir={str(sweep_dir)!r} holds the study of another search ({' '.join(held['overrides'])}"
-                "): choose another hydra.sweep.dir, or run that search's very command again to resume it"
+                f"hydra.sweep.dir={str(sweep_dir)!r} holds the study of another search ({command}): choose another "
+                "hydra.sweep.dir, or run that search's very command again to resume it"
             )
         return
     write_json(path, search)
