@@ -264,3 +264,14 @@ def test_a_method_weight_that_diverges_the_student_is_named_not_the_learning_rat
 )
 def test_a_printing_flag_or_a_list_option_gone_wrong_is_one_line_without_hydras_usage(flags, expected, capsys):
     assert usage_error_line(["experiment=smoke", *flags], capsys).startswith(f"kd-run: error: {expected}")
+
+
+@factory("numpy_classes")
+def numpy_classes():
+    import numpy as np
+
+    return tensors(), tensors(), np.int64(3)
+
+
+def test_a_class_count_given_as_a_numpy_integer_is_taken():
+    assert build("numpy_classes").num_classes == 3  # was: "labels must lie in [0, num_classes=np.int64(3))"

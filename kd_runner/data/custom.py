@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 
 import torch
 from torch.utils.data import Dataset as TorchDataset
@@ -65,6 +66,8 @@ def build_custom(cfg) -> Dataset:
     train, val = place(train, f"{what} train split"), place(val, f"{what} val split")
     top = int(max(train.labels.max(), val.labels.max()))
     num_classes = returned[2] if len(returned) == 3 else top + 1
+    if isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool):  # numpy's too
+        num_classes = int(num_classes)
     if not isinstance(num_classes, int) or num_classes <= top or min(train.labels.min(), val.labels.min()) < 0:
         raise UserError(f"{KEY}._target_={path}: labels must lie in [0, num_classes={num_classes!r})")
     mean, std = channel_stats(_stats_sample(train.images))
