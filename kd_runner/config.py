@@ -394,6 +394,11 @@ def _identity(cfg: RunConfig) -> dict:
 
 def user_code_digests(cfg: RunConfig) -> dict[str, str | None]:
     """The digest of the source (with the user modules it imports) of every `_target_` the config names."""
+    return {key: source_digest(path, f"{key}._target_") for key, path in user_targets(cfg).items()}
+
+
+def user_targets(cfg: RunConfig) -> dict[str, str]:
+    """The dotted path of every `_target_` of the user's code the config names, by its key."""
     specs = {
         "teacher.model": cfg.teacher.model,
         "student.model": cfg.student.model,
@@ -407,11 +412,7 @@ def user_code_digests(cfg: RunConfig) -> dict[str, str | None]:
         "transfer.dataset.factory": cfg.transfer.dataset.factory if cfg.transfer.dataset else {},
         "distill.objective": getattr(cfg.distill, "objective", {}),
     }
-    return {
-        key: source_digest(spec["_target_"], f"{key}._target_")
-        for key, spec in specs.items()
-        if spec.get("_target_") is not None
-    }
+    return {key: spec["_target_"] for key, spec in specs.items() if spec.get("_target_") is not None}
 
 
 IGNORED_AT_ALPHA_1 = ("temperature", "soft_loss", "distill")  # alpha=1 trains on the labels alone

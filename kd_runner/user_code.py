@@ -21,6 +21,7 @@ import inspect
 import os
 import sys
 import sysconfig
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -192,3 +193,26 @@ def accepted(target: Callable, offered: Mapping, through_kwargs: tuple[str, ...]
         return {}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     return {k: v for k, v in offered.items() if k in params or (takes_any and k in through_kwargs)}
+
+
+def blamed(exc: BaseException, targets: Mapping[str, str]) -> BaseException:
+    """`exc` as one line naming the setting whose code raised it (a model that fails only in training, a
+    dataset item that cannot be read) when it was raised in the user's code of `targets` ({key: dotted
+    path}): the innermost frame of that code or of kd_runner's is the user's. Otherwise `exc` itself."""
+    if isinstance(exc, UserError) or not isinstance(exc, Exception) or not targets:
+        return exc
+    owners = {
+        os.path.realpath(file): key
+        for key, path in targets.items()
+        for file in user_sources(inspect.getmodule(resolve(path, f"{key}._target_")).__name__).values()
+    }
+    ours = os.path.dirname(os.path.realpath(__file__)) + os.sep
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        file = os.path.realpath(frame.filename)
+        if file in owners:
+            key = owners[file]
+            where = f"{frame.filename}, line {frame.lineno}, in {frame.name}"
+            return UserError(f"{key}._target_={targets[key]} raised {one_line(exc)} ({where}): fix the code there")
+        if file.startswith(ours):
+            return exc
+    return exc

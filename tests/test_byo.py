@@ -365,7 +365,7 @@ def test_a_streamed_dataset_is_keyed_by_its_images_not_only_its_labels():
     old, new = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(6, 1, 4, 4)
 
     def digest(images):
-        split = _streamed(Items(images, labels))
+        split = _streamed(Items(images, labels), "dataset.factory")
         assert torch.equal(split.labels, labels)
         return data_digest(Dataset("mine", split, split, 3, (0.5,), (0.25,)))
 

@@ -31,6 +31,7 @@ from kd_runner.cli.groups import register_groups
 from kd_runner.config import RunConfig, load_config
 from kd_runner.errors import UserError
 from kd_runner.runtime.process import cpu_cores, launched_world_size, omp_threads
+from kd_runner.sweep.search import trial_dir_name
 from kd_runner.user_code import Target
 
 CONFIG_MODULE = "kd_runner.conf"
@@ -42,7 +43,8 @@ def register() -> None:
     """Make the typed schema (kd_runner.config.RunConfig) the base of conf/config.yaml, as `kd_schema`, each
     method's parameters (kd_runner.methods) an option of the `distill` group, the registered networks and
     datasets options of their groups (kd_runner.cli.groups), and kd-run's sweeper the option
-    `hydra/sweeper=kd` (conf/hydra/default.yaml selects it). The sweeper is registered by hand: an editable
+    `hydra/sweeper=kd` (conf/hydra/default.yaml selects it), and the resolver `kd_trial_dir` that names a
+    search's trial directories (kd_runner.sweep.search.trial_dir_name). The sweeper is registered by hand: an editable
     install's hydra_plugins package is not one Hydra's scan can list (and after the scan, which runs the
     plugin modules it finds again)."""
     plugins = Plugins.instance()
@@ -56,6 +58,7 @@ def register() -> None:
     register_groups(store)
     store.store(group="hydra/sweeper", name="kd", node=KdSweeperConf)
     plugins.register(KdSweeper)
+    OmegaConf.register_new_resolver("kd_trial_dir", trial_dir_name, replace=True)
 
 
 @contextmanager
@@ -181,11 +184,21 @@ def quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group, from kd-run's configs (conf/ and the registered nodes)."""
+    if GlobalHydra.instance().is_initialized():
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+    with hydra_session():
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
 def hydra_message(exc: HydraException) -> str:
     """Hydra's multi-line composition errors as one line that names the key and what is allowed."""
-    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, _, option = exc.missing_cfg_file.rpartition("/")
-        return f"{group}={option!r} is not allowed: one of: {', '.join(sorted(exc.options))}"
+        options = exc.options or group_options(group)  # Hydra lists none for an element of a list (logger=[csv,x])
+        if options:
+            return f"{group}={option!r} is not allowed: one of: {', '.join(sorted(options))}"
     if isinstance(exc, OverrideParseException):  # e.g. unquoted characters outside Hydra's grammar (é, spaces)
         return (
             f"cannot parse the override {exc.override!r}: check its syntax; a value with characters other than "

@@ -66,6 +66,7 @@ def print_only(argv: list[str]) -> None:
         print(version_line())
         return
     check_completion(argv)
+    check_info_values(argv)
     hydra_command_line()
 
 
@@ -93,6 +94,30 @@ def check_completion(argv: list[str]) -> None:
             'e.g. eval "$(kd-run --shell-completion install=bash)"'
         )
     )
+
+
+INFO_VALUES = {  # what the printing flags take (Hydra's argparse would answer with its whole usage, internal flags too)
+    "--cfg": ("job", "hydra", "all"),
+    "-c": ("job", "hydra", "all"),
+    "--info": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"),
+    "-i": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"),
+}
+
+
+def check_info_values(argv: list[str]) -> None:
+    """A printing flag with a value it does not take is one line naming what it takes (`--info` may stand alone;
+    `--help`, `--hydra-help`, `--shell-completion` take none)."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in INFO_VALUES:
+            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            alone = flag in ("--info", "-i") and not eq and (not value or value.startswith("-"))
+            if not alone and value not in INFO_VALUES[flag]:
+                allowed = ", ".join(INFO_VALUES[flag])
+                wrong = f"{flag} {value} is not allowed" if value else f"{flag} needs what to print"
+                jobs.fail(UserError(f"{wrong}: one of: {allowed} (e.g. {flag} {INFO_VALUES[flag][0]})"))
+        elif flag in INFO_FLAGS and eq:
+            jobs.fail(UserError(f"{arg} is not allowed: {flag} takes no value"))
 
 
 def run_call(session, argv: list[str]) -> int:
@@ -175,6 +200,7 @@ def picked_as_it_runs(session, call: DictConfig, overrides: list[str]) -> int:
     pinned = [] if given else [f"hydra.sweep.dir={compose.quoted(sweep_dir)}"]
     if call.hydra.sweeper._target_.endswith("OptunaSweeper"):
         check_no_seed_search(call, overrides)
+        check_study_settings(call.hydra.sweeper, call.optimize_metric)
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)
         search.claim(sweep_dir, search_identity(call, overrides))
         pinned += study_overrides(call, sweep_dir)
@@ -183,10 +209,28 @@ def picked_as_it_runs(session, call: DictConfig, overrides: list[str]) -> int:
     trials = jobs.StartedJobs()
     with interrupt.graceful_stop():
         try:
-            session.multirun(compose.CONFIG_NAME, trials, [*overrides, *pinned])
+            search_trials(session, trials, [*overrides, *pinned], sweep_dir)
         finally:
             all_completed = finish_sweep(Path(sweep_dir))
     return jobs.sweep_exit_code(trials.exit_codes, all_completed)
+
+
+def search_trials(session, trials: jobs.StartedJobs, overrides: list[str], sweep_dir: str) -> None:
+    """The sweeper's trials. A trial whose runs did not all complete is a FAIL in the study; the search stops
+    early only when the user's hydra.sweeper.max_failure_rate says so (one line), and a search none of whose
+    trials completed ends with its tables, where Hydra's Optuna sweeper would ask the study for its best."""
+    try:
+        session.multirun(compose.CONFIG_NAME, trials, overrides)
+    except search.TrialFailed as exc:
+        print(
+            f"kd-run: the search stopped: a trial failed ({exc}), more than hydra.sweeper.max_failure_rate allows",
+            file=sys.stderr,
+        )
+    except ValueError:
+        if Path(sweep_dir, search.STUDY_DB).is_file() and search.completed_trials(sweep_dir) == 0:
+            print("kd-run: no trial of the search completed: no best parameters", file=sys.stderr)
+        else:
+            raise
 
 
 def search_identity(call: DictConfig, overrides: list[str]) -> dict:
@@ -216,16 +260,25 @@ def check_no_seed_search(call: DictConfig, overrides: list[str]) -> None:
             )
 
 
+def check_study_settings(sweeper: DictConfig, metric: str) -> None:
+    """Before anything is written: the direction must fit `optimize_metric`, and a search runs a trial at least."""
+    search.check_direction(metric, sweeper.direction)
+    if not isinstance(sweeper.n_trials, int) or sweeper.n_trials < 1:
+        raise UserError(f"hydra.sweeper.n_trials={sweeper.n_trials} is not allowed: expected a whole number >= 1")
+
+
 def study_overrides(call: DictConfig, sweep_dir: str) -> list[str]:
-    """An Optuna search's study in SQLite in the sweep directory, and the trials it has left to complete (all
-    of `n_trials` when new, fewer when it resumes: search.resume); its direction must fit `optimize_metric`."""
+    """An Optuna search's study in SQLite in the sweep directory, the trials it has left to complete (all of
+    `n_trials` when new, fewer when it resumes: search.resume), and a failed trial's FAIL not stopping it."""
     sweeper = call.hydra.sweeper
-    search.check_direction(call.optimize_metric, sweeper.direction)
     left, run = search.resume(sweep_dir, sweeper.n_trials)
     seed = [] if sweeper.sampler.get("seed") is None else [f"hydra.sweeper.sampler.seed={sweeper.sampler.seed + run}"]
+    given = compose.dir_given(call.hydra, "hydra.sweeper.max_failure_rate")  # the user's word, else go on
+    failures = [] if given else ["hydra.sweeper.max_failure_rate=1.0"]
     return [
         f"hydra.sweeper.storage={compose.quoted(search.storage_url(sweep_dir))}",
         f"hydra.sweeper.study_name={search.STUDY_NAME}",
         f"hydra.sweeper.n_trials={left}",
         *seed,
+        *failures,
     ]

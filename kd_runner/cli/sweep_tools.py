@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kd_runner.errors import UserError
 from kd_runner.status import Status
-from kd_runner.store.files import remove_orphan_temps
+from kd_runner.store.files import check_writable, remove_orphan_temps
 from kd_runner.sweep import aggregate, report, search
 
 TABLES = ("runs.csv", "summary.csv", "curves.csv", "summary.md")
@@ -74,21 +74,28 @@ def aggregate_main(argv: list[str] | None = None) -> None:
     try:
         if args.out is None and len(args.dirs) > 1:
             raise UserError("several sweep directories need --out DIR for the combined tables")
-        if args.out is not None:
-            check_out_dir(args.out)
+        check_out_dir(args.out or args.dirs[0], given=args.out is not None)
         write_outputs(args.dirs, args.out or args.dirs[0])
     except UserError as exc:
         _fail("kd-aggregate", exc)
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse an --out that is a file or lies under one, before anything is read or written."""
+def check_out_dir(out: Path, given: bool = True) -> None:
+    """Refuse an --out (or, not `given`, the sweep directory the tables go into) that is a file, lies under one
+    or cannot be written (a read-only copy of a sweep), before anything is read or written."""
     for path in (out, *out.parents):
         if path.exists():
             if not path.is_dir():
                 where = "is a file" if path == out else f"lies under the file {str(path)!r}"
                 raise UserError(f"--out {str(out)!r} {where}: expected a directory (it is created when missing)")
-            return
+            break
+    if given:
+        check_writable(out, "--out")
+        return
+    try:
+        check_writable(out, "DIR")
+    except UserError as exc:
+        raise UserError(f"{exc}; write the tables elsewhere with --out OTHER_DIR") from None
 
 
 def report_main(argv: list[str] | None = None) -> None:
@@ -98,6 +105,7 @@ def report_main(argv: list[str] | None = None) -> None:
     parser.add_argument("dir", type=Path, metavar="DIR", help="a sweep directory holding summary.csv and curves.csv")
     args = parser.parse_args(argv)
     try:
+        check_writable(args.dir, "DIR")
         plots = report.write_plots(args.dir)
     except UserError as exc:
         _fail("kd-report", exc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 
 import torch
 from torch.utils.data import Dataset as TorchDataset
@@ -49,20 +50,24 @@ def build_custom(cfg) -> Dataset:
         raise UserError(f"{KEY}._target_={path} returned {got}: expected (train, val) or (train, val, num_classes)")
     train, val = (_check_split(s, name, path) for s, name in zip(returned[:2], ("train", "val"), strict=True))
     nbytes = sum(_nbytes(s) for s in (train, val))
-    if nbytes <= cfg.memory_mb * 2**20:
-        train, val = _materialise(train), _materialise(val)
-    elif any(isinstance(s, Split) for s in (train, val)):
-        log.info("dataset %s: tensors given, kept in memory although larger than dataset.memory_mb", cfg.name)
-    else:
+    over = nbytes > cfg.memory_mb * 2**20
+    streamed = over and not any(isinstance(s, Split) for s in (train, val))  # tensors are in memory already
+    if streamed:
         log.info(
             "dataset %s: %.0f MiB of images exceed dataset.memory_mb=%d: streamed through DataLoader workers",
             cfg.name,
             nbytes / 2**20,
             cfg.memory_mb,
         )
-        train, val = _streamed(train), _streamed(val)
+    elif over:
+        log.info("dataset %s: tensors given, kept in memory although larger than dataset.memory_mb", cfg.name)
+    place = _streamed if streamed else _materialise
+    what = f"{KEY}._target_={path} returned a"
+    train, val = place(train, f"{what} train split"), place(val, f"{what} val split")
     top = int(max(train.labels.max(), val.labels.max()))
     num_classes = returned[2] if len(returned) == 3 else top + 1
+    if isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool):  # numpy's too
+        num_classes = int(num_classes)
     if not isinstance(num_classes, int) or num_classes <= top or min(train.labels.min(), val.labels.min()) < 0:
         raise UserError(f"{KEY}._target_={path}: labels must lie in [0, num_classes={num_classes!r})")
     mean, std = channel_stats(_stats_sample(train.images))
@@ -74,9 +79,12 @@ def _check_split(split, name: str, path: str):
     bad = f"{KEY}._target_={path} returned a {name} split"
     if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
         images, labels = split
-        ok = images.dim() == 4 and labels.dim() == 1 and len(images) == len(labels) and not labels.is_floating_point()
-        if not ok:
+        if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
             raise UserError(f"{bad} of shapes {tuple(images.shape)}, {tuple(labels.shape)}: expected N x C x H x W, N")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise UserError(
+                f"{bad} whose labels are {labels.dtype}: expected integer class indices (e.g. labels.long())"
+            )
         split = Split(images, labels.long())
     elif not isinstance(split, TorchDataset) or not hasattr(split, "__len__"):
         raise UserError(f"{bad} of type {type(split).__name__}: expected a map-style torch Dataset or (images, labels)")
@@ -96,19 +104,32 @@ def _nbytes(split) -> int:
     return len(split) * image.numel() * image.element_size()
 
 
-def _materialise(split) -> Split:
+def _materialise(split, what: str) -> Split:
     if isinstance(split, Split):
         return split
     items = [split[i] for i in range(len(split))]
+    for i, (image, _) in enumerate(items):
+        _check_item(i, image, items[0][0], what)
     return Split(torch.stack([image for image, _ in items]), torch.tensor([int(label) for _, label in items]))
 
 
-def _streamed(split) -> Split:
+def _check_item(i: int, image, first: torch.Tensor, what: str) -> None:
+    """Every image of a map-style split has the shape of its item 0 (they are batched together) and finite pixels."""
+    if not isinstance(image, torch.Tensor) or image.shape != first.shape:
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise UserError(f"{what} whose item {i} is {got}, item 0 {tuple(first.shape)}: every image needs one shape")
+    if image.is_floating_point() and not torch.isfinite(image).all():
+        raise UserError(f"{what} whose item {i} holds NaN or infinite values: every pixel must be a finite number")
+
+
+def _streamed(split, what: str) -> Split:
     """The images stay in the map-style dataset. Its items are read once, for the labels and a digest of the
     whole content (images and labels): a teacher or logits cached for other data is never taken for it."""
     content, labels = hashlib.sha256(), []
+    first = split[0][0]
     for i in range(len(split)):
         image, label = split[i]
+        _check_item(i, image, first, what)
         image = image.detach().cpu().contiguous()
         content.update(f"{image.dtype}{tuple(image.shape)}{int(label)}".encode())
         content.update(image.view(torch.uint8).numpy().tobytes())

@@ -12,7 +12,7 @@ from kd_runner.errors import UserError
 
 class FeatureTap:
     """Keeps the output of each named submodule of `model` at every forward pass, flattened to N x D
-    when `flat` (embeddings)."""
+    when `flat` (embeddings). `key` names the setting in an error."""
 
     def __init__(self, model: nn.Module, names: list[str], key: str, flat: bool = False):
         modules = dict(model.named_modules())
@@ -20,19 +20,30 @@ class FeatureTap:
             if name not in modules or not name:
                 known = ", ".join(n for n in modules if n)
                 raise UserError(f"{key}: the model has no layer {name!r}; its layers: {known}")
-        self.names, self.flat, self.outputs = list(names), flat, {}
+        self.names, self.key, self.flat, self.outputs = list(names), key, flat, {}
         self.modules = [modules[n] for n in names]
         self.handles = [modules[n].register_forward_hook(self._keeper(n)) for n in names]
 
     def _keeper(self, name: str):
         def keep(module, inputs, output):
-            self.outputs[name] = output.flatten(1) if self.flat else output
+            self.outputs[name] = output
 
         return keep
 
     def features(self) -> list[Tensor]:
-        """The activations of the last forward pass, in the order of the names."""
-        return [self.outputs[n] for n in self.names]
+        """The activations of the last forward pass, in the order of the names; one line for a layer the
+        forward pass did not run, or whose output is not one tensor (an LSTM's tuple)."""
+        for name in self.names:
+            if name not in self.outputs:
+                raise UserError(
+                    f"{self.key}: layer {name!r} did not run in the model's forward pass: name a layer it uses"
+                )
+            if not isinstance(self.outputs[name], Tensor):
+                got = type(self.outputs[name]).__name__
+                raise UserError(
+                    f"{self.key}: layer {name!r} outputs a {got}, not a tensor: name a layer whose output is one"
+                )
+        return [self.outputs[n].flatten(1) if self.flat else self.outputs[n] for n in self.names]
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -74,7 +85,7 @@ def _run_order(model: nn.Module, sample: Tensor) -> list[tuple[str, Tensor]]:
         probe(model, sample)
     finally:
         tap.remove()
-    return list(tap.outputs.items())  # filled in the order the children ran
+    return [(name, out) for name, out in tap.outputs.items() if isinstance(out, Tensor)]  # in the order they ran
 
 
 def probe(model: nn.Module, sample: Tensor) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from kd_runner import loggers
-from kd_runner.config import RunConfig, config_digest
+from kd_runner import loggers, user_code
+from kd_runner.config import RunConfig, config_digest, user_targets
 from kd_runner.data import Dataset, build_dataset
 from kd_runner.data.splits import InMemoryData
 from kd_runner.data.vision import check_root
@@ -78,12 +78,15 @@ def check_user_code(cfg: RunConfig) -> None:
     run each network on one batch, so a mistake in them is one line before anything is written."""
     if all(spec["_target_"] is None for spec in (cfg.dataset.factory, cfg.teacher.model, cfg.student.model)):
         return
-    data = build_dataset(cfg.dataset)
-    images = data.sample_batch()
-    for key, stage in (("teacher", cfg.teacher), ("student", cfg.student)):
-        target = stage.model["_target_"]
-        what = f"{key}.name={stage.name}" if target is None else f"{key}.model._target_={target}"
-        check_output(build_stage_model(stage, data, key), images, data.num_classes, what)
+    try:
+        data = build_dataset(cfg.dataset)
+        images = data.sample_batch()
+        for key, stage in (("teacher", cfg.teacher), ("student", cfg.student)):
+            target = stage.model["_target_"]
+            what = f"{key}.name={stage.name}" if target is None else f"{key}.model._target_={target}"
+            check_output(build_stage_model(stage, data, key), images, data.num_classes, what)
+    except Exception as exc:  # raised in the user's code (a dataset item that cannot be read): one line naming it
+        raise user_code.blamed(exc, user_targets(cfg)) from exc
 
 
 class Probes:

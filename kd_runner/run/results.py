@@ -16,7 +16,7 @@ import torch
 import torchvision
 
 import kd_runner
-from kd_runner.config import config_digest, result_key
+from kd_runner.config import config_digest, result_key, user_code_digests
 from kd_runner.errors import Diverged, RunInterrupted, UserError, one_line
 from kd_runner.loggers import Trackers
 from kd_runner.methods import PART_COLUMNS
@@ -148,6 +148,7 @@ def identity(cfg, device, overrides: list[str]) -> dict:
         "config_digest": config_digest(cfg),
         "result_key": result_key(cfg),
         "config": asdict(cfg),
+        "user_code": user_code_digests(cfg),  # the source digests of the user's code it names (aggregation)
         "versions": versions(),
         "command": sys.argv,
         "overrides": list(overrides),

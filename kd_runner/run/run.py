@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kd_runner import loggers
-from kd_runner.config import RunConfig, config_digest, result_key
+from kd_runner import loggers, user_code
+from kd_runner.config import RunConfig, config_digest, result_key, user_targets
 from kd_runner.data import build_dataset
 from kd_runner.data.loader import StreamedData
 from kd_runner.data.splits import InMemoryData, SplitData, sharded
@@ -98,9 +98,12 @@ def _recorded(run: Run) -> dict:
             raise RunInterrupted(None)
         record = _experiment(run)
         return record
-    except Exception as exc:  # recorded, so a sweep's tables show it; only a divergence is final
+    except Exception as caught:  # recorded, so a sweep's tables show it; only a divergence is final
+        exc = user_code.blamed(caught, user_targets(run.cfg))  # raised in the user's code: one line naming it
         record = results.failure_record(run.identity, exc, signal=run.stop())
         write_json(result_path, record)
+        if exc is not caught:
+            raise exc from caught
         if not isinstance(exc, Diverged):
             raise
         for path in (rundir.init_checkpoint(run.run_dir), rundir.student_checkpoint(run.run_dir)):

@@ -105,6 +105,8 @@ def train_student(cfg: RunConfig, data, d: SplitData, targets: SoftTargets, chec
             stop=stop,
             on_epoch=on_epoch,
             temperature=cfg.temperature if cfg.alpha < 1 else None,
+            weights=_method_weights(cfg.distill) if cfg.alpha < 1 else None,
+            objective=getattr(cfg.distill, "objective", {}).get("_target_") if cfg.alpha < 1 else None,
         )
         if not history:  # student.epochs=0: evaluate the untrained (or pretrained) student once
             history = [{"epoch": 0, "lr": None, "train_loss": None, **validate()}]
@@ -220,3 +222,12 @@ def raise_omitted_bias(cfg: RunConfig, student: nn.Module, teacher: nn.Module, d
         for c, amount in amounts.items():
             output_layer.bias[c] += amount
     return amounts
+
+
+def _method_weights(params) -> dict[str, tuple[float, float]]:
+    """The method's number settings with their defaults, {distill.KEY: (value, default)}, for a divergence hint."""
+    return {
+        f"distill.{f.name}": (getattr(params, f.name), f.default)
+        for f in dataclasses.fields(params)
+        if isinstance(f.default, float)
+    }

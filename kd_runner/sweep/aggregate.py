@@ -6,7 +6,10 @@ jobs (status "failed") and killed ones (still "running": "incomplete") are liste
 jobs of the sweep's plan (sweep.json, written by kd-run when the sweep starts) that never started ("not
 started"). Sweep points are the distinct values of every swept key, i.e. every override key other than
 `seed` whose value differs between jobs; the statistics of a point are taken over its completed jobs (its
-seeds). A job's overrides, values and seed come from its own result.json (`overrides`, `config`).
+seeds). A job's overrides, values and seed come from its own result.json (`overrides`, `config`). Runs of
+equal swept values that computed something else (another config beyond the swept keys, other user code,
+other data: two `--config-dir` sweeps aggregated together) are not pooled: the `variant` column tells them
+apart (`_variants`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from kd_runner.config import NOT_COMPUTED
 from kd_runner.errors import UserError
 from kd_runner.names import METRIC_NAMES
 from kd_runner.status import Status
-from kd_runner.store.files import write_csv, write_json, write_text
+from kd_runner.store.files import digest, write_csv, write_json, write_text
 
 FINAL_METRICS = (*METRIC_NAMES, "best_student_acc")
 CURVE_METRICS = ("train_loss", *METRIC_NAMES)
@@ -33,6 +37,7 @@ IDENTITY = "result_key"  # what makes two runs the same computation (config.resu
 GAIN = "student_acc_gain"  # student_acc minus that of the alpha=1 (no distillation) point, paired by seed
 GAIN_COLUMNS = [f"{GAIN}_{s}" for s in ("mean", "std", "ci95_low", "ci95_high", "p", "n_pairs")]
 PLAN = "sweep.json"  # the overrides of every job of a sweep, written when it starts
+VARIANT = "variant"  # what a run computed beyond its swept keys and seed, where runs of one point differ in it
 
 
 @dataclass
@@ -55,7 +60,7 @@ def _runs(job: Path) -> list[Path]:
     """A job directory's runs: itself, or the seed_<s> runs of a search trial (seeds_per_trial > 1)."""
     if (job / "result.json").is_file():
         return [job]
-    seeds = [run for run in job.glob("seed_*") if (run / "result.json").is_file()]
+    seeds = [run for run in job.glob("seed_*") if run.name[5:].isdigit() and (run / "result.json").is_file()]
     return sorted(seeds, key=lambda run: int(run.name.removeprefix("seed_")))
 
 
@@ -69,14 +74,17 @@ def write_plan(sweep_dir: Path | str, jobs: list[list[str]], reuse: dict[int, st
 def read_plan(sweep_dir: Path | str) -> list[list[str]] | None:
     """The jobs' overrides recorded by `write_plan`, or None when the directory holds no readable plan."""
     try:
-        return json.loads((Path(sweep_dir) / PLAN).read_text())["jobs"]
+        jobs = json.loads((Path(sweep_dir) / PLAN).read_text())["jobs"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    plain = isinstance(jobs, list) and all(isinstance(j, list) and all(isinstance(o, str) for o in j) for j in jobs)
+    return jobs if plain else None
 
 
 def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
     """Read every job of `sweep_dirs`, write the four tables into `out_dir` and return them."""
     entries = []  # (overrides, the rest of its runs.csv row, student history or None) per job
+    contexts = []  # (sweep directory, its result.json or None) per job: what `_variants` reads
     for sweep_dir in _distinct(map(Path, sweep_dirs)):
         if not sweep_dir.is_dir():
             raise UserError(f"{str(sweep_dir)!r}: no such directory")
@@ -84,8 +92,9 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
         if not started:
             raise UserError(f"{str(sweep_dir)!r} holds no job directories (subdirectories with a result.json)")
         never = _never_started(sweep_dir, [given for given, *_ in started])  # the plan holds the given text
-        entries += [tuple(entry) for _, *entry in started]
+        entries += [tuple(entry) for _, *entry, _ in started]
         entries += [(overrides, _not_started_row(overrides), None) for overrides in never]
+        contexts += [(sweep_dir, result) for *_, result in started] + [(sweep_dir, None)] * len(never)
     override_keys = []
     for overrides, _, _ in entries:
         override_keys += [k for k in overrides if k not in override_keys and k != "seed"]
@@ -106,11 +115,17 @@ def aggregate(sweep_dirs: list[Path | str], out_dir: Path | str) -> Tables:
     for key in (*override_keys, "seed"):
         runs[key] = _as_numbers_if_all_are(runs[key])
     keys = [k for k in override_keys if runs[k].nunique(dropna=False) > 1]
+    runs[VARIANT] = _variants(contexts, runs, keys)
+    swept = _swept_values(runs, keys)
+    if len(set(zip(swept, runs[VARIANT]))) > len(set(swept)):
+        keys.append(VARIANT)  # runs of equal swept values that computed something else: points of their own
+        columns.insert(columns.index("seed"), VARIANT)
     runs["duplicate_of"] = _duplicates(runs, keys)
     runs = runs[columns]
     summary = summarize(runs, keys)
     curves = mean_curves(runs, [history for _, _, history in entries], keys)
-    tables = Tables(runs, summary, curves, keys, summary_markdown(summary, keys) + _repeats_note(runs))
+    notes = _repeats_note(runs) + _variants_note(contexts, runs, keys)
+    tables = Tables(runs, summary, curves, keys, summary_markdown(summary, keys) + notes)
     out_dir = Path(out_dir)
     write_csv(out_dir / "runs.csv", runs)
     write_csv(out_dir / "summary.csv", summary)
@@ -151,6 +166,69 @@ def _repeats_note(runs: pd.DataFrame) -> str:
     return f"\nRepeated runs, the same computation as an earlier job of their point, counted once: {pairs}.\n"
 
 
+def _variants(contexts: list[tuple[Path, dict | None]], runs: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Per run, a short digest of what it computed beyond the swept keys and the seed (`_computed`). A run
+    that did not complete (not started, failed early, damaged) recorded too little: it takes the variant of
+    the completed runs of its sweep directory and swept values when they agree on one, else ""."""
+    own = [
+        _computed(result, keys) if status == Status.COMPLETED else ""
+        for (_, result), status in zip(contexts, runs["status"])
+    ]
+    found = {}  # (sweep directory, swept values) -> the variants of its completed runs
+    for (sweep_dir, _), variant, values in zip(contexts, own, _swept_values(runs, keys)):
+        if variant:
+            found.setdefault((sweep_dir, values), set()).add(variant)
+    filled = []
+    for (sweep_dir, _), variant, values in zip(contexts, own, _swept_values(runs, keys)):
+        known = found.get((sweep_dir, values), set())
+        filled.append(variant or (next(iter(known)) if len(known) == 1 else ""))
+    return filled
+
+
+def _swept_values(runs: pd.DataFrame, keys: list[str]) -> list[tuple[str, ...]]:
+    return [tuple(str(row[k]) for k in keys) for _, row in runs.iterrows()]
+
+
+def _computed(result: dict, keys: list[str]) -> str:
+    """A digest of what a completed run computed beyond the swept `keys` and its seed: its recorded config
+    without them (nor the settings that change no result), the digests of the user's code it names, and its
+    teacher's cache key (a digest of the teacher's recipe and the content of the data)."""
+    computed = {
+        "config": _without(result.get("config", {}), [*keys, "seed", *NOT_COMPUTED]),
+        "user_code": result.get("user_code"),
+        "teacher": result.get("teacher", {}).get("cache_key"),
+    }
+    return "v" + digest(computed)[:8]  # a letter first: no table reader takes it for a number
+
+
+def _without(config: dict, keys: list[str]) -> dict:
+    """`config` without the (dotted) `keys`: a key naming a config group (`teacher`) drops its whole node."""
+    config = json.loads(json.dumps(config))
+    for key in keys:
+        *parents, last = key.lstrip("+~").split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return config
+
+
+def _variants_note(contexts: list[tuple[Path, dict | None]], runs: pd.DataFrame, keys: list[str]) -> str:
+    """The lines of summary.md that say what the variants are, when the tables have a variant column."""
+    if VARIANT not in keys:
+        return ""
+    where = {}
+    for (sweep_dir, _), variant in zip(contexts, runs[VARIANT]):
+        where.setdefault(variant or "-", []).append(str(sweep_dir))
+    named = "; ".join(f"{v} ({', '.join(dict.fromkeys(dirs))})" for v, dirs in where.items())
+    return (
+        f"\n{VARIANT}: runs of equal swept values that computed something else (settings beyond the swept "
+        "keys, the user's code, or the data and teacher) are separate points, never pooled: "
+        f"{named}. Each run's variant and run_dir are in runs.csv.\n"
+    )
+
+
 def _split(overrides: list[str]) -> dict[str, str]:
     """Hydra override strings (`alpha=0.5`, `+key=v`) as key -> value text."""
     pairs = (item.lstrip("+~").partition("=") for item in overrides)
@@ -177,25 +255,25 @@ def _load(path: Path, parse, kind: type):
     return value
 
 
-def _read_job(job: Path) -> list[tuple[dict, dict, dict, pd.DataFrame | None]]:
+def _read_job(job: Path) -> list[tuple[dict, dict, dict, pd.DataFrame | None, dict | None]]:
     """A started job's runs: the job itself, or the seed_<s> runs of a search trial (see `_read_run`)."""
     return [_read_run(run, str(run.relative_to(job.parent))) for run in _runs(job)]
 
 
-def _read_run(job: Path, name: str) -> tuple[dict, dict, dict, pd.DataFrame | None]:
+def _read_run(job: Path, name: str) -> tuple[dict, dict, dict, pd.DataFrame | None, dict | None]:
     """A run's overrides as given and with the values its run recorded (the config in its result.json), the
-    rest of its runs.csv row and, when it completed, the student rows of its metrics.csv. A run whose files
-    cannot be read is listed as damaged."""
+    rest of its runs.csv row, when it completed the student rows of its metrics.csv, and its result.json. A
+    run whose files cannot be read is listed as damaged (and has no result.json)."""
     try:
         result = _load(job / "result.json", json.loads, dict)
-        given = _split(map(str, result.get("overrides", [])))
+        _check_record(result)
+        given = _split(result.get("overrides", []))
         status = _status(result)
         history = _student_history(job) if status == Status.COMPLETED else None
-        missing = [m for m in METRIC_NAMES if m not in result.get("metrics", {})]
-        if status == Status.COMPLETED and missing:  # counted in n, it would be missing from the mean
-            raise DamagedJob(f"result.json of a completed run has no {missing[0]}")
+        if status == Status.COMPLETED:
+            _check_metrics(result)
     except DamagedJob as exc:
-        return {}, {}, _damaged_row(job, name, str(exc)), None
+        return {}, {}, _damaged_row(job, name, str(exc)), None, None
     config = result.get("config", {})
     overrides = {key: _recorded(config, key, value) for key, value in given.items()}
     metrics = result.get("metrics", {})
@@ -212,7 +290,30 @@ def _read_run(job: Path, name: str) -> tuple[dict, dict, dict, pd.DataFrame | No
         "run_dir": str(job),
         IDENTITY: result.get("result_key", ""),
     }
-    return given, overrides, row, history
+    return given, overrides, row, history, result
+
+
+RECORD_FIELDS = {"overrides": list, "config": dict, "metrics": dict, "teacher": dict, "reused_from": str}
+
+
+def _check_record(result: dict) -> None:
+    """DamagedJob when a field aggregation reads holds another type than a run writes (edited from outside)."""
+    for name, kind in RECORD_FIELDS.items():
+        if name in result and not isinstance(result[name], kind):
+            raise DamagedJob(f"result.json's {name} is a {type(result[name]).__name__}, not a {kind.__name__}")
+    if not all(isinstance(o, str) for o in result.get("overrides", [])):
+        raise DamagedJob("result.json's overrides are not all text")
+
+
+def _check_metrics(result: dict) -> None:
+    """A completed run counts in n: each final metric must be a number, or it would be missing from the mean."""
+    metrics = result.get("metrics", {})
+    for name in METRIC_NAMES:
+        if name not in metrics:
+            raise DamagedJob(f"result.json of a completed run has no {name}")
+        value = metrics[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise DamagedJob(f"result.json of a completed run has {name}={value!r}, not a finite number")
 
 
 def _status(result: dict) -> Status:
@@ -245,12 +346,17 @@ def _recorded(config: dict, key: str, value: str) -> str:
 
 def _never_started(sweep_dir: Path, started: list[dict]) -> list[dict]:
     """The planned jobs (sweep.json) that have no job directory: the sweep stopped before them."""
-    plan = sweep_dir / PLAN
-    if not plan.is_file():
+    if not (sweep_dir / PLAN).is_file():
         return []
+    planned = read_plan(sweep_dir)
+    if planned is None:
+        raise UserError(
+            f"{sweep_dir / PLAN} is not a plan kd-run wrote (changed from outside): delete it (the jobs that never "
+            "started are then not listed) and aggregate again"
+        )
     left = Counter(tuple(overrides.items()) for overrides in started)
     never = []
-    for job in map(_split, json.loads(plan.read_text())["jobs"]):
+    for job in map(_split, planned):
         if left[tuple(job.items())] > 0:
             left[tuple(job.items())] -= 1
         else:

@@ -25,6 +25,7 @@ from kd_runner.train.progress import BatchBar, EpochLog
 
 USUAL_LR = {"sgd": 1.0, "adam": 0.01, "adamw": 0.01}  # above these, the step size is the likely cause
 USUAL_TEMPERATURE = 20.0  # Hinton et al. use 1 to 20; the soft term's gradients grow with T
+USUAL_WEIGHT_FACTOR = 100  # a method weight this many times its default (or 1) is the likely cause
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -159,6 +160,8 @@ def fit(
     on_epoch_start: Callable[[int], object] | None = None,
     checkpoint_every_s: float = 0.0,
     on_save: Callable[[], object] | None = None,
+    weights: dict[str, tuple[float, float]] | None = None,
+    objective: str | None = None,
 ) -> list[dict]:
     """Train the `stage` ("teacher" or "student") for `recipe.epochs` epochs, `validate()` after each; one
     row per epoch (epoch, lr, mean training loss, metrics). With a `checkpoint`, continue from it and save
@@ -166,7 +169,8 @@ def fit(
     turns true, save at the next batch boundary and raise RunInterrupted.
     A NaN or infinite loss or metric raises Diverged (the last checkpoint stays the last good epoch). Each
     epoch is logged in one line, then `on_epoch(rows so far)` records it; `progress`: a per-batch bar.
-    `temperature` (the student's soft targets) is named in a divergence hint when it is the likely cause;
+    `temperature` (the student's soft targets), `weights` (the method's, {key: (value, default)}) and
+    `objective` (the user's, its `_target_`) are named in a divergence hint when they are the likely cause;
     `on_epoch_start(epoch)` tells the loss which epoch it trains (a warm-up), also after a resume;
     `on_save()` runs right before each checkpoint is written (what must be on disk before it: the best student)."""
     run = StageRun.start(model, data, recipe, seed, checkpoint)
@@ -194,7 +198,7 @@ def fit(
             run.save(model, checkpoint, on_save)
             raise RunInterrupted(stage, run.position.epoch, run.position.batches)
         row = {"epoch": run.position.epoch, "lr": run.position.lr, "train_loss": train_loss, **validate()}
-        check_finite(row, stage, recipe, data.compute.precision, temperature)
+        check_finite(row, stage, recipe, data.compute.precision, temperature, weights, objective)
         run.rows.append(row)
         epoch_log.done(row)
         if on_epoch is not None:
@@ -239,7 +243,13 @@ class StageRun:
 
 
 def check_finite(
-    row: dict, stage: str, recipe: StageConfig, precision: str = "fp32", temperature: float | None = None
+    row: dict,
+    stage: str,
+    recipe: StageConfig,
+    precision: str = "fp32",
+    temperature: float | None = None,
+    weights: dict[str, tuple[float, float]] | None = None,
+    objective: str | None = None,
 ) -> None:
     """Raise Diverged when the training loss or a validation metric of an epoch is NaN or infinite."""
     bad = [f"{k}={v}" for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -248,18 +258,31 @@ def check_finite(
             stage,
             row["epoch"],
             f"the {stage} stage diverged in epoch {row['epoch']} ({', '.join(bad)}): "
-            + divergence_hint(stage, recipe, precision, temperature),
+            + divergence_hint(stage, recipe, precision, temperature, weights, objective),
         )
 
 
-def divergence_hint(stage: str, recipe: StageConfig, precision: str, temperature: float | None) -> str:
-    """The likely cause of a divergence: the first setting outside its usual range, else the usual advice."""
+def divergence_hint(
+    stage: str,
+    recipe: StageConfig,
+    precision: str,
+    temperature: float | None,
+    weights: dict[str, tuple[float, float]] | None = None,
+    objective: str | None = None,
+) -> str:
+    """The likely cause of a divergence: the first setting outside its usual range (a method weight far above
+    its default), the user's objective, else the usual advice."""
     usual_lr = USUAL_LR.get(recipe.optimizer, 1.0) if isinstance(recipe.optimizer, str) else 1.0  # a node: unknown
     if recipe.lr > usual_lr:
         return (
             f"lower the learning rate ({stage}.lr={recipe.lr}): it is large for {stage}.optimizer={recipe.optimizer} "
             f"(usually at most {usual_lr:g})"
         )
+    for key, (value, default) in (weights or {}).items():
+        if value > USUAL_WEIGHT_FACTOR * max(default, 1.0):
+            return (
+                f"lower {key}={value:g}: the method's loss term it weighs is far above its default weight {default:g}"
+            )
     if temperature is not None and temperature > USUAL_TEMPERATURE:
         return (
             f"lower the temperature (temperature={temperature:g}): above the usual 1 to {USUAL_TEMPERATURE:g}, the "
@@ -267,4 +290,9 @@ def divergence_hint(stage: str, recipe: StageConfig, precision: str, temperature
         )
     if precision == "fp16":
         return f"precision=fp16 can overflow: use precision=bf16 or fp32, or lower the learning rate ({stage}.lr)"
+    if objective is not None:
+        return (
+            f"check the objective distill.objective._target_={objective}: it may give a non-finite loss (a log "
+            f"or a division by 0); or lower the learning rate ({stage}.lr={recipe.lr})"
+        )
     return f"lower the learning rate ({stage}.lr={recipe.lr}) or check the data"
