@@ -34,15 +34,12 @@ def graceful_stop() -> Iterator[None]:
         _received.clear()
 
 
-def exit_on_signal(prog: str) -> None:
+def exit_on_signal(prog: str, again: str = "run the same command again to resume") -> None:
     """Until `graceful_stop` takes over (and again after it), SIGTERM/SIGINT exit `prog` at once with exit
-    code 75: nothing is being written then, or only atomically."""
+    code 75 and one line ending in `again`: nothing is being written then, or only atomically."""
 
     def stop_now(signum: int, frame) -> None:
-        print(
-            f"{prog}: stopped at once by {signal.Signals(signum).name}; run the same command again to resume",
-            file=sys.stderr,
-        )
+        print(f"{prog}: stopped at once by {signal.Signals(signum).name}; {again}", file=sys.stderr)
         raise SystemExit(RunInterrupted.exit_code)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
