@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         "with its teacher from the cache" if result["teacher"] else "teacher not in the cache: student metrics only"
     )
     reused = f" ({files.run_dir} reused this run's results)" if files.owner else ""
-    print(f"kd-eval: {files.weights}{reused} on {result['dataset']} ({result['samples']} validation samples, {teacher})")
+    samples = f"{result['samples']} validation samples"
+    print(f"kd-eval: {files.weights}{reused} on {result['dataset']} ({samples}, {teacher})")
     print("  " + "  ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items()))
     print(f"  written to {out}")
 
