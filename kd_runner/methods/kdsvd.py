@@ -62,13 +62,14 @@ def check_widths(student, teacher) -> None:
 
 def singular_vectors(features, n):
     """The top n right singular vectors (N x C x n) of each sample's HW x C map and the top n singular
-    values, L2-normalised over the n (N x n)."""
-    import torch
+    values, L2-normalised over the n (N x n). The SVD's gradient is finite where singular values repeat
+    (a rank-deficient map), as in the original code (methods/svd.py)."""
     import torch.nn.functional as F
 
     from kd_runner.methods.logits import wide
+    from kd_runner.methods.svd import svd
 
-    _, s, vh = torch.linalg.svd(wide(features).flatten(2).transpose(1, 2), full_matrices=False)
+    _, s, vh = svd(wide(features).flatten(2).transpose(1, 2))
     return F.normalize(vh.transpose(1, 2)[:, :, :n], dim=1), F.normalize(s[:, :n], dim=1)
 
 
