@@ -1,0 +1,51 @@
+"""`kd-run experiment=smoke distill=X` runs for every method of the CIFAR-100 KD tables (CRD's and DKD's):
+a method that reads feature maps gets the smoke config's small conv student (conf/method_student/smoke/),
+as the config the command composes; one run each, the teacher trained once."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from helpers import compose_config
+
+from kd_runner import run
+from kd_runner.methods import METHODS
+
+TABLES = ("kd", "dkd", "dist", "fitnet", "at", "rkd", "sp", "pkt", "nst", "cc", "vid", "ofd", "crd", "reviewkd")
+TABLES += ("kdsvd", "ab", "ft", "fsp")
+SLOWEST = ("crd", "sp", "cc", "reviewkd")  # over 10 s each on a loaded 2-core CPU: -m slow
+
+
+def test_the_tables_are_every_built_in_method():
+    assert set(TABLES) == set(METHODS) - {"custom"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache for the module: the smoke teacher trains once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOWEST else m for m in TABLES])
+def test_every_method_of_the_tables_runs_on_the_smoke_config(method, cache, tmp_path):
+    cfg = compose_config("experiment=smoke", f"distill={method}", f"cache_dir={cache}")
+    run.check_job(cfg, tmp_path / "run", dir_key="hydra.run.dir")
+    record = run.run(cfg, tmp_path / "run")
+    assert record["status"] == "completed" and record["config"]["distill"]["method"] == method
+    assert all(math.isfinite(value) for value in record["metrics"].values())
+
+
+@pytest.mark.parametrize(
+    ("args", "student"),
+    [
+        (["distill=kd"], ("mlp", 32, 1)),  # smoke's own student for a method of logits or embeddings
+        (["distill=at"], ("cnn", 8, 2)),  # a method of feature maps: the small conv net
+        (["distill=fsp"], ("cnn", 16, 2)),  # equal widths: the teacher's
+        (["distill=at", "student=mlp"], ("mlp", 32, 1)),  # a student named on the command line stays
+        (["distill=at", "student.width=4"], ("cnn", 4, 2)),  # a key given on the command line wins
+    ],
+)
+def test_the_smoke_student_follows_the_method_unless_one_is_named(args, student):
+    cfg = compose_config("experiment=smoke", *args)
+    assert (cfg.student.name, cfg.student.width, cfg.student.depth) == student
