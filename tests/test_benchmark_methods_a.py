@@ -249,7 +249,7 @@ def test_the_svd_gradient_is_torchs_where_singular_values_are_distinct(shape):
 
 def test_kdsvd_refuses_one_layer_and_layers_of_different_widths_in_one_line():
     with pytest.raises(UserError, match="two or more layers"):
-        compose_config("experiment=smoke", "student=cnn", "distill=kdsvd")
+        compose_config("experiment=smoke", "student=cnn", "distill=kdsvd", "distill.student_layers=[features]")
     kdsvd = methods.make(methods.params_type("kdsvd")(), 4.0, "kl")
     with pytest.raises(UserError, match="layer pair 1 has 4 student and 6 teacher channels") as exc:
         kdsvd.terms(MAPS, [MAPS[0], randn(2, 6, 3, 3, seed=22)], None, None)

@@ -7,10 +7,14 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from helpers import compose_config
 
 from kd_runner import run
+from kd_runner.errors import UserError
 from kd_runner.methods import METHODS
+from kd_runner.methods.features import paired_stages
+from kd_runner.models import build_model
 
 TABLES = ("kd", "dkd", "dist", "fitnet", "at", "rkd", "sp", "pkt", "nst", "cc", "vid", "ofd", "crd", "reviewkd")
 TABLES += ("kdsvd", "ab", "ft", "fsp")
@@ -49,3 +53,33 @@ def test_every_method_of_the_tables_runs_on_the_smoke_config(method, cache, tmp_
 def test_the_smoke_student_follows_the_method_unless_one_is_named(args, student):
     cfg = compose_config("experiment=smoke", *args)
     assert (cfg.student.name, cfg.student.width, cfg.student.depth) == student
+
+
+@pytest.mark.parametrize(
+    ("student", "teacher", "size", "layers"),
+    [
+        (("cnn", 16, 2), ("cnn", 16, 2), 8, (["features.2", "features"], ["features.2", "features"])),
+        (("cnn", 64, 2), ("cnn", 64, 3), 8, (["features.2", "features"], ["features.2", "features.6"])),
+        (("resnet8x4", 0, 0), ("resnet32x4", 0, 0), 32, (["layer1", "layer2", "layer3"],) * 2),
+    ],
+)
+def test_kdsvd_and_fsp_default_to_both_models_stages_paired_by_size(student, teacher, size, layers):
+    """The last module to finish at each spatial size, inside the top-level blocks too; RepDistiller's
+    pairs for resnet32x4 -> resnet8x4."""
+    nets = [
+        build_model(name, in_channels=3, num_classes=10, image_size=size, width=w or 64, depth=d or 2)
+        for name, w, d in (student, teacher)
+    ]
+    assert paired_stages(*nets, torch.randn(2, 3, size, size), "kdsvd") == layers
+
+
+def test_stages_of_other_widths_are_one_line_naming_both_models_stages():
+    nets = [build_model("cnn", in_channels=1, num_classes=10, image_size=8, width=w, depth=2) for w in (8, 16)]
+    with pytest.raises(UserError) as exc:
+        paired_stages(*nets, torch.randn(2, 1, 8, 8), "fsp")
+    assert str(exc.value) == (
+        "distill.student_layers: distill=fsp compares two or more maps of equal widths in both models; their "
+        "stages (C x H x W) are student features.2 8x8x8, features 16x4x4, teacher features.2 16x8x8, features "
+        "32x4x4, paired by size: name layers of equal widths (distill.student_layers, distill.teacher_layers), "
+        "or give the student the teacher's widths"
+    )
