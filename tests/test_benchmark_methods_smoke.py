@@ -1,5 +1,5 @@
 """`kd-run experiment=smoke distill=X` runs for every method of the CIFAR-100 KD tables (CRD's and DKD's):
-a method that reads feature maps gets the smoke config's small conv student (conf/method_student/smoke/),
+a method that reads feature maps gets the smoke config's small conv student (conf/method_student/smoke/mlp/),
 as the config the command composes; one run each, the teacher trained once."""
 
 from __future__ import annotations
