@@ -8,6 +8,7 @@ cache, for the same metrics as training. Nothing here knows Hydra (kd-eval's com
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,30 +46,78 @@ class NormalizedModel(nn.Module):
         return self.model(normalized(images, self.mean, self.std))
 
 
-def run_files(path: Path | str) -> tuple[Path, Path]:
-    """(run directory, student weights) of a run directory (its student.pt) or of a weights file in one."""
+@dataclass(frozen=True)
+class RunFiles:
+    """What kd-eval and `load_student` read of a run: the directory named (kd-eval writes there), and the
+    record and weights of the student it names; for a job that reused an equal job's results (alpha=1
+    jobs that differ only in T or the soft loss), that job's: `owner`."""
+
+    run_dir: Path
+    record: dict
+    weights: Path
+    owner: Path | None = None
+
+
+def locate(path: Path | str, weights: str = "student.pt") -> RunFiles:
+    """The run of a run directory (its `weights`) or of a weights file in one; UserError (one line) when
+    there is no completed run's student there, saying why."""
     path = Path(path)
-    run_dir, weights = (path, path / "student.pt") if path.is_dir() else (path.parent, path)
-    if not weights.is_file():
+    if not path.exists():
         raise UserError(f"{str(path)!r}: no such run directory or student weights file")
-    return run_dir, weights
+    run_dir, name = (path, weights) if path.is_dir() else (path.parent, path.name)
+    record, owner = completed_record(run_dir), None
+    if "reused_from" in record:
+        owner, record = reused_owner(run_dir, record)
+    student_dir = owner or run_dir
+    if not (student_dir / name).is_file():
+        raise UserError(f"{student_dir} holds a completed run but no {name} (its weights were moved or deleted)")
+    return RunFiles(run_dir, record, student_dir / name, owner)
 
 
 def completed_record(run_dir: Path) -> dict:
-    """The result.json of the completed run in `run_dir` (UserError for anything else)."""
+    """The result.json of the completed run in `run_dir` (UserError for anything else, saying what is there)."""
     record = rundir.previous_record(run_dir)
-    if record is None or record.get("status") != Status.COMPLETED:
-        status = "no result.json" if record is None else f"status {record.get('status')}"
-        raise UserError(f"{run_dir} holds no completed kd-run run ({status})")
+    if record is None:
+        below = sorted(run_dir.rglob(rundir.RESULT))  # a sweep's jobs, a search's trials, a trial's seeds
+        if below:
+            raise UserError(
+                f"{run_dir} holds no run of its own but {len(below)} in its subdirectories (e.g. "
+                f"{below[0].parent}): give one of them"
+            )
+        raise UserError(f"{run_dir} holds no completed kd-run run (no result.json)")
+    status = record.get("status")
+    if status != Status.COMPLETED:
+        why = STATUS_HINTS.get(status) or " ".join(str(record.get("message", "")).split())[:200]
+        raise UserError(f"{run_dir} holds no completed kd-run run (status {status}{': ' + why if why else ''})")
     return record
+
+
+STATUS_HINTS = {  # what to do about a run that left no student to evaluate
+    Status.RUNNING: "still running, or killed: run its kd-run command again to finish it",
+    Status.INTERRUPTED: "run its kd-run command again to resume it",
+}
+
+
+def reused_owner(run_dir: Path, record: dict) -> tuple[Path, dict]:
+    """(directory, record) of the job of the same sweep whose completed run `run_dir`'s job reused (its
+    `reused_from`), found beside it, so a moved sweep still finds it; its result key must be this job's."""
+    owner = run_dir.parent / Path(record["reused_from"]).name
+    other = rundir.previous_record(owner)
+    if other is None or other.get("status") != Status.COMPLETED or other.get("result_key") != record.get("result_key"):
+        raise UserError(
+            f"{run_dir} reused the results of {record['reused_from']}, and {owner} holds no completed run of "
+            f"its result key {record.get('result_key')}: evaluate a job that trained its student"
+        )
+    return owner, other
 
 
 def load_student(run_dir: Path | str, weights: str = "student.pt", device: str = "cpu") -> nn.Module:
     """The student of a completed run (`weights`: student.pt, or student_best.pt for the best epoch) with
-    its normalisation, in eval mode on `device`: `model(images)` gives logits."""
-    record = completed_record(Path(run_dir))
-    shape = SimpleNamespace(**record["data"])
-    student = build_student(load_config(record["config"]), shape, Path(run_dir) / weights)
+    its normalisation, in eval mode on `device`: `model(images)` gives logits. It is rebuilt from the
+    run's own record (a job that reused another's results: that job's student)."""
+    files = locate(run_dir, weights)
+    shape = SimpleNamespace(**files.record["data"])
+    student = build_student(load_config(files.record["config"]), shape, files.weights)
     return NormalizedModel(student, shape.mean, shape.std).to(device).eval()
 
 
@@ -93,12 +142,12 @@ def cached_teacher(cfg: RunConfig, record: dict, data) -> nn.Module | None:
     return model if load_exact(model, loaded[0]) else None
 
 
-def evaluate(cfg: RunConfig, run_dir: Path, weights: Path) -> dict:
-    """The run's student (`weights`), and its teacher when cached, on the validation split of
+def evaluate(cfg: RunConfig, files: RunFiles) -> dict:
+    """The run's student (`files.weights`), and its teacher when cached, on the validation split of
     `cfg.dataset`: the training metrics, or the student's own ones (student_acc, student_loss, top-5)
     without a teacher. The images are normalised with the run's statistics, as its networks learnt them
     (and as `load_student` does), whatever dataset they come from."""
-    record = completed_record(run_dir)
+    record, weights = files.record, files.weights
     compute = Compute.resolve(resolve_device(cfg.device), cfg.precision, cfg.memory_format, False)
     trained = record["data"]
     data = dataclasses.replace(build_dataset(cfg.dataset), mean=tuple(trained["mean"]), std=tuple(trained["std"]))
@@ -111,11 +160,12 @@ def evaluate(cfg: RunConfig, run_dir: Path, weights: Path) -> dict:
     else:
         teacher = compute.prepare(teacher).eval()  # as in training: its features with running statistics
         teacher_logits = engine.predict(teacher, d, d.val.images)
-        value = run_objective(cfg, run_dir, student, teacher, d, student_logits, teacher_logits)
+        value = run_objective(cfg, weights.parent, student, teacher, d, student_logits, teacher_logits)
         metrics = compute_metrics(student_logits, teacher_logits, d.val.labels, value)
     return {
-        "run_dir": str(run_dir),
+        "run_dir": str(files.run_dir),
         "weights": str(weights),
+        **({"reused_from": str(files.owner)} if files.owner else {}),
         "dataset": data.name,
         "samples": len(data.val),
         "teacher": teacher is not None,

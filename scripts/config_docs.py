@@ -59,6 +59,7 @@ GROUP_USE = {
     "recipe": "`+recipe@teacher=NAME`, `+recipe@student=NAME`; in a preset `- /recipe@teacher: NAME`",
     "sweep": "`sweep=NAME`, a multirun",
     "hparams_search": "`hparams_search=NAME`, an Optuna search (extra `optuna`)",
+    "method_student": "`method_student=NAME`, picked by kd-run: NAME is the run's STUDENT/METHOD, if that file exists",
 }
 
 
@@ -155,7 +156,16 @@ def groups() -> dict[str, list[str]]:
         loader = GlobalHydra.instance().config_loader()
         names = sorted(g for g in loader.list_groups("") if g != "hydra")
         names.sort(key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
-        return {g: loader.get_group_options(g) for g in names}
+        return {g: options(loader, g) for g in names}
+
+
+def options(loader, group: str) -> list[str]:
+    """A group's options; for a group of subfolders only (method_student/), those in its subfolders, as
+    FOLDER/OPTION."""
+    own = loader.get_group_options(group)
+    if own:
+        return own
+    return [f"{sub}/{o}" for sub in sorted(loader.list_groups(group)) for o in options(loader, f"{group}/{sub}")]
 
 
 def groups_md() -> str:

@@ -12,6 +12,7 @@ from kd_runner.methods.kdsvd import kdsvd_loss
 from kd_runner.methods.nst import nst_loss
 from kd_runner.methods.pkt import pkt_loss
 from kd_runner.methods.sp import similarity_loss
+from kd_runner.methods.svd import svd
 
 
 def randn(*shape, seed, scale=1.0):
@@ -215,9 +216,40 @@ def test_kdsvd_is_zero_on_the_teachers_maps_and_blind_to_scale_and_to_the_order_
     assert kdsvd_loss(moved, teacher, 1).item() == pytest.approx(loss, rel=1e-9)
 
 
+def test_kdsvd_has_a_finite_gradient_on_maps_with_repeated_singular_values():
+    """A map equal at all its positions has one nonzero singular value and the others 0, repeated:
+    torch.linalg.svd's gradient is NaN there; KDSVD's, as in the original code, is finite."""
+    flat = [torch.ones(2, 5, 3, 3, dtype=torch.float64), randn(2, 4, 3, 3, seed=23)]  # s = (3 sqrt 5, 0, 0, 0, 0)
+    teacher = [randn(2, 5, 3, 3, seed=24), randn(2, 4, 3, 3, seed=25)]
+    first = flat[0].clone().requires_grad_()
+    (grad,) = torch.autograd.grad(kdsvd_loss([first, flat[1]], teacher, 1), first)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    x = flat[0].flatten(2).transpose(1, 2).requires_grad_()
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)  # torch's own gradient there: not finite
+    assert not torch.isfinite(torch.autograd.grad(vh[:, :4].pow(3).sum(), x)[0]).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 5), (2, 4, 6), (2, 5, 5)])
+def test_the_svd_gradient_is_torchs_where_singular_values_are_distinct(shape):
+    x = randn(*shape, seed=26)
+    weights = [randn(2, shape[1], min(shape[1:]), seed=27), randn(2, min(shape[1:]), seed=28)]
+    weights.append(randn(2, min(shape[1:]), shape[2], seed=29))
+
+    def loss(decompose, a):  # invariant to each vector's sign, as KDSVD's loss is
+        u, s, vh = decompose(a)
+        return (u.pow(2) * weights[0]).sum() + (s * weights[1]).sum() + (vh.pow(2) * weights[2]).sum()
+
+    torch.testing.assert_close(svd(x), tuple(torch.linalg.svd(x, full_matrices=False)))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (ours,) = torch.autograd.grad(loss(svd, a), a)
+    (torchs,) = torch.autograd.grad(loss(lambda t: torch.linalg.svd(t, full_matrices=False), b), b)
+    torch.testing.assert_close(ours, torchs)
+    assert torch.autograd.gradcheck(lambda t: loss(svd, t), (x.clone().requires_grad_(),))
+
+
 def test_kdsvd_refuses_one_layer_and_layers_of_different_widths_in_one_line():
     with pytest.raises(UserError, match="two or more layers"):
-        compose_config("experiment=smoke", "student=cnn", "distill=kdsvd")
+        compose_config("experiment=smoke", "student=cnn", "distill=kdsvd", "distill.student_layers=[features]")
     kdsvd = methods.make(methods.params_type("kdsvd")(), 4.0, "kl")
     with pytest.raises(UserError, match="layer pair 1 has 4 student and 6 teacher channels") as exc:
         kdsvd.terms(MAPS, [MAPS[0], randn(2, 6, 3, 3, seed=22)], None, None)

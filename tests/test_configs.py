@@ -27,6 +27,7 @@ WHOLE = {
     "sweep": "Hydra's sweeper settings",
     "hparams_search": "Hydra's sweeper settings",
     "hydra": "Hydra's own settings",
+    "method_student": "a student the method can train, stated whole over the one it replaces",
 }
 
 

@@ -12,7 +12,6 @@ import torch
 from helpers import compose_config
 
 from kd_runner import methods
-from kd_runner.errors import UserError
 from kd_runner.methods.objective import feature_taps
 from kd_runner.models import build_stage_model
 
@@ -93,13 +92,9 @@ def test_the_kd_preset_is_the_base_preset():
 
 
 @pytest.mark.parametrize("name", WITH_PRESET)
-def test_the_base_preset_composes_with_every_method_but_kdsvd(name):
-    """`experiment=cifar100_kd distill=X` keeps alpha=0.1 and the method's defaults; KDSVD has no default
-    layers, so only its preset (or layer names) runs it."""
-    if name == "kdsvd":
-        with pytest.raises(UserError, match="distill.student_layers"):
-            compose_config("experiment=cifar100_kd", "distill=kdsvd")
-        return
+def test_the_base_preset_composes_with_every_method(name):
+    """`experiment=cifar100_kd distill=X` keeps alpha=0.1 and the method's defaults (KDSVD's layers: both
+    models' stages paired by size, which are its preset's layer1, layer2, layer3)."""
     cfg = compose_config("experiment=cifar100_kd", f"distill={name}")
     assert (cfg.distill.method, cfg.alpha, cfg.student.lr) == (name, 0.1, 0.05)
 

@@ -243,3 +243,23 @@ def test_freeze_backbone_trains_only_the_head(name):
     optimizer.step()
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) != (id(p) in head), n
+
+
+def lazy_mlp(num_classes):
+    """A user network with a lazy module, as docs/extending.md's make_mlp."""
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def test_a_user_network_with_lazy_modules_is_built_with_its_shapes_so_state_dicts_load():
+    """A cached teacher, a checkpoint or a run's student loads into a freshly built lazy network (its
+    parameters have no shape until a first batch: it is given one of zeros as it is built)."""
+    from types import SimpleNamespace
+
+    from kd_runner.models import build_stage_model
+    from kd_runner.store.state_dicts import load_exact
+
+    cfg = load_config({"student": {"name": "lazy", "model": {"_target_": f"{__name__}.lazy_mlp"}}})
+    data = SimpleNamespace(in_channels=1, num_classes=10, image_size=8)
+    trained = build_stage_model(cfg.student, data, "student")
+    assert trained.training and trained[1].weight.shape == (16, 64)
+    assert load_exact(build_stage_model(cfg.student, data, "student"), trained.state_dict())

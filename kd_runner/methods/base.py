@@ -93,9 +93,10 @@ class InitParams(FeatureParams):
 
 class Method(ABC):
     """A method's soft terms. `needs`: what it reads from both models, "logits", "maps" (N x C x H x W
-    activations), "stages" (maps, by default one per stage of each model) or "embedding" (one flattened
-    layer). `parts`: the names of its terms (metrics.csv columns). One instance serves one run: `start_epoch`
-    tells it the epoch being trained (1-based)."""
+    activations), "stages" (maps, by default one per stage of each model), "paired_stages" (two or more maps
+    of equal widths in both models, by default their stages paired by spatial size: KDSVD, FSP) or
+    "embedding" (one flattened layer). `parts`: the names of its terms (metrics.csv columns). One instance
+    serves one run: `start_epoch` tells it the epoch being trained (1-based)."""
 
     params_type: ClassVar[type[Params]] = Params
     parts: ClassVar[tuple[str, ...]] = ()

@@ -101,3 +101,48 @@ def match_size(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     """Two N x C x H x W maps brought to the smaller spatial size by adaptive average pooling."""
     size = min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1])
     return F.adaptive_avg_pool2d(student, size), F.adaptive_avg_pool2d(teacher, size)
+
+
+def size_stages(model: nn.Module, sample: Tensor) -> dict[tuple[int, int], tuple[str, int]]:
+    """Spatial size (H, W) -> (name, channels) of the last module to finish at that size, over all of the
+    model's modules in the order they finish (a block after its layers), found by running `sample` once:
+    the stages inside a model whose top level is one Sequential (`cnn`: features.2, features) as well as
+    those of the CIFAR ResNets (layer1, layer2, layer3). Maps of one position are left out."""
+    finished: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+                finished.append((name, tuple(output.shape[1:])))
+
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in model.named_modules() if name]
+    try:
+        probe(model, sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stages: dict[tuple[int, int], tuple[str, int]] = {}
+    for name, (channels, *size) in finished:
+        stages[tuple(size)] = name, channels
+    return stages
+
+
+def paired_stages(student: nn.Module, teacher: nn.Module, sample: Tensor, method: str) -> tuple[list[str], list[str]]:
+    """The default layers of a method that compares two or more maps of equal widths in both models (KDSVD,
+    FSP): each model's stages (`size_stages`) at the spatial sizes both have, paired by size; one line when
+    there are fewer than two pairs or their widths differ."""
+    s, t = size_stages(student, sample), size_stages(teacher, sample)
+    pairs = [(s[size], t[size]) for size in s if size in t]
+    if len(pairs) < 2 or any(a[1] != b[1] for a, b in pairs):
+
+        def listed(stages):
+            return ", ".join(f"{name} {c}x{h}x{w}" for (h, w), (name, c) in stages.items()) or "none"
+
+        raise UserError(
+            f"distill.student_layers: distill={method} compares two or more maps of equal widths in both models; "
+            f"their stages (C x H x W) are student {listed(s)}, teacher {listed(t)}, paired by size: name layers "
+            "of equal widths (distill.student_layers, distill.teacher_layers), or give the student the teacher's widths"
+        )
+    return [a[0] for a, _ in pairs], [b[0] for _, b in pairs]

@@ -3,7 +3,7 @@ the student's layers learn the teacher's FSP matrices (the Gram matrices between
 larger map pooled to the smaller), the mean squared difference summed over the pairs; the student stage then
 trains without it (RepDistiller: loss_kd = 0 after init), here on Hinton's KD term, so alpha=1 is RepDistiller's
 plain cross-entropy. Defaults: RepDistiller (train_student.py --init_epochs 30, init lr 0.05). Both models'
-layers must have equal widths."""
+layers must have equal widths: by default their stages (the last module at each spatial size), paired by size."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Params(InitParams):
 class FSP(Method):
     params_type = Params
     parts = ("loss_kd",)
-    init_needs = "stages"
+    init_needs = "paired_stages"
     init_parts = ("loss_fsp",)
 
     def init_trainable(self, student, teacher):

@@ -3,7 +3,8 @@ HW x C, is compressed to its top right singular vectors (over channels), scaled 
 normalised singular values; the student's top k + 3 vectors are matched to the teacher's k by the largest
 |cosine| (sign included), and the student matches the teacher's RBF, exp(-(v_i - v'_j)^2 / 8) taken entry
 by entry between the vectors of consecutive layers. It needs two or more layer pairs of equal widths
-(RepDistiller: the three stages of same-width pairs such as resnet32x4 -> resnet8x4).
+(RepDistiller: the three stages of same-width pairs such as resnet32x4 -> resnet8x4): by default both
+models' stages (the last module at each spatial size), paired by size.
 
 One change: a singular vector's sign is arbitrary (the SVD backend picks it) and the target depends on it,
 so each teacher vector is signed here to make its largest-magnitude entry positive; the loss is then one
@@ -31,19 +32,19 @@ class Params(FeatureParams):
         super().check(run)
         if self.k < 1:
             raise ConfigError("distill.k", self.k, "a whole number >= 1")
-        if len(self.student_layers) < 2:
+        if len(self.student_layers) == 1:
             raise ConfigError(
                 "distill.student_layers",
                 self.student_layers,
                 "two or more layers (and as many distill.teacher_layers of the same widths) with distill=kdsvd: "
-                "its term relates consecutive layers",
+                "its term relates consecutive layers; or none: both models' stages of equal widths, paired by size",
             )
 
 
 class KDSVD(Method):
     params_type = Params
     parts = ("loss_kdsvd",)
-    needs = "maps"
+    needs = "paired_stages"
 
     def terms(self, student, teacher, labels, inputs):
         check_widths(student, teacher)
@@ -62,13 +63,14 @@ def check_widths(student, teacher) -> None:
 
 def singular_vectors(features, n):
     """The top n right singular vectors (N x C x n) of each sample's HW x C map and the top n singular
-    values, L2-normalised over the n (N x n)."""
-    import torch
+    values, L2-normalised over the n (N x n). The SVD's gradient is finite where singular values repeat
+    (a rank-deficient map), as in the original code (methods/svd.py)."""
     import torch.nn.functional as F
 
     from kd_runner.methods.logits import wide
+    from kd_runner.methods.svd import svd
 
-    _, s, vh = torch.linalg.svd(wide(features).flatten(2).transpose(1, 2), full_matrices=False)
+    _, s, vh = svd(wide(features).flatten(2).transpose(1, 2))
     return F.normalize(vh.transpose(1, 2)[:, :, :n], dim=1), F.normalize(s[:, :n], dim=1)
 
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from kd_runner.errors import UserError
 from kd_runner.methods.base import Method, combine
-from kd_runner.methods.features import FeatureTap, default_layers, probe, stage_layers
+from kd_runner.methods.features import FeatureTap, default_layers, paired_stages, probe, size_stages, stage_layers
 
 
 class MethodState(nn.Module):
@@ -172,6 +172,8 @@ def feature_taps(method: Method, student_layers, teacher_layers, student, teache
     """Hooks on the configured (or default) layers of both models; one line for a layer that is not
     there, a count that differs, or activations of the wrong shape for the method."""
     embedding = method.needs == "embedding"
+    if method.needs == "paired_stages" and not student_layers and not teacher_layers:
+        student_layers, teacher_layers = paired_stages(student, teacher, sample, method.params.method)
     s_names = student_layers or _default_layers(method, student, sample, "distill.student_layers")
     t_names = teacher_layers or _default_layers(method, teacher, sample, "distill.teacher_layers")
     if method.needs == "stages" and not student_layers and not teacher_layers:
@@ -199,6 +201,8 @@ def feature_taps(method: Method, student_layers, teacher_layers, student, teache
 def _default_layers(method: Method, model: nn.Module, sample: Tensor, key: str) -> list[str]:
     if method.needs == "stages":
         return stage_layers(model, sample, key)
+    if method.needs == "paired_stages":  # the other model's layers are named: this one's stages, by size
+        return [name for name, _ in size_stages(model, sample).values()]
     return default_layers(model, sample, method.needs == "embedding", key)
 
 

@@ -70,6 +70,7 @@ def build_stage_model(stage, data, key: str = "model") -> nn.Module:
         )
     else:
         model = custom.build_network(stage.model, key, pretrained=stage.pretrained, **dims)
+        custom.materialize(model, data.in_channels, data.image_size, data.num_classes, f"{key}.model")
         if stage.weights_path is not None:
             load_exact(
                 model,

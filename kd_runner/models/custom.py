@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from kd_runner import user_code as targets
 from kd_runner.errors import ConfigError, UserError, one_line
@@ -52,6 +53,14 @@ def check_output(model: nn.Module, images: torch.Tensor, num_classes: int, key: 
             f"{key}: the network returns {got} for a batch of {_shape(images)} images; expected logits of shape "
             f"{expected} (the dataset has {num_classes} classes)"
         )
+
+
+def materialize(model: nn.Module, in_channels: int, image_size: int, num_classes: int, key: str) -> None:
+    """Give lazy modules (nn.LazyLinear, ...) their shapes by one batch of zeros, as the network is built:
+    their parameters have no shape until a first forward, so no state dict (a checkpoint, a cached teacher,
+    a run's student) could be loaded into them."""
+    if any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
+        check_output(model, torch.zeros(1, in_channels, image_size, image_size), num_classes, key)
 
 
 def _shape(images: torch.Tensor) -> str:

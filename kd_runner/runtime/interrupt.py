@@ -36,7 +36,7 @@ def graceful_stop() -> Iterator[None]:
 
 def exit_on_signal(prog: str, hint: str = "run the same command again to resume") -> None:
     """Until `graceful_stop` takes over (and again after it), SIGTERM/SIGINT exit `prog` at once with exit
-    code 75: nothing is being written then, or only atomically."""
+    code 75 and one line ending in `hint`: nothing is being written then, or only atomically."""
 
     def stop_now(signum: int, frame) -> None:
         print(f"{prog}: stopped at once by {signal.Signals(signum).name}; {hint}", file=sys.stderr)
