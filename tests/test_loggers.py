@@ -22,6 +22,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from wandb.proto import wandb_internal_pb2
 
 from kd_runner import loggers
+from kd_runner.cli import compose
 from kd_runner.config import config_digest, result_key
 from kd_runner.loggers.mlflow_run import store_uri
 
@@ -30,9 +31,10 @@ ALL = "logger=[csv,tensorboard,mlflow,wandb]"
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """A two-job sweep reporting to every tracker (MLflow in its default local store under outputs/)."""
+    """A two-job sweep reporting to every tracker (MLflow in its default local store under outputs/), the
+    student's weights kept as an artifact."""
     cwd = tmp_path_factory.mktemp("trackers")
-    kd_run("-m", "experiment=smoke", "seed=0,1", ALL, "hydra.sweep.dir=sweep", cwd=cwd)
+    kd_run("-m", "experiment=smoke", "seed=0,1", ALL, "logger.log_model=true", "hydra.sweep.dir=sweep", cwd=cwd)
     return cwd
 
 
@@ -53,17 +55,35 @@ def test_tensorboard_holds_each_jobs_epochs_and_final_metrics(sweep):
         content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         session = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
         assert session.hparams["seed"].number_value == int(job)
+        assert set(session.hparams) == set(loggers.MAIN_KEYS)  # the keys that matter, none without a value
+        assert session.hparams["teacher"].string_value == "cnn" and session.hparams["distill"].string_value == "kd"
 
 
-def test_mlflow_has_one_run_per_job_in_the_sweeps_experiment(sweep):
+def test_tensorboard_hparams_are_the_main_keys_and_the_swept_ones_without_none():
+    cfg = compose_config("experiment=smoke")
+    cfg = compose.named(cfg, ["experiment=smoke", "student.width=8", "dataset.val_fraction=0.3"], ["student.width"])
+    shown = loggers.hparams(cfg)
+    assert list(shown) == [*loggers.MAIN_KEYS, "student.width"]
+    assert None not in shown.values() and cfg.teacher.checkpoint is None
+    assert len(loggers.params(cfg)) > 50  # MLflow and W&B still get the whole config
+
+
+def test_mlflow_has_a_run_per_job_named_by_its_overrides_under_the_sweeps_parent_run(sweep):
     uri, _ = store_uri(str(sweep / "outputs" / "mlflow"))
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("kd-runner/sweep")
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
-    assert sorted(runs) == ["0", "1"]
-    for job, run in runs.items():
+    assert sorted(runs) == ["seed=0", "seed=1", "sweep over seeds"]
+    parent = runs.pop("sweep over seeds")
+    sweep_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "runs.csv", "summary.md", "curves.png", "final_accuracy.png"} <= sweep_files
+    logged = Path(client.download_artifacts(parent.info.run_id, "summary.csv")).read_bytes()
+    assert logged == (sweep / "sweep" / "summary.csv").read_bytes()
+    for name, run in runs.items():
+        job = name.removeprefix("seed=")
         record, _ = read_run(sweep / "sweep" / job)
         assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.params["seed"] == job
         assert run.data.metrics["student_acc"] == pytest.approx(record["metrics"]["student_acc"])
         history = client.get_metric_history(run.info.run_id, "student/student_acc")
@@ -71,9 +91,11 @@ def test_mlflow_has_one_run_per_job_in_the_sweeps_experiment(sweep):
         assert [m.step for m in history] == rows["epoch"].tolist()
         assert [m.value for m in history] == pytest.approx(rows["student_acc"].tolist())
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"result.json", "metrics.csv"} <= artifacts
+        assert {"result.json", "metrics.csv", "student.pt"} <= artifacts
         logged = json.loads(Path(client.download_artifacts(run.info.run_id, "result.json")).read_text())
         assert logged["metrics"] == record["metrics"]
+        weights = Path(client.download_artifacts(run.info.run_id, "student.pt")).read_bytes()
+        assert weights == (sweep / "sweep" / job / "student.pt").read_bytes()
 
 
 def wandb_records(run_file: Path) -> list:
@@ -101,7 +123,11 @@ def test_wandb_offline_run_files_hold_the_group_config_and_history(sweep):
         (run_file,) = (sweep / "sweep" / job / "wandb").glob("offline-run-*/run-*.wandb")
         records = wandb_records(run_file)
         (run,) = [r.run for r in records if r.HasField("run")]
-        assert (run.project, run.run_group, run.display_name) == ("kd-runner", "sweep", job)
+        assert (run.project, run.run_group, run.display_name) == ("kd-runner", "sweep", f"seed={job}")
+        axes = {r.metric.glob_name: r.metric.step_metric for r in records if r.metric.glob_name}
+        assert axes == {"teacher/*": "teacher/epoch", "student/*": "student/epoch"}  # a step axis per stage
+        (model,) = [r.artifact for r in records if r.HasField("artifact")]
+        assert model.type == "model" and [c.path for c in model.manifest.contents] == ["student.pt"]
         config = {item.key: json.loads(item.value_json) for item in run.config.update}
         assert config["seed"] == int(job)
         history = [
@@ -111,6 +137,50 @@ def test_wandb_offline_run_files_hold_the_group_config_and_history(sweep):
         ]
         acc = [h["student/student_acc"] for h in history if "student/student_acc" in h]
         assert acc == pytest.approx(student_rows(sweep / "sweep" / job)["student_acc"].tolist())
+
+
+def test_a_sweeps_jobs_are_named_by_the_overrides_that_differ_between_them():
+    cfg = compose_config("experiment=smoke")
+    overrides = [["experiment=smoke", f"alpha={a}", f"+seed={s}"] for a in (0.5, 1) for s in (0, 1)]
+    planned = [compose.Job(num, cfg, None, job) for num, job in enumerate(overrides)]
+    compose.name_sweep_jobs(planned)
+    assert [job.cfg.logger.name for job in planned] == [
+        "alpha=0.5,seed=0",
+        "alpha=0.5,seed=1",
+        "alpha=1,seed=0",
+        "alpha=1,seed=1",
+    ]
+    assert planned[0].cfg.logger.hparams == ["alpha", "seed"]
+    given = compose.named(compose_config("experiment=smoke", "logger.name=mine"), ["alpha=0"], ["alpha"])
+    assert given.logger.name == "mine"
+    assert compose.sweep_group("outputs/sweeps/2026-12-04/18-20-19-123456") == "2026-12-04/18-20-19-123456"
+
+
+def test_a_timm_network_is_named_by_its_architecture():
+    teacher = compose_config("experiment=smoke", "teacher=timm", "teacher.model.arch=resnet50d").teacher
+    assert (teacher.name, teacher.label) == ("timm", "timm/resnet50d")
+    assert compose_config("experiment=smoke").teacher.label == "cnn"
+    cfg = compose_config("experiment=smoke", "teacher=timm", "student=timm", "student.model.arch=resnet10t")
+    assert loggers.hparams(cfg)["teacher"] == "timm/resnet18" and loggers.hparams(cfg)["student"] == "timm/resnet10t"
+
+
+def test_strict_refuses_an_unreachable_mlflow_server_in_one_line_before_anything_runs(tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    args = ["experiment=smoke", "logger=mlflow", f"logger.tracking_uri={url}", f"hydra.run.dir={tmp_path / 'run'}"]
+    err = usage_error_line([*args, "logger.strict=true"], capsys)
+    assert err.startswith("kd-run: error: logger.strict=true: logger=mlflow is not usable") and url in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_strict_refuses_a_local_store_that_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    store = tmp_path / "file" / "mlflow"
+    args = ["experiment=smoke", "logger=mlflow", f"logger.tracking_uri={store}", "logger.strict=true"]
+    err = usage_error_line([*args, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert err == (
+        f"kd-run: error: logger.strict=true: logger.tracking_uri={str(store)!r} cannot be created: "
+        f"{tmp_path / 'file'} is a file, not a directory"
+    )
 
 
 def test_a_missing_tracker_package_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
@@ -217,7 +287,7 @@ def _start_and_finish(store: str, name: str, run_dir: str) -> None:
     from kd_runner.loggers.mlflow_run import MlflowTracker
 
     tracker = MlflowTracker(store)
-    tracker.start(RunInfo(Path(run_dir), "kd-runner", "race", name, {"alpha": 0.5}))
+    tracker.start(RunInfo(Path(run_dir), "kd-runner", "race", name, {"alpha": 0.5}, {"alpha": 0.5}))
     tracker.finish({"status": "completed", "metrics": {"student_acc": 0.5}})
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from kd_runner.errors import UserError
-from kd_runner.names import METRIC_NAMES
+from kd_runner.names import METRIC_NAMES, network_label
 from kd_runner.status import Status
 from kd_runner.store.files import write_csv, write_json, write_text
 
@@ -240,6 +240,8 @@ def _recorded(config: dict, key: str, value: str) -> str:
     job can overwrite; the override's own text for a config group (`teacher=resnet18`) or a missing key."""
     for part in key.split("."):
         config = config.get(part) if isinstance(config, dict) else None
+    if isinstance(config, dict) and config.get("name") == value:  # a network's group: timm by its architecture
+        return network_label(value, config.get("model"))
     return value if config is None or isinstance(config, (dict, list)) else str(config)
 
 
