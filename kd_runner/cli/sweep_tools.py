@@ -29,10 +29,7 @@ def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> tuple[aggregate.Tabl
     the files written."""
     remove_orphan_temps(out_dir)  # e.g. a plot whose writer was killed
     tables = aggregate.aggregate(sweep_dirs, out_dir)
-    plots = report.write_plots(out_dir)
-    studies = [d for d in sweep_dirs if (Path(d) / search.STUDY_DB).is_file()]
-    if len(studies) == 1:  # an Optuna search (several studies are not merged)
-        plots += search.write_search_outputs(studies[0], out_dir)
+    plots = write_plots(sweep_dirs, out_dir)
     runs = tables.runs
     print(tables.markdown)
     counts = runs["status"].value_counts()
@@ -50,6 +47,15 @@ def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> tuple[aggregate.Tabl
         )
     print(f"written to {out_dir}: " + ", ".join((*TABLES, *plots)))
     return tables, [*TABLES, *plots]
+
+
+def write_plots(sweep_dirs: list[Path], out_dir: Path) -> list[str]:
+    """The sweep's plots from its tables, or a search's from its study (Optuna's plots, trials.csv and
+    best_params.json; several studies are not merged); the names written."""
+    studies = [d for d in sweep_dirs if (Path(d) / search.STUDY_DB).is_file()]
+    if len(studies) == 1:
+        return search.write_search_outputs(studies[0], out_dir)
+    return report.write_plots(out_dir)
 
 
 def finish_sweep(sweep_dir: Path) -> bool:
@@ -112,12 +118,13 @@ def check_out_dir(out: Path) -> None:
 
 def report_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="kd-report", description="Redraw a sweep's plots (PNG) from its summary.csv and curves.csv."
+        prog="kd-report",
+        description="Redraw a sweep's plots (PNG, SVG) from its summary.csv and curves.csv (a search's: its study).",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="a sweep directory holding summary.csv and curves.csv")
     args = parser.parse_args(argv)
     try:
-        plots = report.write_plots(args.dir)
+        plots = write_plots([args.dir], args.dir)
     except UserError as exc:
         _fail("kd-report", exc)
     print(f"written to {args.dir}: " + ", ".join(plots))
