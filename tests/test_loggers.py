@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import compose_config, kd_run, read_run, start_kd_run, usage_error_line, wait_for_file
+from helpers import compose_config, free_port, kd_run, read_run, start_kd_run, usage_error_line, wait_for_file
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -224,12 +223,6 @@ def test_a_tracker_that_fails_mid_run_warns_once_and_the_others_go_on(caplog):
     assert working.calls == ["start", "log_epoch", "log_epoch", "log_epoch", "finish"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "logger=mlflow failed" in warnings[0] and "server gone" in warnings[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

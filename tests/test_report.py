@@ -4,13 +4,21 @@ a search drawn by Optuna's own plots."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 from matplotlib import colors
+from helpers import free_port
 from test_aggregate import grid_sweep, make_job
 
-from kd_runner.sweep import aggregate, report
+from kd_runner.sweep import aggregate, report, search
 
 
 def caption(fig) -> str:
@@ -97,3 +105,46 @@ def test_a_search_is_drawn_by_optunas_own_plots(tmp_path):
     assert names == [f"{stem}.{ext}" for stem in stems for ext in ("png", "svg")]
     assert "Optimization History Plot" in (tmp_path / "optimization_history.svg").read_text()
     assert "temperature" in (tmp_path / "slice.svg").read_text()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("KD_DASHBOARD_PYTHON"),
+    reason="KD_DASHBOARD_PYTHON names a separate environment's Python with optuna-dashboard (docs/sweeps.md)",
+)
+def test_optuna_dashboard_opens_an_upgraded_copy_of_the_study(tmp_path):
+    """docs/sweeps.md's way to the current optuna-dashboard, as written: a copy of the study upgraded by the
+    separate environment's Optuna, served on 127.0.0.1; the original stays readable by kd-run's Optuna 2."""
+    optuna = pytest.importorskip("optuna")
+    study = optuna.create_study(
+        study_name=search.STUDY_NAME, storage=search.storage_url(tmp_path), direction="maximize"
+    )  # what the sweeper writes: Optuna 2's RDB storage in SQLite
+    study.optimize(lambda t: t.suggest_float("alpha", 0, 1), n_trials=3)
+    tools = Path(os.environ["KD_DASHBOARD_PYTHON"]).parent
+    copy = tmp_path / "study-copy.db"
+    shutil.copy(tmp_path / search.STUDY_DB, copy)
+    subprocess.run([tools / "optuna", "storage", "upgrade", "--storage", f"sqlite:///{copy}"], check=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [tools / "optuna-dashboard", "--host", "127.0.0.1", "--port", str(port), f"sqlite:///{copy}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        served = json.loads(fetch(f"http://127.0.0.1:{port}/api/studies/1", server))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert served["name"] == search.STUDY_NAME and len(served["trials"]) == 3
+    assert len(optuna.load_study(study_name=search.STUDY_NAME, storage=search.storage_url(tmp_path)).trials) == 3
+
+
+def fetch(url: str, server: subprocess.Popen, timeout: float = 60) -> str:
+    """The body at `url` once the server answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not answer"
+            time.sleep(0.5)
