@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from matplotlib import colors
 from helpers import free_port
+from matplotlib import colors
 from test_aggregate import grid_sweep, make_job
 
 from kd_runner.sweep import aggregate, report, search
