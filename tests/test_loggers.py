@@ -302,3 +302,22 @@ def test_parallel_jobs_create_one_local_mlflow_store_without_losing_a_run(tmp_pa
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(run.info.run_name for run in runs) == ["0", "1", "2"]
     assert all(run.info.status == "FINISHED" for run in runs)
+
+
+@pytest.mark.slow
+def test_a_searchs_trials_are_named_by_their_searched_values_under_the_searchs_parent_run(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    search = ("hparams_search=alpha_temperature", "experiment=smoke", "hydra.sweeper.n_trials=2")
+    kd_run(*search, "logger=mlflow", "hydra.sweep.dir=search", cwd=tmp_path)
+    client = MlflowClient(tracking_uri=store_uri(str(tmp_path / "outputs" / "mlflow"))[0])
+    experiment = client.get_experiment_by_name("kd-runner/search")
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    parent = runs.pop("sweep over alpha x temperature")
+    assert parent.info.status == "FINISHED"
+    assert {"trials.csv", "best_params.json", "optimization_history.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
+    trials = [json.loads(p.read_text()) for p in sorted((tmp_path / "search").glob("*/result.json"))]
+    names = {",".join(o for o in t["overrides"] if o.startswith(("alpha=", "temperature="))) for t in trials}
+    assert set(runs) == names and len(names) == 2
+    assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in runs.values())

@@ -148,3 +148,15 @@ def fetch(url: str, server: subprocess.Popen, timeout: float = 60) -> str:
         except OSError:
             assert server.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not answer"
             time.sleep(0.5)
+
+
+def test_a_timm_network_swept_is_named_by_its_architecture_in_tables_and_plots(tmp_path):
+    for num, (teacher, arch) in enumerate([("timm", "resnet50d"), ("cnn", None)]):
+        make_job(tmp_path, num, [f"teacher={teacher}", "seed=0"], 0, 0.8 + 0.1 * num)
+        result = json.loads((tmp_path / str(num) / "result.json").read_text())
+        result["config"]["teacher"] = {"name": teacher, "model": {"_target_": None, "arch": arch}}
+        (tmp_path / str(num) / "result.json").write_text(json.dumps(result))
+    tables = aggregate.aggregate([tmp_path], tmp_path)
+    assert sorted(tables.runs["teacher"]) == ["cnn", "timm/resnet50d"]
+    fig = report.figures(tmp_path)["final_accuracy"]
+    assert set(fig.axes[0].get_xticklabels()[i].get_text() for i in range(2)) == {"cnn", "timm/resnet50d"}

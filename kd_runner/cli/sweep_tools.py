@@ -65,11 +65,12 @@ def finish_sweep(sweep_dir: Path) -> bool:
         print(f"kd-run: no job of the sweep started; nothing to aggregate in {sweep_dir}", file=sys.stderr)
         return False
     tables, written = write_outputs([sweep_dir], sweep_dir)
+    completed = bool((tables.runs["status"] == Status.COMPLETED).all())
     logger = _jobs_logger(sweep_dir)
     if logger is not None:
         name = "sweep over " + (" x ".join(tables.keys) or "seeds")
-        loggers.finish_sweep(logger, sweep_dir, [sweep_dir / n for n in written], name)
-    return bool((tables.runs["status"] == Status.COMPLETED).all())
+        loggers.finish_sweep(logger, sweep_dir, [sweep_dir / n for n in written], name, completed)
+    return completed
 
 
 def _jobs_logger(sweep_dir: Path) -> dict | None:

@@ -185,16 +185,17 @@ def start(cfg, run_dir: Path) -> Trackers:
     return trackers
 
 
-def finish_sweep(logger: dict, sweep_dir: Path, files: list[Path], name: str) -> None:
+def finish_sweep(logger: dict, sweep_dir: Path, files: list[Path], name: str, completed: bool) -> None:
     """At a sweep's end, MLflow's parent run `name` of its jobs, holding `files` (the sweep's tables and
-    plots); `logger`: the jobs' logger settings, as their result.json recorded them. A tracker that fails
-    warns: the sweep's files on disk are the record."""
+    plots), FINISHED when every job `completed`, else FAILED; `logger`: the jobs' logger settings, as their
+    result.json recorded them. A tracker that fails warns: the sweep's files on disk are the record."""
     if not logger.get("mlflow"):
         return
     from kd_runner.loggers import mlflow_run
 
     experiment = experiment_name(logger["project"], logger["group"])
     try:
-        mlflow_run.log_sweep(logger["tracking_uri"], experiment, Path(sweep_dir).absolute(), files, name)
+        status = "FINISHED" if completed else "FAILED"
+        mlflow_run.log_sweep(logger["tracking_uri"], experiment, Path(sweep_dir).absolute(), files, name, status)
     except Exception as exc:  # the user's tool, not the sweep: warn, go on
         log.warning("logger=mlflow failed to record the sweep's parent run (%s)", one_line(exc))

@@ -117,8 +117,8 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, END_STATUS.get(record.get("status"), "FAILED"))
 
 
-def log_sweep(tracking_uri: str, experiment: str, sweep_dir: Path, files: list[Path], name: str) -> None:
-    """The sweep's parent run in `experiment` (found again when the sweep is resumed or re-aggregated):
+def log_sweep(tracking_uri: str, experiment: str, sweep_dir: Path, files: list[Path], name: str, status: str) -> None:
+    """The sweep's parent run in `experiment` (found again when the sweep is resumed), ended with `status`:
     `files` as its artifacts, and each job's run of the sweep (by its run directory) nested under it."""
     client, experiment_id = _open(tracking_uri, experiment)
     runs = client.search_runs([experiment_id], max_results=50000)
@@ -133,4 +133,4 @@ def log_sweep(tracking_uri: str, experiment: str, sweep_dir: Path, files: list[P
         job_dir = Path(run.data.tags.get(RUN_DIR, "/"))
         if job_dir != sweep_dir and job_dir.is_relative_to(sweep_dir):
             client.set_tag(run.info.run_id, PARENT, parent_id)
-    client.set_terminated(parent_id, "FINISHED")
+    client.set_terminated(parent_id, status)
