@@ -31,6 +31,7 @@ from kd_runner.names import (
     SIZED_NETWORKS,
     SOFT_LOSSES,
     WITH_TEST_SPLIT,
+    network_label,
 )
 from kd_runner.store.files import digest
 from kd_runner.user_code import source_digest
@@ -159,6 +160,11 @@ class StageConfig:
         default_factory=list, metadata={"doc": "epochs of the decays, scheduler=multistep, e.g. [150,180,210]"}
     )
 
+    @property
+    def label(self) -> str:
+        """The network as records, tables and trackers name it (timm/<arch> for teacher=timm)."""
+        return network_label(self.name, self.model)
+
 
 @dataclass
 class TeacherConfig(StageConfig):
@@ -214,10 +220,30 @@ class LoggerConfig:
     project: str = field(default="kd-runner", metadata={"doc": "MLflow experiment and W&B project"})
     group: str | None = field(
         default=None,
-        metadata={"doc": "the runs' group (W&B group; MLflow experiment <project>/<group>); a sweep: its directory"},
+        metadata={
+            "doc": "the runs' group (W&B group; MLflow experiment <project>/<group>); a sweep: its directory, "
+            "less outputs/sweeps/"
+        },
     )
-    name: str | None = field(default=None, metadata={"doc": "the tracker run's name (null: the run directory's name)"})
+    name: str | None = field(
+        default=None,
+        metadata={"doc": "the tracker run's name (null: a sweep job's swept overrides, else the run directory's name)"},
+    )
     mode: str = field(default="offline", metadata={"doc": "W&B: offline (files in the run directory) | online"})
+    hparams: list[str] = field(
+        default_factory=list,
+        metadata={"doc": "keys TensorBoard's HPARAMS shows besides the main ones (a sweep adds its swept keys)"},
+    )
+    log_model: bool = field(
+        default=False, metadata={"doc": "MLflow and W&B also keep the student's weights (student.pt) as an artifact"}
+    )
+    strict: bool = field(
+        default=False,
+        metadata={
+            "doc": "true: check each tracker (reachable, writable) before the first job and stop in one line "
+            "if one is not; false: a tracker that fails warns and the run goes on"
+        },
+    )
 
 
 def user_cache_dir() -> str:

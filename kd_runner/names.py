@@ -31,6 +31,14 @@ NETWORKS = {
 MODEL_NAMES = tuple(sorted(NETWORKS))
 SIZED_NETWORKS = ("cnn", "mlp")  # the networks `width` and `depth` shape (the others ignore them)
 
+
+def network_label(name: str, model: dict) -> str:
+    """A network as tables, plots and trackers name it: `teacher=timm` by its architecture (timm/resnet50d),
+    which the bare name would hide; any other by its name."""
+    arch = model.get("arch") if isinstance(model, dict) else None
+    return f"{name}/{arch}" if name == "timm" and arch else name
+
+
 DOWNLOADABLE = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")  # data/vision.py's FILE_DATASETS
 WITH_TEST_SPLIT = (*DOWNLOADABLE, "imagefolder", "fake")
 # every built-in dataset's builder, "module:function", called with the typed dataset config

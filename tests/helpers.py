@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +70,13 @@ def usage_error_line(args: list[str], capsys) -> str:
     assert len(err.splitlines()) == 1, err
     assert err.startswith("kd-run: error: ")
     return err
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def compose_config(*overrides: str) -> RunConfig:

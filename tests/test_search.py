@@ -76,7 +76,7 @@ def test_a_resumed_search_completes_n_trials_of_two_seeds_each(resumed):
     assert sorted(runs["seed"]) == [0, 0, 1, 1]
 
 
-def test_the_search_writes_its_trials_best_params_and_objective_plot(resumed):
+def test_the_search_writes_its_trials_best_params_and_optunas_plots(resumed):
     sweep = resumed
     study = optuna.load_study(study_name=search.STUDY_NAME, storage=search.storage_url(sweep))
     trials = pd.read_csv(sweep / "trials.csv")
@@ -84,9 +84,11 @@ def test_the_search_writes_its_trials_best_params_and_objective_plot(resumed):
     assert trials["state"].tolist() == [t.state.name for t in study.trials]
     best = json.loads((sweep / "best_params.json").read_text())
     assert best == {"trial": study.best_trial.number, "value": study.best_value, "params": study.best_params}
-    with Image.open(sweep / "objective.png") as image:
-        assert image.format == "PNG"
-        image.verify()
+    for stem in ("optimization_history", "slice"):  # Optuna's own plots, not one line per value
+        with Image.open(sweep / f"{stem}.png") as image:
+            assert image.format == "PNG"
+            image.verify()
+    assert not (sweep / "curves.png").exists() and not (sweep / "final_accuracy.png").exists()
 
 
 def test_a_search_job_with_a_bad_value_stops_with_one_line_and_leaves_no_directory(tmp_path):

@@ -3,8 +3,10 @@ one teacher per sweep (also with parallel jobs), failure handling, presets and r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import re
 import shutil
 import signal
 import statistics
@@ -314,6 +316,23 @@ def test_ray_launcher(tmp_path):
     assert sorted(runs["teacher_source"]) == ["cache", "trained"]  # one teacher, through the cache's lock
     commands = [r["command"][0] for r in job_results(tmp_path / "sweep")]
     assert all(Path(c).name == "default_worker.py" for c in commands), commands  # each job ran in a Ray worker
+
+
+def test_the_ray_extra_installs_beside_joblib():
+    """`pip install 'kd-runner[ray]'` in the project's own environment: hydra-ray-launcher requires
+    cloudpickle<3 and joblib 1.6 cloudpickle>=3, so the extra asks for a joblib before 1.6; where the extra
+    is installed, pip finds no broken requirement."""
+    from packaging.requirements import Requirement
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    (extra,) = re.findall(r"^ray = \[(.*)\]$", pyproject, re.MULTILINE)
+    ray = [Requirement(r) for r in re.findall(r'"([^"]+)"', extra)]
+    (joblib,) = [r for r in ray if r.name == "joblib"]
+    assert not joblib.specifier.contains("1.6.0") and joblib.specifier.contains("1.5.3")
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        pytest.skip("the ray extra is not installed here")
+    check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout
 
 
 @pytest.mark.parametrize("subdir", ["same", "a${alpha}"])

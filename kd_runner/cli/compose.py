@@ -37,6 +37,7 @@ from kd_runner.user_code import Target
 CONFIG_MODULE = "kd_runner.conf"
 CONFIG_NAME = "config"
 KD_SWEEPER = "hydra_plugins.kd_runner_sweeper.KdSweeper"  # hydra/sweeper=kd, kd_runner.cli.sweeper
+SWEEPS = "outputs/sweeps"  # where conf/hydra/default.yaml puts a sweep's directory
 
 
 def register() -> None:
@@ -129,7 +130,7 @@ def job_config(raw: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> RunCon
     if multirun and values.get("threads") == 0 and "n_jobs" in hydra_cfg.launcher and omp_threads() is None:
         values["threads"] = parallel_threads(hydra_cfg.launcher.n_jobs, cpu_cores())
     if multirun and values.get("logger", {}).get("group") is None:
-        values.setdefault("logger", {})["group"] = str(hydra_cfg.sweep.dir)
+        values.setdefault("logger", {})["group"] = sweep_group(str(hydra_cfg.sweep.dir))
     return bound(load_config(values))
 
 
@@ -144,6 +145,37 @@ def bound(cfg):
         elif isinstance(value, dict) and value.get("_target_") is not None:
             setattr(cfg, f.name, Target(value, instantiate))
     return cfg
+
+
+def sweep_group(sweep_dir: str) -> str:
+    """A sweep's name in the trackers: its directory, without the default's outputs/sweeps/ in front."""
+    return sweep_dir.removeprefix(f"{SWEEPS}/")
+
+
+def named(cfg: RunConfig, overrides: list[str], swept: list[str]) -> RunConfig:
+    """`cfg` with a sweep job's name in the trackers: its overrides of the `swept` keys (alpha=0.5,seed=1),
+    unless logger.name is given; the swept keys also go to TensorBoard's HPARAMS."""
+    values = dict(_split_override(o) for o in overrides)
+    name = ",".join(f"{key}={values[key]}" for key in swept if key in values)
+    logger = dataclasses.replace(
+        cfg.logger, name=cfg.logger.name or name or None, hparams=[*cfg.logger.hparams, *swept]
+    )
+    return dataclasses.replace(cfg, logger=logger)
+
+
+def name_sweep_jobs(planned: list[Job]) -> None:
+    """Name each job of a planned sweep by the keys whose values differ between its jobs."""
+    values = [dict(_split_override(o) for o in job.overrides) for job in planned]
+    keys = dict.fromkeys(key for job in values for key in job)
+    swept = [key for key in keys if len({job.get(key) for job in values}) > 1]
+    for job in planned:
+        job.cfg = named(job.cfg, job.overrides, swept)
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    """`+key=value` as (key, value)."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
 
 
 def parallel_threads(n_jobs: int | None, cores: int) -> int:

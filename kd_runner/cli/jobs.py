@@ -90,11 +90,14 @@ def start(raw: DictConfig, hydra_cfg: DictConfig) -> Job:
     job's directory (only Hydra's .hydra/ and log so far) is removed."""
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        cfg = compose.job_config(raw, hydra_cfg, multirun=True)
+        overrides = list(hydra_cfg.overrides.task)
+        cfg = compose.named(
+            compose.job_config(raw, hydra_cfg, multirun=True), overrides, list(hydra_cfg.sweeper.params)
+        )
         from kd_runner import run
 
         finished = run.check_job(cfg, run_dir, dir_key="hydra.sweep.dir", processes=launched_world_size())
-        return Job(hydra_cfg.job.num, cfg, run_dir, list(hydra_cfg.overrides.task), finished is not None)
+        return Job(hydra_cfg.job.num, cfg, run_dir, overrides, finished is not None)
     except UserError as exc:
         if not (run_dir / rundir.RESULT).exists():
             shutil.rmtree(run_dir, ignore_errors=True)

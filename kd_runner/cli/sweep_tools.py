@@ -9,9 +9,12 @@ from the tables.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 from pathlib import Path
 
+from kd_runner import loggers
 from kd_runner.errors import UserError
 from kd_runner.status import Status
 from kd_runner.store.files import check_writable, remove_orphan_temps
@@ -21,14 +24,12 @@ TABLES = ("runs.csv", "summary.csv", "curves.csv", "summary.md")
 STATUSES = [s.value for s in Status if s != Status.RUNNING]  # the order of the sweep's "jobs:" line
 
 
-def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
-    """Tables and plots of `sweep_dirs` into `out_dir`, and a summary on stdout. True when every job completed."""
+def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> tuple[aggregate.Tables, list[str]]:
+    """Tables and plots of `sweep_dirs` into `out_dir`, and a summary on stdout; the tables and the names of
+    the files written."""
     remove_orphan_temps(out_dir)  # e.g. a plot whose writer was killed
     tables = aggregate.aggregate(sweep_dirs, out_dir)
-    plots = report.write_plots(out_dir)
-    studies = [d for d in sweep_dirs if (Path(d) / search.STUDY_DB).is_file()]
-    if len(studies) == 1:  # an Optuna search (several studies are not merged)
-        plots += search.write_search_outputs(studies[0], out_dir)
+    plots = write_plots(sweep_dirs, out_dir)
     runs = tables.runs
     print(tables.markdown)
     counts = runs["status"].value_counts()
@@ -45,15 +46,40 @@ def write_outputs(sweep_dirs: list[Path], out_dir: Path) -> bool:
             f"{sources.get('cache', 0)}"
         )
     print(f"written to {out_dir}: " + ", ".join((*TABLES, *plots)))
-    return bool((runs["status"] == Status.COMPLETED).all())
+    return tables, [*TABLES, *plots]
+
+
+def write_plots(sweep_dirs: list[Path], out_dir: Path) -> list[str]:
+    """The sweep's plots from its tables, or a search's from its study (Optuna's plots, trials.csv and
+    best_params.json; several studies are not merged); the names written."""
+    studies = [d for d in sweep_dirs if (Path(d) / search.STUDY_DB).is_file()]
+    if len(studies) == 1:
+        return search.write_search_outputs(studies[0], out_dir)
+    return report.write_plots(out_dir)
 
 
 def finish_sweep(sweep_dir: Path) -> bool:
-    """Called by kd-run when a multirun ends or stops; True when every job completed."""
+    """Called by kd-run when a multirun ends or stops: the sweep's tables and plots, also to the trackers
+    its jobs reported to; True when every job completed."""
     if not aggregate.job_dirs(sweep_dir):
         print(f"kd-run: no job of the sweep started; nothing to aggregate in {sweep_dir}", file=sys.stderr)
         return False
-    return write_outputs([sweep_dir], sweep_dir)
+    tables, written = write_outputs([sweep_dir], sweep_dir)
+    completed = bool((tables.runs["status"] == Status.COMPLETED).all())
+    logger = _jobs_logger(sweep_dir)
+    if logger is not None:
+        name = "sweep over " + (" x ".join(tables.keys) or "seeds")
+        loggers.finish_sweep(logger, sweep_dir, [sweep_dir / n for n in written], name, completed)
+    return completed
+
+
+def _jobs_logger(sweep_dir: Path) -> dict | None:
+    """The trackers a sweep's jobs reported to, as the first job's result.json recorded them (None: no job
+    has recorded its config yet)."""
+    for path in [*sorted(sweep_dir.glob("*/result.json")), *sorted(sweep_dir.glob("*/seed_*/result.json"))]:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return json.loads(path.read_text())["config"]["logger"]
+    return None
 
 
 def _fail(prog: str, exc: UserError) -> None:
@@ -100,13 +126,14 @@ def check_out_dir(out: Path, given: bool = True) -> None:
 
 def report_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="kd-report", description="Redraw a sweep's plots (PNG) from its summary.csv and curves.csv."
+        prog="kd-report",
+        description="Redraw a sweep's plots (PNG, SVG) from its summary.csv and curves.csv (a search's: its study).",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="a sweep directory holding summary.csv and curves.csv")
     args = parser.parse_args(argv)
     try:
         check_writable(args.dir, "DIR")
-        plots = report.write_plots(args.dir)
+        plots = write_plots([args.dir], args.dir)
     except UserError as exc:
         _fail("kd-report", exc)
     print(f"written to {args.dir}: " + ", ".join(plots))

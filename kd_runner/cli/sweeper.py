@@ -71,6 +71,7 @@ class KdSweeper(Sweeper):
         check_discrete(overrides)
         (expanded,) = BasicSweeper.split_arguments(overrides, None)  # Hydra's own cartesian product
         planned = self.checked_jobs(expanded)
+        compose.name_sweep_jobs(planned)
         check_sweep_dirs(self.config.hydra.sweep.dir, planned)
         plan_reuse(planned)
         return planned

@@ -1,6 +1,6 @@
 """logger=tensorboard: event files in the run directory's tensorboard/ (a sweep directory is then one
-TensorBoard directory with a subdirectory per job): scalars per stage and epoch, and the run's parameters
-with its final metrics in the HPARAMS view."""
+TensorBoard directory with a subdirectory per job): scalars per stage and epoch, and in the HPARAMS view the
+keys that tell runs apart (the main ones and a sweep's swept keys) with the final metrics."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(info.run_dir / LOGDIR))
-        self.params = info.params
+        self.hparams = info.hparams
         if info.tags:
             self.writer.add_text("tags", ", ".join(info.tags))
 
@@ -26,5 +26,5 @@ class TensorBoardTracker:
 
     def finish(self, record: dict) -> None:
         final = {f"final/{key}": value for key, value in record.get("metrics", {}).items()}
-        self.writer.add_hparams(self.params, final, run_name=".")
+        self.writer.add_hparams(self.hparams, final, run_name=".")
         self.writer.close()

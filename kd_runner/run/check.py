@@ -43,7 +43,7 @@ def check_job(cfg: RunConfig, job_dir: Path | str | None, *, dir_key: str, proce
             check_root(data_cfg)
     check_user_code(cfg)
     check_recipes(cfg)
-    loggers.check_installed(cfg.logger)
+    loggers.check(cfg.logger, job_dir)
     check_writable(cfg.cache_dir, "cache_dir")
     if job_dir is None:
         return None

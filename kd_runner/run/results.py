@@ -88,8 +88,8 @@ def build_record(*, identity, cfg, history, teacher, student_model, timings, out
     metrics = {name: final[name] for name in (*METRIC_NAMES, *TOP5_NAMES) if name in final}
     best = best_row(history)
     metrics["best_student_acc"] = best["student_acc"]
-    t_info = _model_info(cfg.teacher.name, teacher.model)
-    s_info = _model_info(cfg.student.name, student_model)
+    t_info = _model_info(cfg.teacher.label, teacher.model)
+    s_info = _model_info(cfg.student.label, student_model)
     return {
         "status": Status.COMPLETED,
         "metrics": metrics,

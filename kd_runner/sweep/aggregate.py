@@ -26,7 +26,7 @@ import pandas as pd
 
 from kd_runner.config import NOT_COMPUTED
 from kd_runner.errors import UserError
-from kd_runner.names import METRIC_NAMES
+from kd_runner.names import METRIC_NAMES, network_label
 from kd_runner.status import Status
 from kd_runner.store.files import digest, write_csv, write_json, write_text
 
@@ -341,6 +341,8 @@ def _recorded(config: dict, key: str, value: str) -> str:
     job can overwrite; the override's own text for a config group (`teacher=resnet18`) or a missing key."""
     for part in key.split("."):
         config = config.get(part) if isinstance(config, dict) else None
+    if isinstance(config, dict) and config.get("name") == value:  # a network's group: timm by its architecture
+        return network_label(value, config.get("model"))
     return value if config is None or isinstance(config, (dict, list)) else str(config)
 
 
@@ -485,9 +487,16 @@ def _gain_cell(row: dict) -> str:
         why = "1 seed" if n < 2 else f"{n:.0f} seeds, all differences equal: no interval"
         return f"{mean:+.4f} ({why})"
     p = row[f"{GAIN}_p"]
-    star = " *" if n >= 3 and (low > 0 or high < 0) else ""
+    star = " *" if significant(row) else ""
     p_text = "p=-" if math.isnan(p) else f"p={p:.3f}"
     return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] {p_text} ({n:.0f} seeds){star}"
+
+
+def significant(row: dict) -> bool:
+    """Whether a point's gain earns the star of summary.md and the gain plot: a 95% CI of some width, from at
+    least 3 seeds, that excludes zero (2 seeds make an interval too wide or, when equal, of no width)."""
+    low, high, n = (row[f"{GAIN}_{s}"] for s in ("ci95_low", "ci95_high", "n_pairs"))
+    return n >= 3 and high > low and (low > 0 or high < 0)
 
 
 def _story_lines(summary: pd.DataFrame, keys: list[str]) -> list[str]:

@@ -4,12 +4,14 @@
   mean over seeds with a ±std band;
 - final_accuracy: final student accuracy against the swept key (alpha when swept), mean with ±std
   error bars, the teacher's accuracy as a reference line;
-- accuracy_gain: student_acc_gain (over the alpha=1 baseline) against alpha, when the table has it.
+- accuracy_gain: student_acc_gain (over the alpha=1 baseline) against alpha, when the table has it, with
+  its 95% CI and a star where that CI excludes zero (at least 3 seeds and a CI of some width).
 
-Accuracies are in percent, axes are labelled in words, and the colours are the Okabe-Ito palette (or
-viridis for one ordered key), both readable with colour-blindness. The swept keys are the columns of
-summary.csv before `n`. Figures are drawn with matplotlib's object-oriented API on the Agg canvas: no
-display and no global pyplot state.
+Made to go into a paper as they are: a short title, the statistics (what the bands and bars are, over how
+many seeds) in a caption under the figure, accuracies in percent, axes labelled in words, and colours that
+stay visible in print and with colour-blindness (the Okabe-Ito palette without its yellow, or the dark part
+of viridis for one ordered key). The swept keys are the columns of summary.csv before `n`. Figures are
+drawn with matplotlib's object-oriented API on the Agg canvas: no display and no global pyplot state.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from matplotlib.figure import Figure
 
 from kd_runner.errors import UserError
 from kd_runner.store.files import atomic_path
-from kd_runner.sweep.aggregate import GAIN, format_value, points
+from kd_runner.sweep.aggregate import GAIN, format_value, points, significant
 
 CURVE_PANELS = (  # metric, title, axis label
-    ("student_acc", "student accuracy", "validation accuracy (%)"),
-    ("student_loss", "student loss (cross-entropy)", "cross-entropy on the true labels"),
-    ("logit_gap", "logit gap |teacher - student|", "mean absolute logit difference"),
+    ("student_acc", "Accuracy", "validation accuracy (%)"),
+    ("student_loss", "Loss", "cross-entropy on the true labels"),
+    ("logit_gap", "Logit gap", "mean |teacher - student| logit"),
 )
 PERCENT = ("student_acc", "teacher_acc", f"{GAIN}_mean")  # fractions, drawn in percent
 KEY_LABELS = {
@@ -38,26 +40,68 @@ KEY_LABELS = {
     "soft_loss": "soft loss",
     "seed": "seed",
 }
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-LINE_STYLES = ("-", "--", ":", "-.")  # after the 8 colours, the series differ by line style too
-BAND_ALPHA = 0.3
+# Okabe-Ito without its yellow, which nearly vanishes on white paper (each keeps a contrast >= 2.2:1 to white)
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+VIRIDIS_END = 0.7  # viridis beyond it is light green to yellow: too faint for a line printed on white
+LINE_STYLES = ("-", "--", ":", "-.")  # after the 7 colours, the series differ by line style too
+BAND_ALPHA = 0.25
+CAPTION_SIZE = 9
 
 
 def write_plots(sweep_dir: Path | str) -> list[str]:
     """Draw the sweep's figures into `sweep_dir` from its tables; returns the file names written."""
+    return [name for stem, fig in figures(sweep_dir).items() for name in _save(fig, Path(sweep_dir), stem)]
+
+
+def figures(sweep_dir: Path | str) -> dict[str, Figure]:
+    """The sweep's figures by file stem, drawn from the tables in `sweep_dir`."""
     sweep_dir = Path(sweep_dir)
     summary = _read_table(sweep_dir, "summary.csv", ("n", "student_acc_mean", "student_acc_std", "teacher_acc_mean"))
     curves = _read_table(sweep_dir, "curves.csv", ("epoch",))
     keys = list(summary.columns[: list(summary.columns).index("n")])
     summary = summary[summary["n"] > 0]
-    figures = {}
+    drawn = {}
     if len(curves):
-        figures["curves"] = _curves_figure(curves, keys)
+        drawn["curves"] = _curves_figure(curves, keys)
     if len(summary):
-        figures["final_accuracy"] = _final_accuracy_figure(summary, keys)
+        drawn["final_accuracy"] = _final_accuracy_figure(summary, keys)
     if f"{GAIN}_mean" in summary and summary[f"{GAIN}_mean"].notna().any():
-        figures["accuracy_gain"] = _gain_figure(summary, keys)
-    return [name for stem, fig in figures.items() for name in _save(fig, sweep_dir, stem)]
+        drawn["accuracy_gain"] = _gain_figure(summary, keys)
+    return drawn
+
+
+def write_search_plots(study, out_dir: Path | str) -> list[str]:
+    """A search's figures, drawn by Optuna's own matplotlib plots from its `study` (a search's points are
+    its trials, one value each, so the sweep plots would draw a line per sampled value): the optimization
+    history, each parameter's slice, and with two parameters or more their contour. (The sweeper's Optuna 2
+    cannot draw its importances and parallel coordinates with this matplotlib: they are left out.) The file
+    names written."""
+    import warnings
+
+    import numpy as np
+    import optuna
+    from matplotlib import pyplot
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plots = {"optimization_history": optuna_plots.plot_optimization_history, "slice": optuna_plots.plot_slice}
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len({name for t in complete for name in t.params}) > 1 and len(complete) > 2:
+        plots["contour"] = optuna_plots.plot_contour
+    names = []
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its plots warn that they differ from its plotly ones
+    try:
+        for stem, plot in plots.items():
+            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fig = np.ravel(plot(study))[0].figure
+            try:
+                names += _save(fig, Path(out_dir), stem)
+            finally:
+                pyplot.close(fig)  # Optuna draws through pyplot: free its figure
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return names
 
 
 def _read_table(sweep_dir: Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -105,9 +149,9 @@ def _swept(keys: list[str]) -> str:
 
 
 def _colors(n: int, sequential: bool) -> list:
-    if sequential:  # one numeric key: its order reads as a colour gradient
+    if sequential:  # one numeric key: its order reads as a colour gradient, dark to mid
         cmap = colormaps["viridis"]
-        return [cmap(0.9 * i / max(n - 1, 1)) for i in range(n)]
+        return [cmap(VIRIDIS_END * i / max(n - 1, 1)) for i in range(n)]
     return [OKABE_ITO[i % len(OKABE_ITO)] for i in range(n)]
 
 
@@ -115,16 +159,28 @@ def _line_style(i: int) -> str:
     return LINE_STYLES[i // len(OKABE_ITO) % len(LINE_STYLES)]
 
 
-def _seeds_note(n: pd.Series) -> str:
+def _seeds(n: pd.Series) -> str:
+    """How many seeds each point's statistics are over: "3 seeds", "1 seed", "2-3 seeds"."""
     low, high = int(n.min()), int(n.max())
-    return f"mean ± std over {low} seeds" if low == high else f"mean ± std over {low}-{high} seeds"
+    if low == high:
+        return f"{low} seed" if low == 1 else f"{low} seeds"
+    return f"{low}-{high} seeds"
+
+
+def _caption(fig: Figure, *sentences: str) -> None:
+    """The statistics in words under the figure, where a paper's caption goes (gid "caption")."""
+    fig.text(0.0, 0.0, " ".join(sentences), ha="left", va="top", fontsize=CAPTION_SIZE, wrap=True, gid="caption")
+
+
+def _legend_title(keys: list[str]) -> str:
+    return _key_label(keys[0]) if len(keys) == 1 else ", ".join(keys) or None
 
 
 def _curves_figure(curves: pd.DataFrame, keys: list[str]) -> Figure:
     groups = list(points(curves, keys))
     sequential = len(keys) == 1 and pd.api.types.is_numeric_dtype(curves[keys[0]])
     colors = _colors(len(groups), sequential)
-    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    fig = Figure(figsize=(13, 4.2), layout="constrained")
     axes = fig.subplots(1, len(CURVE_PANELS))
     for ax, (metric, title, axis_label) in zip(axes, CURVE_PANELS):
         for i, ((point, rows), color) in enumerate(zip(groups, colors)):
@@ -136,7 +192,7 @@ def _curves_figure(curves: pd.DataFrame, keys: list[str]) -> Figure:
                 markersize=3,
                 color=color,
                 linestyle=_line_style(i),
-                label=_label(point),
+                label=_short_label(point),
             )
             ax.fill_between(rows["epoch"], mean - std, mean + std, color=color, alpha=BAND_ALPHA, linewidth=0)
         ax.set_title(title)
@@ -144,13 +200,23 @@ def _curves_figure(curves: pd.DataFrame, keys: list[str]) -> Figure:
         ax.set_ylabel(axis_label)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"Per-epoch validation metrics of the student, sweep over {_swept(keys)} ({_seeds_note(curves['n'])})",
-        fontsize=13,
-    )
+    fig.suptitle("Student validation metrics per epoch", fontsize=13)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", title=_swept(keys), fontsize=9)
+    if keys:
+        fig.legend(handles, labels, loc="outside right upper", title=_legend_title(keys), fontsize=9)
+    _caption(fig, f"Lines: mean over {_seeds(curves['n'])} per point; shaded: ± 1 std.", _swept_sentence(keys))
     return fig
+
+
+def _short_label(point: dict) -> str:
+    """A legend entry: the value alone when one key is swept (the legend's title names it)."""
+    if len(point) == 1:
+        return format_value(next(iter(point.values())))
+    return _label(point)
+
+
+def _swept_sentence(keys: list[str]) -> str:
+    return f"Sweep over {_swept(keys)}." if keys else "One configuration, several seeds."
 
 
 @dataclass
@@ -193,7 +259,7 @@ class XAxis:
 
 def _final_accuracy_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
     x = XAxis.of(summary, keys)
-    fig = Figure(figsize=(8, 5.2), layout="constrained")
+    fig = Figure(figsize=(7, 4.6), layout="constrained")
     ax = fig.subplots()
     series = list(x.series(summary, keys))
     teacher = summary["teacher_acc_mean"] * 100
@@ -207,7 +273,7 @@ def _final_accuracy_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
             linestyle=_line_style(i),
             marker="o",
             capsize=4,
-            label=f"student ({_label(point)})" if point else "student",
+            label=f"student, {_label(point)}" if point else "student",
         )
         if not one_teacher:
             ax.plot(
@@ -216,38 +282,55 @@ def _final_accuracy_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
                 color=color,
                 linestyle="--",
                 marker="x",
-                label=f"teacher ({_label(point)})" if point else "teacher",
+                label=f"teacher, {_label(point)}" if point else "teacher",
             )
     if one_teacher:
-        ax.axhline(teacher.iloc[0], color="0.35", linestyle="--", label=f"teacher accuracy ({teacher.iloc[0]:.2f}%)")
+        ax.axhline(teacher.iloc[0], color="0.35", linestyle="--", label=f"teacher ({teacher.iloc[0]:.1f}%)")
     x.draw(ax, summary)
     ax.set_ylabel("final student accuracy on validation (%)")
-    ax.set_title(f"Final student accuracy, sweep over {_swept(keys)}\n({_seeds_note(summary['n'])}, error bars: ±std)")
+    ax.set_title("Final student accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="best")
+    teacher_line = "Dashed: the teacher's accuracy." if one_teacher else "Dashed, crosses: each point's teacher."
+    _caption(fig, f"Mean ± 1 std over {_seeds(summary['n'])} per point.", teacher_line, _swept_sentence(keys))
     return fig
 
 
 def _gain_figure(summary: pd.DataFrame, keys: list[str]) -> Figure:
-    """The gain over alpha=1 (paired by seed) in percentage points against alpha, with its 95% CI."""
+    """The gain over alpha=1 (paired by seed) in percentage points against alpha, with its 95% CI; a star
+    above each point whose CI excludes zero."""
     x = XAxis.of(summary, keys)
-    fig = Figure(figsize=(8, 5.2), layout="constrained")
+    fig = Figure(figsize=(7, 4.6), layout="constrained")
     ax = fig.subplots()
     series = list(x.series(summary, keys))
     for i, ((point, rows), color) in enumerate(zip(series, _colors(len(series), sequential=False))):
-        label = _label(point) if point else "student"
         mean = rows[f"{GAIN}_mean"] * 100
         ci = [mean - rows[f"{GAIN}_ci95_low"] * 100, rows[f"{GAIN}_ci95_high"] * 100 - mean]
         ax.errorbar(
-            x.positions(rows), mean, yerr=ci, color=color, linestyle=_line_style(i), marker="o", capsize=3, label=label
+            x.positions(rows),
+            mean,
+            yerr=ci,
+            color=color,
+            linestyle=_line_style(i),
+            marker="o",
+            capsize=3,
+            label=_label(point) if point else "student",
         )
+        for position, row in zip(x.positions(rows), rows.to_dict("records")):
+            if significant(row):
+                top = max(row[f"{GAIN}_ci95_high"], row[f"{GAIN}_mean"]) * 100
+                ax.annotate("*", (position, top), textcoords="offset points", xytext=(0, 2), ha="center", gid="star")
     ax.axhline(0.0, color="0.35", linestyle="--", label="no distillation (alpha = 1)")
     x.draw(ax, summary)
-    ax.set_ylabel("student accuracy gain over alpha = 1 (percentage points)")
-    ax.set_title(
-        f"Gain from distillation, sweep over {_swept(keys)}\n"
-        f"(mean paired difference of final accuracies, error bars: 95% CI; {_seeds_note(summary['n'])})"
-    )
+    ax.set_ylabel("accuracy gain over alpha = 1 (points)")
+    ax.set_title("Gain from distillation")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="best")
+    n = summary.loc[summary[f"{GAIN}_mean"].notna(), f"{GAIN}_n_pairs"]
+    _caption(
+        fig,
+        "Mean paired difference of final accuracy to alpha = 1 (same seeds), in percentage points; error bars: "
+        f"95% CI over {_seeds(n)}; *: the CI excludes zero (at least 3 seeds).",
+        _swept_sentence(keys),
+    )
     return fig

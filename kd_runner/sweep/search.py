@@ -3,8 +3,8 @@
 Optuna picks each trial's values as the search runs; a trial is one job that runs `seeds_per_trial` seeds
 (`trial_runs`) and returns the mean of `optimize_metric` over them (`trial_value`), so no trial is judged
 on one noisy run. The study lives in SQLite in the sweep directory (STUDY_DB, study STUDY_NAME), so an
-interrupted search resumes (`resume`) and optuna-dashboard can open it; `write_search_outputs` reads it
-back with Optuna's own reader into trials.csv, best_params.json and objective.png.
+interrupted search resumes (`resume`); `write_search_outputs` reads it back with Optuna's own reader into
+trials.csv, best_params.json and Optuna's own plots.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from kd_runner.config import RunConfig
 from kd_runner.errors import UserError, one_line
 from kd_runner.status import Status
-from kd_runner.store.files import atomic_path, write_csv, write_json
+from kd_runner.store.files import write_csv, write_json
 
 STUDY_DB = "optuna.db"
 STUDY_NAME = "kd-search"
@@ -150,8 +150,10 @@ def _load(sweep_dir: Path | str):
 
 
 def write_search_outputs(sweep_dir: Path | str, out_dir: Path | str) -> list[str]:
-    """trials.csv (one row per trial: number, state, value, params), best_params.json and objective.png
-    (each trial's value and the best so far) from the study in `sweep_dir`; the names written."""
+    """trials.csv (one row per trial: number, state, value, params), best_params.json and Optuna's plots of
+    the study (report.write_search_plots) from the study in `sweep_dir`; the names written."""
+    from kd_runner.sweep import report  # imported only to plot: kd-run starts without matplotlib
+
     study = _load(sweep_dir)
     out_dir = Path(out_dir)
     table = study.trials_dataframe(attrs=("number", "state", "value", "params", "datetime_start", "duration"))
@@ -161,20 +163,4 @@ def write_search_outputs(sweep_dir: Path | str, out_dir: Path | str) -> list[str
         return ["trials.csv"]
     best = study.best_trial
     write_json(out_dir / "best_params.json", {"trial": best.number, "value": best.value, "params": best.params})
-    _plot_objective(done, study.direction.name.lower(), out_dir / "objective.png")
-    return ["trials.csv", "best_params.json", "objective.png"]
-
-
-def _plot_objective(trials, direction: str, path: Path) -> None:
-    from matplotlib.figure import Figure  # imported only to plot: kd-run starts without it
-
-    numbers, values = [t.number for t in trials], [t.value for t in trials]
-    best = max if direction == "maximize" else min
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.subplots()
-    ax.plot(numbers, values, "o", label="trial")
-    ax.step(numbers, [best(values[: i + 1]) for i in range(len(values))], where="post", label=f"best ({direction})")
-    ax.set(xlabel="trial", ylabel="objective", title=f"Search: objective over {len(trials)} completed trials")
-    ax.legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return ["trials.csv", "best_params.json", *report.write_search_plots(study, out_dir)]
