@@ -28,6 +28,7 @@ WHOLE = {
     "hparams_search": "Hydra's sweeper settings",
     "hydra": "Hydra's own settings",
     "method_student": "a student the method can train, stated whole over the one it replaces",
+    "paths": "where files go (directories), no setting of a run",
 }
 
 

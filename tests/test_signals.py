@@ -67,10 +67,12 @@ def test_a_run_waiting_for_the_teacher_lock_stops_on_sigterm(smoke_run, tmp_path
     """Another process holds the lock of the teacher this run needs (it may train it for hours)."""
     cwd, _ = smoke_run
     key = json.loads((cwd / "run1" / "result.json").read_text())["teacher"]["cache_key"]
-    (lock,) = (cwd / "outputs" / "cache" / "teachers").glob(f"*{key}.lock")
+    (lock,) = (cwd / "cache" / "teachers").glob(f"*{key}.lock")
     with open(lock) as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        proc = start_kd_run("experiment=smoke", f"hydra.run.dir={tmp_path / 'waiting'}", cwd=cwd)
+        proc = start_kd_run(
+            "experiment=smoke", f"hydra.run.dir={tmp_path / 'waiting'}", f"cache_dir={cwd / 'cache'}", cwd=cwd
+        )
         log = tmp_path / "waiting" / "kd-run.log"
         wait_for_file(log, proc)
         while "compute:" not in log.read_text() and proc.poll() is None:  # logged just before the teacher stage

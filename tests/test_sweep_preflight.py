@@ -82,6 +82,6 @@ def test_a_weight_file_in_the_cache_passes_and_each_check_runs_once(offline):
 
 def test_a_problem_of_every_job_is_the_sweeps_one_message(tmp_path, capsys):
     err = usage_error_line(
-        ["-m", "experiment=smoke", "alpha=0,1", "distill=fitnet", f"hydra.sweep.dir={tmp_path}"], capsys
+        ["-m", "experiment=smoke", "student=mlp", "alpha=0,1", "distill=fitnet", f"hydra.sweep.dir={tmp_path}"], capsys
     )
     assert err.startswith("kd-run: error: distill.student_layers: ") and "jobs" not in err

@@ -27,7 +27,7 @@ from kd_runner.names import METRIC_NAMES
 from kd_runner.sweep.aggregate import FINAL_METRICS, GAIN_COLUMNS, write_plan
 
 BIN = Path(sys.executable).parent
-SWEEP = ("-m", "experiment=smoke", "alpha=0,1", "seed=0,1", "hydra.sweep.dir=sweep")
+SWEEP = ("-m", "experiment=smoke", "alpha=0,1", "seed=0,1", "hydra.sweep.dir=sweep", "cache_dir=cache")
 
 
 def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
