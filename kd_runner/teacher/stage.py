@@ -82,12 +82,12 @@ def prepare_teacher(
     With `shared` (a sweep's kd_runner.runtime.shared.Shared) a teacher an earlier job of the sweep prepared
     under the same key and cache is taken as it is: what this job would have loaded from the cache."""
     start = time.perf_counter()
-    key = teacher_key(cfg, device_data)
+    parts = teacher_key_parts(cfg, device_data)  # hashes the weight files: once per job
     teacher, made = shared_or_made(
         shared,
         "teacher",
-        f"{key} in {Path(cfg.cache_dir).resolve()}",
-        lambda: _prepare(cfg, data, device_data, key, progress, stop, on_epoch),
+        f"{digest(parts)} in {Path(cfg.cache_dir).resolve()}",
+        lambda: _prepare(cfg, data, device_data, parts, progress, stop, on_epoch),
     )
     if made:
         return teacher
@@ -95,8 +95,8 @@ def prepare_teacher(
     return dataclasses.replace(teacher, source=source, seconds=time.perf_counter() - start)
 
 
-def _prepare(cfg: RunConfig, data: Dataset, device_data: SplitData, key: str, progress, stop, on_epoch) -> Teacher:
-    """The teacher built, then loaded from its checkpoint, the cache, or fine-tuned."""
+def _prepare(cfg: RunConfig, data: Dataset, device_data: SplitData, parts: dict, progress, stop, on_epoch) -> Teacher:
+    """The teacher built, then loaded from its checkpoint, the cache, or fine-tuned; `parts`: its key's."""
     start = time.perf_counter()
     seed_everything(cfg.teacher.seed)  # the initial weights depend on the teacher's seed alone
     model = build_stage_model(cfg.teacher, data, "teacher")
@@ -110,10 +110,9 @@ def _prepare(cfg: RunConfig, data: Dataset, device_data: SplitData, key: str, pr
     device_data.compute.prepare(model)
     if cfg.teacher.epochs == 0:
         log.info("teacher: loaded from checkpoint %s", cfg.teacher.checkpoint)
-        return Teacher(model.eval(), "checkpoint", [], key, time.perf_counter() - start)
-    parts = teacher_key_parts(cfg, device_data)
+        return Teacher(model.eval(), "checkpoint", [], digest(parts), time.perf_counter() - start)
     history, source = _cached_or_trained(model, cfg, device_data, parts, progress, stop, on_epoch)
-    return Teacher(model.eval(), source, history, key, time.perf_counter() - start)
+    return Teacher(model.eval(), source, history, digest(parts), time.perf_counter() - start)
 
 
 def _cached_or_trained(model, cfg: RunConfig, d: SplitData, parts: dict, progress, stop, on_epoch) -> tuple[list, str]:
